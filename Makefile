@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint format bench
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Until the scoring service lands: simulate the default world and train on it.
+run: install
+	$(BIN)/risk simulate --out data/default-world
+	$(BIN)/risk train --data data/default-world --models var/models --reports var/reports
+
+lint: install
+	$(BIN)/ruff check risk_service training tests bench
+	$(BIN)/ruff format --check risk_service training tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+format: install
+	$(BIN)/ruff check --fix risk_service training tests bench
+	$(BIN)/ruff format risk_service training tests bench

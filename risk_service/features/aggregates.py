@@ -1,0 +1,199 @@
+"""Small online state objects (river-style ``update``/``get``) with bounded memory per entity.
+
+All objects use ``__slots__`` and plain Python containers, so one entity's state
+pickles into a small blob (what a Redis-backed store will keep).
+
+Late events (a timestamp before the latest one this object has seen) are accepted
+but windows are then evaluated at that latest time: a bucket once expired is gone.
+With events arriving in canonical order (the replay of a table) nothing is lost and
+the results equal the offline computation exactly.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections import deque
+
+from risk_service.features.spec import DISTINCT_CAP, Window
+
+
+class RollingSums:
+    """Integer running sums of several channels over a bucketed window.
+
+    An update at ``t_e`` counts for a query at ``t`` iff
+    ``floor(t_e / b) > floor(max(t, latest) / b) - n``: buckets of size ``b``, ``n`` of them.
+    Memory: one small list per non-empty bucket, at most ``n``.
+    """
+
+    __slots__ = ("bucket_ms", "buckets", "cutoff", "n", "totals")
+
+    def __init__(self, window: Window, n_channels: int) -> None:
+        self.bucket_ms = window.bucket_ms
+        self.n = window.n_buckets
+        self.buckets: deque[list[int]] = deque()  # [bucket, v0, v1, ...] in bucket order
+        self.totals = [0] * n_channels
+        self.cutoff = -(1 << 62)  # buckets <= cutoff have expired
+
+    def _expire(self, cutoff: int) -> None:
+        buckets, totals = self.buckets, self.totals
+        while buckets and buckets[0][0] <= cutoff:
+            old = buckets.popleft()
+            for i in range(len(totals)):
+                totals[i] -= old[i + 1]
+
+    def get(self, t_ms: int) -> list[int]:
+        """Channel totals as seen at ``t_ms`` (the list is live: read, don't keep)."""
+        cutoff = t_ms // self.bucket_ms - self.n
+        if cutoff > self.cutoff:
+            self.cutoff = cutoff
+            if self.buckets and self.buckets[0][0] <= cutoff:
+                self._expire(cutoff)
+        return self.totals
+
+    def update(self, t_ms: int, values: list[int]) -> None:
+        b = t_ms // self.bucket_ms
+        cutoff = b - self.n
+        if cutoff > self.cutoff:
+            self.cutoff = cutoff
+            if self.buckets and self.buckets[0][0] <= cutoff:
+                self._expire(cutoff)
+        elif b <= self.cutoff:
+            return  # a late event already outside the window
+        buckets, totals = self.buckets, self.totals
+        for i, v in enumerate(values):
+            totals[i] += v
+        if buckets and buckets[-1][0] == b:
+            last = buckets[-1]
+            for i, v in enumerate(values):
+                last[i + 1] += v
+        elif not buckets or buckets[-1][0] < b:
+            buckets.append([b, *values])
+        else:  # late event inside the window: find or insert its bucket
+            keys = [x[0] for x in buckets]
+            j = bisect_left(keys, b)
+            if keys[j] == b:
+                for i, v in enumerate(values):
+                    buckets[j][i + 1] += v
+            else:
+                buckets.insert(j, [b, *values])
+
+
+class RecentMembers:
+    """Members of a distinct-set, most recently seen last, with their last-seen time.
+
+    Keeps at most ``cap`` members (forgetting the least recently seen) and forgets members
+    whose last-seen bucket falls out of ``horizon``.  Recency is arrival order.
+    """
+
+    __slots__ = ("cap", "h_bucket", "h_n", "last")
+
+    def __init__(self, horizon: Window, cap: int = DISTINCT_CAP) -> None:
+        self.h_bucket = horizon.bucket_ms
+        self.h_n = horizon.n_buckets
+        self.cap = cap
+        self.last: dict[str, int] = {}
+
+    def is_new(self, member: str, t_ms: int) -> bool:
+        """True if ``member`` is not in the set as seen at ``t_ms`` (first seen in horizon)."""
+        seen = self.last.get(member)
+        if seen is None:
+            return True
+        return seen // self.h_bucket <= t_ms // self.h_bucket - self.h_n
+
+    def count(self, t_ms: int, window: Window) -> int:
+        """Members last seen in ``window`` (so at most ``cap``)."""
+        cutoff = t_ms // window.bucket_ms - window.n_buckets
+        b = window.bucket_ms
+        k = 0
+        for seen in reversed(self.last.values()):
+            if seen // b <= cutoff:
+                break
+            k += 1
+        return k
+
+    def update(self, member: str, t_ms: int) -> None:
+        last = self.last
+        seen = last.pop(member, None)
+        last[member] = t_ms if seen is None or t_ms > seen else seen
+        if len(last) > self.cap:
+            del last[next(iter(last))]
+        cutoff = t_ms // self.h_bucket - self.h_n
+        while last:
+            first = next(iter(last))
+            if last[first] // self.h_bucket > cutoff:
+                break
+            del last[first]
+
+
+class LabelTimes:
+    """Label times (ms) of an entity's known frauds, sorted, forgotten after the window.
+
+    A label counts at ``t`` iff ``label_ms < t`` (strictly) and its bucket is in the window.
+    """
+
+    __slots__ = ("bucket_ms", "n", "times")
+
+    def __init__(self, window: Window) -> None:
+        self.bucket_ms = window.bucket_ms
+        self.n = window.n_buckets
+        self.times: list[int] = []
+
+    def get(self, t_ms: int) -> int:
+        times = self.times
+        if not times:
+            return 0
+        lo = bisect_left(times, (t_ms // self.bucket_ms - self.n + 1) * self.bucket_ms)
+        return bisect_left(times, t_ms) - lo
+
+    def update(self, label_ms: int) -> None:
+        insort(self.times, label_ms)
+        cutoff = (label_ms // self.bucket_ms - self.n + 1) * self.bucket_ms
+        if self.times[0] < cutoff:
+            del self.times[: bisect_left(self.times, cutoff)]
+
+
+class EntityState:
+    """Everything kept for one entity (account, device, ...): one blob in the state store."""
+
+    __slots__ = ("distinct", "labels", "last_loc", "last_ms", "rolling")
+
+    def __init__(
+        self,
+        rolling: list[RollingSums],
+        distinct: list[RecentMembers],
+        labels: list[LabelTimes],
+    ) -> None:
+        self.rolling = rolling
+        self.distinct = distinct
+        self.labels = labels
+        self.last_ms: int | None = None
+        self.last_loc: tuple[float, float, int] | None = None  # lat, lon, ms
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return tuple(getattr(self, s) for s in self.__slots__)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+
+class Profile:
+    """An account's profile row (static attributes of the accounts table)."""
+
+    __slots__ = ("age", "created_ms", "credit_limit", "home", "income", "kyc")
+
+    def __init__(
+        self,
+        created_ms: int | None,
+        kyc: float,
+        age: float,
+        income: float,
+        credit_limit: float,
+        home: tuple[float, float] | None,
+    ) -> None:
+        self.created_ms = created_ms
+        self.kyc = kyc
+        self.age = age
+        self.income = income
+        self.credit_limit = credit_limit
+        self.home = home

@@ -1,0 +1,78 @@
+"""The fraud model at inference time: a LightGBM booster plus its calibration and thresholds.
+
+Loaded only from a verified bundle. Prediction is pinned to one thread: LightGBM's
+default OpenMP threads inside sync web workers collapse throughput.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import joblib
+import lightgbm as lgb
+import numpy as np
+
+from risk_service.bundles import VerifiedBundle
+
+BOOSTER_FILE = "fraud_lgbm.txt"
+CALIBRATOR_FILE = "fraud_calibrator.joblib"
+META_FILE = "fraud_meta.json"
+PREDICT_PARAMS: dict[str, Any] = {"num_threads": 1}
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    clipped = np.clip(np.asarray(p, dtype=np.float64), 1e-9, 1 - 1e-9)
+    return np.log(clipped / (1.0 - clipped))
+
+
+@dataclass
+class PlattMap:
+    """Platt calibration: sigmoid(slope * logit(raw) + intercept).
+
+    Chosen over isotonic regression because fraud validation sets hold few
+    positives: isotonic steps would tie thousands of events on one probability
+    and erase the ranking the model learned.
+    """
+
+    slope: float
+    intercept: float
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        z = self.slope * logit(raw) + self.intercept
+        return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+
+    @classmethod
+    def from_sklearn(cls, logistic: Any) -> PlattMap:
+        return cls(float(logistic.coef_[0][0]), float(logistic.intercept_[0]))
+
+
+class FraudModel:
+    """Calibrated fraud probabilities and per-feature contributions for one bundle."""
+
+    def __init__(self, bundle: VerifiedBundle) -> None:
+        self.bundle = bundle
+        self.version = bundle.version
+        self.feature_names: list[str] = list(bundle.manifest["feature_names"])
+        self.thresholds: dict[str, float] = dict(bundle.manifest["thresholds"])
+        # Verified before this point: the joblib file's hash matched the manifest.
+        self.booster = lgb.Booster(model_str=bundle.path(BOOSTER_FILE).read_text())
+        self.calibrate = PlattMap.from_sklearn(joblib.load(bundle.path(CALIBRATOR_FILE)))
+        self.meta: dict[str, Any] = json.loads(bundle.path(META_FILE).read_text())
+        if self.booster.feature_name() != self.feature_names:
+            raise ValueError(f"fraud bundle {self.version}: booster features differ from manifest")
+
+    def raw(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.booster.predict(X, **PREDICT_PARAMS), dtype=np.float64)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated probability of fraud per row of X (columns in feature_names order)."""
+        return self.calibrate(self.raw(np.asarray(X, dtype=np.float64)))
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """TreeSHAP contributions in log-odds, (n, n_features); the bias column is dropped."""
+        contrib = self.booster.predict(
+            np.asarray(X, dtype=np.float64), pred_contrib=True, **PREDICT_PARAMS
+        )
+        return np.asarray(contrib, dtype=np.float64)[:, :-1]

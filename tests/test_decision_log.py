@@ -1,0 +1,313 @@
+"""The decision log: round trip, keyed hashing, no identifiers in the clear, durability, threads."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from risk_service.decision_log import (
+    DecisionLog,
+    DecisionLogError,
+    DecisionRecord,
+    Pseudonymiser,
+    SQLiteDecisionLog,
+)
+from risk_service.errors import Conflict
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = b"test-key-0123456789abcdef"
+ACCOUNT = "acct-SECRET-4711"
+DEVICE = "device-SECRET-0815"
+IP = "203.0.113.77"
+
+
+def record(event_id: str = "e1", **changes: Any) -> DecisionRecord:
+    fields: dict[str, Any] = {
+        "event_id": event_id,
+        "decision": "challenge",
+        "body_hash": "b" * 64,
+        "request": {
+            "event": {
+                "event_id": event_id,
+                "account_id": ACCOUNT,
+                "device_id": DEVICE,
+                "ip_address": IP,
+                "instrument_id": "inst-SECRET-1",
+                "merchant_id": "merch-SECRET-2",
+                "payee_account_id": "payee-SECRET-3",
+                "amount": 1500.0,
+                "latitude": 31.234567,
+                "longitude": 121.456789,
+                "timestamp": "2026-11-25T12:00:00Z",
+            },
+            "account": {"account_id": ACCOUNT, "kyc_level": 2, "home_latitude": 31.111111},
+            "explain": False,
+        },
+        "features": {"amount": 1500.0, "is_new_device_for_account": 1.0, "km_from_home": math.nan},
+        "fraud_probability": 0.02,
+        "fraud_score": 57,
+        "credit_pd": None,
+        "rules_fired": [{"name": "new_device", "action": "challenge", "reason": "new device"}],
+        "reasons": [{"feature": "amount", "value": 1500.0, "contribution": 0.4, "text": "big"}],
+        "model_versions": {"fraud": "fraud-abc", "credit": None},
+        "policy_version": "policy-2026-11-1",
+        "degraded": False,
+        "latency_ms": 1.25,
+        "created_at_ms": 1_795_611_540_000,
+        "response": {"event_id": event_id, "decision": "challenge"},
+    }
+    fields.update(changes)
+    return DecisionRecord(**fields)
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Any:
+    with SQLiteDecisionLog(tmp_path / "decisions.db", KEY) as opened:
+        yield opened
+
+
+def test_satisfies_the_protocol(log: SQLiteDecisionLog) -> None:
+    proto: DecisionLog = log
+    assert proto.count() == 0
+
+
+def test_round_trip_with_identifiers_hashed(log: SQLiteDecisionLog) -> None:
+    log.append(record())
+    assert log.count() == 1
+    got = log.get("e1")
+    assert got is not None
+    assert got.event_id == "e1"
+    assert (got.decision, got.body_hash, got.fraud_score, got.credit_pd) == (
+        "challenge",
+        "b" * 64,
+        57,
+        None,
+    )
+    assert got.fraud_probability == pytest.approx(0.02)
+    assert got.features == {
+        "amount": 1500.0,
+        "is_new_device_for_account": 1.0,
+        "km_from_home": None,
+    }
+    assert got.rules_fired == record().rules_fired
+    assert got.reasons == record().reasons
+    assert got.model_versions == {"fraud": "fraud-abc", "credit": None}
+    assert (got.policy_version, got.degraded, got.latency_ms) == ("policy-2026-11-1", False, 1.25)
+    assert got.created_at_ms == 1_795_611_540_000
+    assert got.response == {"event_id": "e1", "decision": "challenge"}
+    event = got.request["event"]
+    h = log.pseudonymise
+    assert event["account_id"] == h(ACCOUNT)
+    assert event["device_id"] == h(DEVICE)
+    assert event["ip_address"] == h(IP)
+    assert event["payee_account_id"] == h("payee-SECRET-3")
+    assert event["event_id"] == "e1"  # the idempotency key is kept
+    assert event["amount"] == 1500.0
+    assert (event["latitude"], event["longitude"]) == (31.23, 121.46)
+    assert got.request["account"] == {
+        "account_id": h(ACCOUNT),
+        "kyc_level": 2,
+        "home_latitude": 31.11,
+    }
+    assert log.get("missing") is None
+
+
+def test_created_at_defaults_to_now(log: SQLiteDecisionLog) -> None:
+    before = time.time_ns() // 1_000_000
+    log.append(record(created_at_ms=None))
+    got = log.get("e1")
+    assert got is not None and got.created_at_ms is not None
+    assert before <= got.created_at_ms <= time.time_ns() // 1_000_000
+
+
+def test_pseudonymise_is_keyed_hmac_sha256() -> None:
+    import hashlib
+    import hmac
+
+    p = Pseudonymiser(KEY)
+    assert p(ACCOUNT) == hmac.new(KEY, ACCOUNT.encode(), hashlib.sha256).hexdigest()
+    assert p(ACCOUNT) == p(ACCOUNT) and len(p(ACCOUNT)) == 64
+    assert p(ACCOUNT) != Pseudonymiser(KEY + b"x")(ACCOUNT)
+    assert p("a") != p("A")
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        Pseudonymiser(b"short")
+
+
+def test_no_personal_identifier_in_the_clear_anywhere_in_the_files(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.db"
+    log = SQLiteDecisionLog(path, KEY)
+    for i in range(50):
+        log.append(record(f"e{i}"))
+    secrets = [ACCOUNT, DEVICE, IP, "inst-SECRET-1", "merch-SECRET-2", "payee-SECRET-3"]
+
+    def scan() -> None:
+        files = [f for f in tmp_path.iterdir() if f.name.startswith("decisions.db")]
+        assert files
+        for f in files:
+            raw = f.read_bytes()
+            for s in secrets:
+                assert s.encode() not in raw, (f.name, s)
+            assert b"31.234567" not in raw  # locations are coarsened
+
+    scan()  # while open: the WAL holds the data
+    log.close()
+    scan()  # after the checkpoint: the main file holds it
+    assert b"e49" in path.read_bytes()  # the data is really there
+
+
+def test_same_event_same_body_is_a_no_op_and_different_body_is_409(log: SQLiteDecisionLog) -> None:
+    log.append(record())
+    log.append(record())
+    assert log.count() == 1
+    with pytest.raises(Conflict) as info:
+        log.append(record(body_hash="c" * 64))
+    assert (info.value.status, info.value.field) == (409, "event_id")
+    assert log.count() == 1
+
+
+def test_wal_mode_full_sync_and_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.db"
+    SQLiteDecisionLog(path, KEY).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    conn.close()
+    log = SQLiteDecisionLog(path, KEY)  # reopening migrates nothing and keeps the data
+    assert log._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    log.append(record())
+    log.close()
+    with SQLiteDecisionLog(path, KEY, synchronous="NORMAL") as again:
+        assert again.count() == 1
+        assert again._writer.execute("PRAGMA synchronous").fetchone()[0] == 1
+
+
+def test_newer_schema_and_other_key_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.db"
+    SQLiteDecisionLog(path, KEY).close()
+    with pytest.raises(DecisionLogError, match="hash_key differs"):
+        SQLiteDecisionLog(path, b"another-key-0123456789")
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DecisionLogError, match="newer"):
+        SQLiteDecisionLog(path, KEY)
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteDecisionLog(tmp_path / "x.db", KEY, synchronous="OFF")
+    with pytest.raises(ValueError, match="hash_key"):
+        SQLiteDecisionLog(tmp_path / "x.db", b"")
+
+
+def test_closed_log_refuses_appends(tmp_path: Path) -> None:
+    log = SQLiteDecisionLog(tmp_path / "d.db", KEY)
+    log.close()
+    log.close()  # idempotent
+    with pytest.raises(DecisionLogError, match="closed"):
+        log.append(record())
+
+
+def test_a_failed_write_raises_and_the_log_recovers(log: SQLiteDecisionLog) -> None:
+    good = log._writer
+    broken = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    log._writer = broken  # no decisions table: every insert fails
+    with pytest.raises(DecisionLogError, match="write failed"):
+        log.append(record("lost"))
+    log._writer = good
+    broken.close()
+    log.append(record("kept"))
+    assert log.get("lost") is None and log.get("kept") is not None
+
+
+def test_many_threads_share_commits_and_lose_nothing(tmp_path: Path) -> None:
+    log = SQLiteDecisionLog(tmp_path / "d.db", KEY, synchronous="NORMAL", max_batch=16)
+    batches: list[int] = []
+    commit = log._commit
+
+    def counting(batch: list[Any]) -> None:
+        batches.append(len(batch))
+        commit(batch)
+
+    log._commit = counting  # type: ignore[method-assign]
+    threads, per = 16, 60
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(per):
+                log.append(record(f"t{t}-{i}"))
+                if i % 20 == 0:
+                    assert log.get(f"t{t}-{i}") is not None  # visible once acknowledged
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    assert not errors
+    assert log.count() == threads * per
+    assert sum(batches) == threads * per
+    assert max(batches) > 1  # appends really shared commits
+    assert max(batches) <= 16
+    log.close()
+
+
+_WRITER = """
+import sys, threading
+from risk_service.decision_log import DecisionRecord, SQLiteDecisionLog
+log = SQLiteDecisionLog(sys.argv[1], b"test-key-0123456789abcdef")
+out = threading.Lock()
+def work(t):
+    i = 0
+    while True:
+        eid = f"t{t}-{i}"
+        log.append(DecisionRecord(eid, "approve", "h" * 64, {"event": {"account_id": "a"}}))
+        with out:
+            sys.stdout.write(f"ack {eid} ok\\n")
+            sys.stdout.flush()
+        i += 1
+for t in range(4):
+    threading.Thread(target=work, args=(t,), daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def test_every_acknowledged_append_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "crash.db"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, env=env, cwd=ROOT
+    ) as proc:
+        assert proc.stdout is not None
+        acked: list[str] = []
+        deadline = time.monotonic() + 20
+        while len(acked) < 300 and time.monotonic() < deadline:
+            line = proc.stdout.readline().decode()
+            if not line:
+                break
+            acked.append(line)
+        proc.send_signal(signal.SIGKILL)
+        rest = proc.stdout.read().decode()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    lines = acked + rest.splitlines(keepends=True)
+    ids = [ln.split()[1] for ln in lines if ln.endswith(" ok\n")]
+    assert len(ids) >= 100, "the writer did not get going"
+    with SQLiteDecisionLog(path, KEY) as log:
+        missing = [eid for eid in ids if log.get(eid) is None]
+        assert not missing
+        assert log.count() >= len(ids)

@@ -1,0 +1,151 @@
+"""Each online aggregate and offline kernel against a brute-force computation, at every step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_features_world import make_world
+
+from risk_service.features import compute_offline_features
+from risk_service.features.aggregates import LabelTimes, RecentMembers, RollingSums
+from risk_service.features.derived import times_ms
+from risk_service.features.kernels import distinct_members, previous_in_group
+from risk_service.features.spec import DAY_MS, HOUR_MS, MINUTE_MS, W1H, W7D, W10M, W24H, Window
+
+
+def _in_window(t_e: int, t: int, w: Window) -> bool:
+    return t_e // w.bucket_ms > t // w.bucket_ms - w.n_buckets
+
+
+def _stream(rng: np.random.Generator, n: int, step_ms: int) -> np.ndarray:
+    """Non-decreasing times with ties and hits exactly on bucket edges."""
+    gaps = rng.choice([0, 0, 1, step_ms - 1, step_ms, step_ms + 1, 7 * step_ms], n)
+    return np.cumsum(gaps).astype(np.int64) + 1_700_000_000_000 // step_ms * step_ms
+
+
+@pytest.mark.parametrize("window", [W10M, W1H, W7D, Window("3d", DAY_MS, 3)])
+def test_rolling_sums_vs_brute_force(window: Window) -> None:
+    rng = np.random.default_rng(1)
+    times = _stream(rng, 1500, window.bucket_ms)
+    values = rng.integers(0, 1000, len(times))
+    agg = RollingSums(window, 2)
+    for i, t in enumerate(times):
+        got = list(agg.get(int(t)))
+        seen = [j for j in range(i) if _in_window(int(times[j]), int(t), window)]
+        assert got == [len(seen), int(values[seen].sum())], i
+        agg.update(int(t), [1, int(values[i])])
+    assert len(agg.buckets) <= window.n_buckets
+
+
+def test_rolling_sums_bucket_edges() -> None:
+    agg = RollingSums(W10M, 1)
+    agg.update(0, [1])  # bucket 0
+    agg.update(MINUTE_MS - 1, [1])  # still bucket 0
+    assert agg.get(10 * MINUTE_MS - 1) == [2]  # bucket 9: 0 > 9 - 10
+    assert agg.get(10 * MINUTE_MS) == [0]  # bucket 10: 0 > 0 is false -> expired
+
+
+def test_rolling_sums_late_event_inside_window() -> None:
+    agg = RollingSums(W1H, 1)
+    agg.update(10 * MINUTE_MS, [1])
+    agg.update(5 * MINUTE_MS, [1])  # late but inside the window: kept in its own bucket
+    assert agg.get(64 * MINUTE_MS) == [2]
+    assert agg.get(65 * MINUTE_MS) == [1]  # bucket 5 expired first
+    agg.update(0, [1])  # already outside the window: ignored
+    assert agg.get(65 * MINUTE_MS) == [1]
+
+
+@pytest.mark.parametrize("cap", [3, 50])
+def test_recent_members_vs_brute_force(cap: int) -> None:
+    rng = np.random.default_rng(2)
+    horizon = Window("2h", MINUTE_MS, 120)
+    times = _stream(rng, 1500, MINUTE_MS)
+    members = rng.integers(0, 12, len(times))
+    agg = RecentMembers(horizon, cap=cap)
+    history: list[tuple[int, int]] = []
+    for t, m in zip(times.tolist(), members.tolist(), strict=True):
+        # brute force: recency order of distinct members, most recent first
+        order: list[int] = []
+        last: dict[int, int] = {}
+        for tm, mm in reversed(history):
+            if mm not in last:
+                last[mm] = tm
+                order.append(mm)
+        kept = [x for x in order[:cap] if _in_window(last[x], t, horizon)]
+        assert agg.is_new(str(m), t) == (m not in kept)
+        for w in (W10M, W1H):
+            want = sum(_in_window(last[x], t, w) for x in kept)
+            assert agg.count(t, w) == want
+        agg.update(str(m), t)
+        history.append((t, m))
+        assert len(agg.last) <= cap
+
+
+@pytest.mark.parametrize("cap", [2, 4, 1024])
+def test_distinct_kernel_equals_recent_members(cap: int) -> None:
+    rng = np.random.default_rng(3)
+    n = 3000
+    ms = np.sort(rng.integers(0, 3 * DAY_MS, n) // 30_000 * 30_000).astype(np.int64)
+    ent = np.where(rng.random(n) < 0.05, -1, rng.integers(0, 6, n)).astype(np.int64)
+    mem = np.where(rng.random(n) < 0.1, -1, rng.integers(0, 9, n)).astype(np.int64)
+    is_data = rng.random(n) < 0.9  # some query-only rows
+    horizon, windows = W24H, [W1H, W24H]
+    first, counts = distinct_members(ent, mem, is_data, ms, windows, horizon, cap)
+    states: dict[int, RecentMembers] = {}
+    for i in range(n):
+        if ent[i] < 0:
+            assert np.isnan(first[i]) and np.isnan(counts[:, i]).all()
+            continue
+        st = states.setdefault(int(ent[i]), RecentMembers(horizon, cap=cap))
+        if mem[i] >= 0:
+            assert first[i] == float(st.is_new(str(mem[i]), int(ms[i]))), i
+        else:
+            assert np.isnan(first[i])
+        for w, win in enumerate(windows):
+            assert counts[w, i] == st.count(int(ms[i]), win), (i, win)
+        if is_data[i] and mem[i] >= 0:
+            st.update(str(mem[i]), int(ms[i]))
+
+
+def test_label_times_vs_brute_force() -> None:
+    rng = np.random.default_rng(4)
+    window = Window("2d", DAY_MS, 2)
+    labels: list[int] = []
+    agg = LabelTimes(window)
+    t = 0
+    for _ in range(2000):
+        t += int(rng.choice([0, 1, HOUR_MS, DAY_MS // 3]))
+        if rng.random() < 0.3:
+            agg.update(t)  # effective at t: not seen by a query at exactly t
+            labels.append(t)
+        want = sum(1 for x in labels if x < t and _in_window(x, t, window))
+        assert agg.get(t) == want
+
+
+def test_previous_in_group() -> None:
+    codes = np.array([0, 1, 0, -1, 1, 0, 0])
+    mask = np.array([True, True, False, True, True, True, True])
+    assert previous_in_group(codes, mask).tolist() == [-1, -1, 0, -1, 1, 0, 5]
+
+
+def test_offline_windows_and_distincts_vs_brute_force() -> None:
+    events, accounts, _ = make_world(n_accounts=10, n_events=800, seed=5)
+    feats = compute_offline_features(events, accounts)
+    ms = times_ms(events["timestamp"])
+    order = np.argsort(ms, kind="stable")
+    rank = np.empty(len(ms), dtype=np.int64)
+    rank[order] = np.arange(len(ms))
+    acc, dev = events["account_id"].to_numpy(), events["device_id"].to_numpy()
+    for i in range(len(events)):
+        earlier = rank < rank[i]
+        in24 = earlier & (ms // MINUTE_MS > ms[i] // MINUTE_MS - 1440)
+        assert feats["account_events_24h"].iloc[i] == np.sum(in24 & (acc == acc[i]))
+        if pd.isna(dev[i]):
+            assert np.isnan(feats["device_distinct_accounts_24h"].iloc[i])
+        else:
+            n_acc = len(set(acc[in24 & (dev == dev[i])]))
+            assert feats["device_distinct_accounts_24h"].iloc[i] == n_acc
+        seen7 = earlier & (ms // HOUR_MS > ms[i] // HOUR_MS - 168) & (acc == acc[i])
+        want = len({d for d in dev[seen7] if not pd.isna(d)})
+        assert feats["account_distinct_devices_7d"].iloc[i] == want

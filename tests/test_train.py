@@ -1,0 +1,198 @@
+"""`risk train` end to end on a small world: bundles, report, time rules, reproducibility."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from risk_service import features as fs
+from risk_service.bundles import BundleError, Registry, sha256_file, verify_bundle
+from risk_service.fraud_model import FraudModel
+from training.cli import main
+from training.simulate import simulate
+from training.train import run_training
+
+WORLD = {"accounts": 1500, "days": 120, "seed": 7, "start": date(2026, 8, 1)}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    simulate(out, **WORLD)  # type: ignore[arg-type]
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("trained")
+    run_training(data_dir=world, models_dir=root / "models", reports_dir=root / "reports", seed=3)
+    return root
+
+
+def model_files(models_dir: Path, kind: str) -> dict[str, str]:
+    version = Registry(models_dir).champion(kind)
+    assert version is not None
+    directory = models_dir / kind / version
+    return {
+        p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.name != "manifest.json"
+    }
+
+
+def test_bundles_are_complete_and_verified(trained: Path) -> None:
+    registry = Registry(trained / "models")
+    for kind in ("fraud", "credit"):
+        version = registry.champion(kind)
+        assert version is not None and version.startswith(f"{kind}-")
+        bundle = verify_bundle(registry.bundle_dir(kind, version), expected_kind=kind)
+        m = bundle.manifest
+        for key in (
+            "files",
+            "feature_set_version",
+            "feature_names",
+            "training_data_fingerprint",
+            "seed",
+            "time_ranges",
+            "metrics",
+            "library_versions",
+            "created_at",
+        ):
+            assert key in m, f"{kind} manifest lacks {key}"
+        assert m["seed"] == 3
+        assert len(m["training_data_fingerprint"]) == 64
+        assert "lightgbm" in m["library_versions"]
+    fraud = verify_bundle(registry.bundle_dir("fraud", registry.champion("fraud") or ""))
+    assert fraud.manifest["feature_names"] == list(fs.FEATURE_NAMES)
+    t = fraud.manifest["thresholds"]
+    assert 0 < t["challenge"] <= t["review"] <= t["decline"] <= 1.0 + 1e-9
+    assert any(name.endswith(".txt") for name in fraud.manifest["files"])
+
+
+def test_model_beats_baselines_and_report_is_self_contained(trained: Path) -> None:
+    reports = list((trained / "reports").iterdir())
+    assert len(reports) == 1
+    html = (reports[0] / "index.html").read_text()
+    assert html.count("data:image/png;base64,") >= 5
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    metrics = json.loads((reports[0] / "metrics.json").read_text())
+    test = metrics["fraud"]["test"]
+    assert test["model"]["roc_auc"] > 0.8
+    assert test["model"]["average_precision"] > test["rules"]["average_precision"]
+    assert 0 <= test["model"]["recall_at_fpr_0.01"] <= 1
+    assert set(metrics["fraud"]["scenarios"]) <= {
+        "account_takeover",
+        "stolen_card",
+        "card_testing",
+        "compromised_merchant",
+        "promotion_abuse",
+        "credit_cash_out",
+        "mule",
+    }
+    credit = metrics["credit"]["test"]["champion"]
+    assert 0.6 < credit["roc_auc"] < 0.95
+
+
+def test_same_seed_and_data_give_byte_identical_model_files(
+    world: Path, trained: Path, tmp_path: Path
+) -> None:
+    run_training(data_dir=world, models_dir=tmp_path / "m", reports_dir=tmp_path / "r", seed=3)
+    for kind in ("fraud", "credit"):
+        assert model_files(tmp_path / "m", kind) == model_files(trained / "models", kind)
+        assert Registry(tmp_path / "m").champion(kind) == Registry(trained / "models").champion(
+            kind
+        )
+
+
+def test_labels_after_train_until_cannot_change_the_model(world: Path, tmp_path: Path) -> None:
+    """As of T, flipping every label that becomes known at or after T changes nothing."""
+    events = pd.read_parquet(world / "events.parquet")
+    until = events["timestamp"].min() + pd.Timedelta(days=110)
+    altered = tmp_path / "altered"
+    altered.mkdir()
+    for name in ("accounts.parquet", "credit.parquet"):
+        (altered / name).write_bytes((world / name).read_bytes())
+    future = events["label_time"] >= until
+    changed = events.copy()
+    changed.loc[future, "is_fraud"] = (1 - changed.loc[future, "is_fraud"]).astype("int8")
+    changed.loc[future & (changed["timestamp"] >= until), "amount"] *= 3
+    changed.to_parquet(altered / "events.parquet", index=False)
+    a, b = tmp_path / "a", tmp_path / "b"
+    kwargs = {"seed": 1, "train_until": until.to_pydatetime()}
+    run_training(data_dir=world, models_dir=a, reports_dir=tmp_path / "ra", **kwargs)
+    run_training(data_dir=altered, models_dir=b, reports_dir=tmp_path / "rb", **kwargs)
+    assert model_files(a, "fraud") == model_files(b, "fraud")
+    manifest = verify_bundle(a / "fraud" / (Registry(a).champion("fraud") or "")).manifest
+    assert pd.Timestamp(manifest["time_ranges"]["valid_end"]) <= until
+
+
+def test_more_velocity_on_a_new_device_scores_higher(world: Path, trained: Path) -> None:
+    """Behavioural: the same good payments, now from a new device in a burst, look riskier."""
+    registry = Registry(trained / "models")
+    model = FraudModel(
+        verify_bundle(registry.bundle_dir("fraud", registry.champion("fraud") or ""))
+    )
+    events = pd.read_parquet(world / "events.parquet")
+    accounts = pd.read_parquet(world / "accounts.parquet")
+    X = fs.compute_offline_features(events, accounts)
+    good = X[(events["is_fraud"] == 0) & (events["event_type"] == "payment")]
+    sample = good.sample(500, random_state=0)
+    burst = sample.copy()
+    burst["is_new_device_for_account"] = 1
+    burst["is_new_ip_for_account"] = 1
+    burst["account_distinct_devices_7d"] += 1
+    for window in ("10m", "1h", "24h"):
+        burst[f"account_events_{window}"] += 6
+        burst[f"device_events_{window}"] = 6
+    burst["seconds_since_account_previous_event"] = 45.0
+    before = model.predict_proba(sample.to_numpy())
+    after = model.predict_proba(burst.to_numpy())
+    assert after.mean() > 3 * before.mean()
+    assert (after >= before).mean() > 0.8
+
+
+def test_required_columns_only_still_trains(world: Path, tmp_path: Path) -> None:
+    events = pd.read_parquet(world / "events.parquet")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    keep = ["event_id", "timestamp", "account_id", "event_type", "amount", "is_fraud"]
+    events[keep].to_csv(bare / "events.csv", index=False)
+    lines = run_training(data_dir=bare, models_dir=tmp_path / "m", reports_dir=tmp_path / "r")
+    assert any(line.startswith("fraud model") for line in lines)
+    report = next((tmp_path / "r").iterdir())
+    notes = json.loads((report / "metrics.json").read_text())["notes"]
+    assert any("no accounts table" in n for n in notes)
+    assert any("label_time" in n for n in notes)
+    assert any("optional column" in n for n in notes)
+
+
+def test_cli_train_and_models_commands(
+    world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = tmp_path / "models"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(world),
+                "--models",
+                str(models),
+                "--reports",
+                str(tmp_path / "reports"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert main(["models", "verify", "--models", str(models)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ok ") == 2
+    version = Registry(models).champion("fraud") or ""
+    (models / "fraud" / version / "fraud_meta.json").write_text("{}")
+    assert main(["models", "verify", "--models", str(models)]) == 2
+    assert "FAILED" in capsys.readouterr().out
+    with pytest.raises(BundleError):
+        FraudModel(verify_bundle(models / "fraud" / version))

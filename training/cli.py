@@ -1,0 +1,209 @@
+"""The `risk` command: one entry point, one subcommand per workload.
+
+Argument errors print one line naming the argument and exit with status 2;
+every subcommand takes --quiet, and progress bars appear only on a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from risk_service.timeutil import parse_date, parse_instant
+
+
+class UsageError(Exception):
+    """A bad argument: the message names it; the exit status is 2."""
+
+
+def _instant(text: str) -> object:
+    try:
+        return parse_instant(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _date(text: str) -> object:
+    try:
+        return parse_date(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage dump buries the message)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="risk", description="Fraud and credit risk scoring.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sim = sub.add_parser("simulate", help="generate a synthetic payment world")
+    sim.add_argument("--out", required=True, type=Path, help="directory to write the tables to")
+    sim.add_argument("--accounts", type=_positive_int, default=10_000)
+    sim.add_argument("--days", type=_positive_int, default=120)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--start", type=_date, default=parse_date("2026-08-01"), help="YYYY-MM-DD")
+    sim.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    sim.add_argument("--fraud-rate", type=float, default=None, help="target share of fraud events")
+    sim.add_argument("--quiet", action="store_true")
+    sim.set_defaults(handler=_cmd_simulate)
+
+    train = sub.add_parser("train", help="train the fraud and credit models into a bundle")
+    train.add_argument("--data", type=Path, help="directory with events/accounts/credit tables")
+    train.add_argument("--models", type=Path, default=Path("models"))
+    train.add_argument("--reports", type=Path, default=Path("reports"))
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--train-until", type=_instant, default=None, help="ISO 8601 instant")
+    train.add_argument("--credit-data", type=Path, default=None, help="application table")
+    train.add_argument("--target", default=None, help="target column of --credit-data")
+    train.add_argument("--config", type=Path, default=None, help="costs and budgets (TOML)")
+    train.add_argument("--promote", action="store_true", help="make the new versions champion")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(handler=_cmd_train)
+
+    report = sub.add_parser("report", help="rebuild the evaluation report of the champions")
+    report.add_argument("--models", type=Path, default=Path("models"))
+    report.add_argument("--data", type=Path, required=True)
+    report.add_argument("--reports", type=Path, default=Path("reports"))
+    report.add_argument("--config", type=Path, default=None)
+    report.add_argument("--quiet", action="store_true")
+    report.set_defaults(handler=_cmd_report)
+
+    models = sub.add_parser("models", help="list, show, verify, promote or roll back models")
+    models.add_argument("action", choices=("list", "show", "verify", "promote", "rollback"))
+    models.add_argument("version", nargs="?", help="a version (show, promote)")
+    models.add_argument("--models", type=Path, default=Path("models"))
+    models.add_argument("--kind", choices=("fraud", "credit"), default=None)
+    models.add_argument("--quiet", action="store_true")
+    models.set_defaults(handler=_cmd_models)
+    return parser
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    if args.fraud_rate is not None and not 0 < args.fraud_rate <= 0.2:
+        raise UsageError(f"--fraud-rate must be in (0, 0.2], got {args.fraud_rate}")
+    _check_writable_dir(args.out, "--out")
+    from training.simulate import simulate
+
+    try:
+        manifest = simulate(
+            args.out,
+            accounts=args.accounts,
+            days=args.days,
+            seed=args.seed,
+            start=args.start,
+            fmt=args.format,
+            fraud_rate=args.fraud_rate,
+            progress=_show_progress(args),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.quiet:
+        rows = manifest.get("rows", {})
+        print(f"wrote {rows} to {args.out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.train import run_training
+
+    if args.data is None and args.credit_data is None:
+        raise UsageError("--data is required (or --credit-data with --target)")
+    if args.credit_data is not None and args.target is None:
+        raise UsageError("--credit-data needs --target COLUMN")
+    summary = run_training(
+        data_dir=args.data,
+        models_dir=args.models,
+        reports_dir=args.reports,
+        seed=args.seed,
+        train_until=args.train_until,
+        credit_data=args.credit_data,
+        target=args.target,
+        config_path=args.config,
+        promote=args.promote,
+        progress=_show_progress(args),
+        log=None if args.quiet else print,
+    )
+    if not args.quiet:
+        for line in summary:
+            print(line)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from training.train import rebuild_report
+
+    for line in rebuild_report(
+        models_dir=args.models,
+        data_dir=args.data,
+        reports_dir=args.reports,
+        config_path=args.config,
+        progress=_show_progress(args),
+    ):
+        if not args.quiet:
+            print(line)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from training.model_admin import run_models_command
+
+    for line in run_models_command(args.action, args.version, args.models, args.kind):
+        print(line)
+    return 0
+
+
+def _check_writable_dir(path: Path, flag: str) -> None:
+    import os
+
+    target = path
+    while not target.exists():
+        if target.parent == target:
+            break
+        target = target.parent
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{flag} {path}: {target} is not a directory")
+    if not os.access(target, os.W_OK):
+        raise UsageError(f"{flag} {path}: not writable")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from risk_service.bundles import BundleError
+    from training.datasets import DataError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except UsageError as exc:
+        print(f"risk {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (DataError, BundleError) as exc:
+        print(f"risk {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
