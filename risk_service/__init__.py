@@ -1,0 +1,35 @@
+"""risk_service: the online half of the risk engine.
+
+`create_app` is the Flask application factory; everything it needs online
+(features, bundles, scoring, policy, stores) lives in this package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the service: defaults, RISK_* environment, then `test_config`; routes and errors."""
+    from flask import Flask
+
+    from risk_service import api, service
+    from risk_service.config import DEFAULTS
+
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env("RISK")
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    # Refuse oversized bodies before they are read; the API parser checks again.
+    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_BODY_BYTES"])
+    app.extensions["risk"] = service.build_scorer(app.config)
+    app.register_blueprint(api.bp)
+    if app.config["BENCH_EMPTY_ENDPOINT"]:
+        app.add_url_rule("/_empty", "empty", api.empty, methods=["GET", "POST"])
+    api.register_errors(app)
+    return app

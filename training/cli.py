@@ -7,6 +7,7 @@ every subcommand takes --quiet, and progress bars appear only on a terminal.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -85,6 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--config", type=Path, default=None)
     report.add_argument("--quiet", action="store_true")
     report.set_defaults(handler=_cmd_report)
+
+    serve = sub.add_parser("serve", help="run the scoring service under gunicorn")
+    serve.add_argument("--host", default=os.environ.get("RISK_HOST", "127.0.0.1"))
+    serve.add_argument(
+        "--port", type=_positive_int, default=int(os.environ.get("RISK_PORT", "8000"))
+    )
+    serve.add_argument(
+        "--workers", type=_positive_int, default=int(os.environ.get("RISK_WORKERS", "1"))
+    )
+    serve.add_argument(
+        "--threads", type=_positive_int, default=int(os.environ.get("RISK_THREADS", "4"))
+    )
+    serve.add_argument(
+        "--models", type=Path, default=None, help="models directory (RISK_MODELS_DIR)"
+    )
+    serve.add_argument("--policy", type=Path, default=None, help="policy file (RISK_POLICY_FILE)")
+    serve.add_argument("--accounts", type=Path, default=None, help="accounts table to load")
+    serve.add_argument("--quiet", action="store_true")
+    serve.set_defaults(handler=_cmd_serve)
 
     models = sub.add_parser("models", help="list, show, verify, promote or roll back models")
     models.add_argument("action", choices=("list", "show", "verify", "promote", "rollback"))
@@ -166,6 +186,53 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Verify the models here (a clear error beats a worker boot loop), then exec gunicorn."""
+    env = dict(os.environ)
+    for flag, key in (
+        ("models", "RISK_MODELS_DIR"),
+        ("policy", "RISK_POLICY_FILE"),
+        ("accounts", "RISK_ACCOUNTS_FILE"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            env[key] = str(value)
+    if args.workers > 1 and not env.get("RISK_STATE_URL"):
+        raise UsageError(
+            f"--workers {args.workers}: the in-memory state store keeps velocities per process, "
+            "so more than one worker would give wrong answers; use --threads, or configure a "
+            "shared store (RISK_STATE_URL=redis://...)"
+        )
+    from risk_service.service import load_champions, load_policy
+
+    load_champions(Path(env.get("RISK_MODELS_DIR", "models")))
+    load_policy(env.get("RISK_POLICY_FILE"))
+    # One OpenMP thread: LightGBM's default thread pool inside web workers collapses throughput.
+    env["OMP_NUM_THREADS"] = "1"
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--worker-class",
+        "gthread",
+        "--bind",
+        f"{args.host}:{args.port}",
+        "--graceful-timeout",
+        "10",
+        "--log-level",
+        "warning" if args.quiet else "info",
+        "risk_service:create_app()",
+    ]
+    if not args.quiet:
+        print(f"serving on http://{args.host}:{args.port} (POST /score, GET /docs)", flush=True)
+    os.execvpe(sys.executable, command, env)
+    return 0  # pragma: no cover - execvpe does not return
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from training.model_admin import run_models_command
 
@@ -190,6 +257,7 @@ def _check_writable_dir(path: Path, flag: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from risk_service.bundles import BundleError
+    from risk_service.policy import PolicyError
     from training.datasets import DataError
 
     parser = build_parser()
@@ -200,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"risk {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (DataError, BundleError) as exc:
+    except (DataError, BundleError, PolicyError) as exc:
         print(f"risk {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

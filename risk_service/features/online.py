@@ -112,6 +112,26 @@ def _float(value: Any) -> float:
     return NAN if d.is_missing(value) else float(value)
 
 
+def _request_time(event: Mapping[str, Any], ms: int, amount: float) -> dict[str, float]:
+    """The features that are pure functions of the event; the rest start as NaN."""
+    minor = d.to_minor(amount)
+    v = dict.fromkeys(FEATURE_NAMES, NAN)
+    v["amount"] = amount
+    for col, codes in d.CATEGORY_CODES.items():
+        v[col] = codes.get(event.get(col), NAN)  # type: ignore[arg-type]
+    v["hour_of_day"] = float(ms // HOUR_MS % 24)
+    v["day_of_week"] = float((ms // DAY_MS + 3) % 7)
+    v["amount_is_round"] = float(minor >= ROUND_AMOUNT_MINOR and minor % 10_000 == 0)
+    v["amount_is_small"] = float(minor <= SMALL_AMOUNT_MINOR)
+    return v
+
+
+def request_time_features(event: Mapping[str, Any]) -> np.ndarray:
+    """FEATURE_NAMES-ordered vector with only request-time features (the degraded path)."""
+    v = _request_time(event, d.to_ms(event["timestamp"]), float(event["amount"]))
+    return np.fromiter(v.values(), dtype=np.float64, count=len(FEATURE_NAMES))
+
+
 class OnlineFeatureEngine:
     """Feature vectors per event from per-entity state kept in a ``StateStore``."""
 
@@ -182,15 +202,7 @@ class OnlineFeatureEngine:
         ms = d.to_ms(event["timestamp"])
         keys = {c: _key(event.get(c)) for c in _KEY_COLS}
         amount = float(event["amount"])
-        minor = d.to_minor(amount)
-        v = dict.fromkeys(FEATURE_NAMES, NAN)
-        v["amount"] = amount
-        for col, codes in d.CATEGORY_CODES.items():
-            v[col] = codes.get(event.get(col), NAN)  # type: ignore[arg-type]
-        v["hour_of_day"] = float(ms // HOUR_MS % 24)
-        v["day_of_week"] = float((ms // DAY_MS + 3) % 7)
-        v["amount_is_round"] = float(minor >= ROUND_AMOUNT_MINOR and minor % 10_000 == 0)
-        v["amount_is_small"] = float(minor <= SMALL_AMOUNT_MINOR)
+        v = _request_time(event, ms, amount)
         self._entity_features(_FRAUD_PLAN, keys, ms, v)
         v["amount_to_account_mean_30d"] = d.ratio_to_mean(
             amount, v["account_events_30d"], v["account_amount_30d"]

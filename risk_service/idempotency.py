@@ -1,0 +1,56 @@
+"""Idempotency records: the same event_id returns the stored decision and is never counted twice.
+
+A record is written in the same critical section as the event's state update,
+so no reader can see one without the other. Records expire after a TTL
+(7 days by default), oldest first, which bounds memory.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from risk_service.decision_log import DecisionRecord
+
+
+@dataclass
+class IdempotencyEntry:
+    body_hash: str
+    response: dict[str, Any]
+    record: DecisionRecord
+    event: dict[str, Any]  # kept for label ingestion by event_id; never logged in the clear
+    created_ms: int
+    x: Any = None  # the fraud feature vector, for reasons asked for on a retry
+    reasons_complete: bool = True
+    logged: bool = False
+
+
+class MemoryIdempotencyStore:
+    """event_id -> entry, expiring `ttl_ms` after creation (by wall-clock arrival order)."""
+
+    def __init__(self, ttl_ms: int) -> None:
+        if ttl_ms <= 0:
+            raise ValueError(f"idempotency TTL must be > 0 ms, got {ttl_ms}")
+        self.ttl_ms = ttl_ms
+        self._entries: dict[str, IdempotencyEntry] = {}
+        self._order: deque[tuple[int, str]] = deque()
+
+    def get(self, event_id: str, now_ms: int) -> IdempotencyEntry | None:
+        self._expire(now_ms)
+        return self._entries.get(event_id)
+
+    def put(self, event_id: str, entry: IdempotencyEntry) -> None:
+        self._entries[event_id] = entry
+        self._order.append((entry.created_ms, event_id))
+
+    def _expire(self, now_ms: int) -> None:
+        order, entries = self._order, self._entries
+        while order and order[0][0] + self.ttl_ms <= now_ms:
+            _, event_id = order.popleft()
+            entry = entries.get(event_id)
+            if entry is not None and entry.created_ms + self.ttl_ms <= now_ms:
+                del entries[event_id]
+
+    def __len__(self) -> int:
+        return len(self._entries)

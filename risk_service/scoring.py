@@ -1,0 +1,369 @@
+"""The scoring core: validated request -> online features -> models -> policy -> decision.
+
+No Flask and no HTTP here. One lock guards the online state and the idempotency
+records, so an event's features, its state update and its idempotency record
+form one atomic step; the decision log append happens outside the lock (so
+concurrent requests share fsyncs) but before the answer is returned.
+
+Order and lateness (docs/architecture.md, "Late and out-of-order events"):
+events are applied in arrival order. An event whose timestamp is more than
+`max_lateness_ms` older than the newest timestamp seen is *late*: it is scored
+on the current state, flagged `late: true`, and still applied to the state so
+that later events count it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from risk_service import explain
+from risk_service.credit_model import CreditModel, recommended_limit, score_from_pd
+from risk_service.decision_log import DecisionLog, DecisionRecord
+from risk_service.errors import Conflict
+from risk_service.features import (
+    CREDIT_FEATURE_NAMES,
+    FEATURE_NAMES,
+    OnlineFeatureEngine,
+    request_time_features,
+)
+from risk_service.fraud_model import FraudModel
+from risk_service.idempotency import IdempotencyEntry, MemoryIdempotencyStore
+from risk_service.policy import Policy
+from risk_service.requests import ScoreRequest
+from risk_service.scores import decide, fraud_band, fraud_score
+
+SEVERITY = {"approve": 0, "challenge": 1, "review": 2, "decline": 3}
+_FRAUD_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_CREDIT_INDEX = {name: i for i, name in enumerate(CREDIT_FEATURE_NAMES)}
+
+
+class FeatureView(Mapping[str, float]):
+    """Feature values by name over a vector, without building a dict per request."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, values: np.ndarray, index: dict[str, int]) -> None:
+        self._values = values
+        self._index = index
+
+    def __getitem__(self, name: str) -> float:
+        return float(self._values[self._index[name]])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    """The champion models serving now; replaced as a whole, never mutated."""
+
+    fraud: FraudModel | None
+    credit: CreditModel | None
+
+    def versions(self) -> dict[str, str | None]:
+        return {
+            "fraud": self.fraud.version if self.fraud else None,
+            "credit": self.credit.version if self.credit else None,
+        }
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    max_lateness_ms: int = 5 * 60 * 1000
+    credit_approve_max_pd: float = 0.2
+    credit_decline_min_pd: float = 0.4
+
+
+class Scorer:
+    """Scores events against the loaded models and policy, with state, idempotency and a log."""
+
+    def __init__(
+        self,
+        *,
+        engine: OnlineFeatureEngine,
+        models: LoadedModels,
+        policy: Policy,
+        log: DecisionLog,
+        idempotency: MemoryIdempotencyStore,
+        settings: ScoringSettings | None = None,
+    ) -> None:
+        self.engine = engine
+        self.models = models
+        self.policy = policy
+        self.log = log
+        self.idempotency = idempotency
+        self.settings = settings or ScoringSettings()
+        self.lock = threading.Lock()
+        self.watermark_ms = -(2**62)
+
+    # -- the request path ------------------------------------------------------------------
+    def score(self, request: ScoreRequest) -> dict[str, Any]:
+        """The response for one validated request; raises Conflict (409) on a reused event_id."""
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        event_id = request.event_id
+        with self.lock:
+            entry = self.idempotency.get(event_id, now_ms)
+            if entry is None:
+                entry = self._score_new(request, now_ms, started)
+                self.idempotency.put(event_id, entry)
+        if entry.body_hash != request.canonical_body_hash:
+            raise Conflict(
+                f"event_id {event_id!r} was already scored with a different body",
+                field="event_id",
+            )
+        if not entry.logged:  # a retry of a decision whose log append failed is logged now
+            self.log.append(entry.record)
+            entry.logged = True
+        response = dict(entry.response)
+        if request.explain and not entry.reasons_complete and entry.x is not None:
+            response = self._with_approval_reasons(response, entry.x)
+        response["timing_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        return response
+
+    def _score_new(self, request: ScoreRequest, now_ms: int, started: float) -> IdempotencyEntry:
+        event = request.event
+        ts = request.timestamp_ms
+        late = ts < self.watermark_ms - self.settings.max_lateness_ms
+        self.watermark_ms = max(self.watermark_ms, ts)
+        if request.account is not None:
+            self.engine.ingest_profile(request.account)
+        models, policy = self.models, self.policy
+        if request.kind == "credit_application":
+            body, features, x, complete = self._credit_application(event, models, policy)
+        else:
+            body, features, x, complete = self._payment(
+                event, models, policy, explain_all=request.explain
+            )
+        body.update(
+            event_id=request.event_id,
+            model_versions=models.versions(),
+            policy_version=policy.version,
+            late=late,
+        )
+        latency = (time.perf_counter() - started) * 1000
+        record = DecisionRecord(
+            event_id=request.event_id,
+            decision=body["decision"],
+            body_hash=request.canonical_body_hash,
+            request={"event": event, "account": request.account, "explain": request.explain},
+            features=features,
+            fraud_probability=(body["fraud"] or {}).get("probability"),
+            fraud_score=(body["fraud"] or {}).get("score"),
+            credit_pd=(body["credit"] or {}).get("probability_of_default"),
+            rules_fired=body["rules_fired"],
+            reasons=((body["fraud"] or {}).get("reasons") or [])
+            + ((body["credit"] or {}).get("reasons") or []),
+            model_versions=body["model_versions"],
+            policy_version=policy.version,
+            degraded=body["degraded"],
+            latency_ms=latency,
+            created_at_ms=now_ms,
+            response=body,
+        )
+        return IdempotencyEntry(
+            request.canonical_body_hash,
+            body,
+            record,
+            dict(event),
+            now_ms,
+            x=x,
+            reasons_complete=complete,
+        )
+
+    def _payment(
+        self, event: dict[str, Any], models: LoadedModels, policy: Policy, *, explain_all: bool
+    ) -> tuple[dict[str, Any], dict[str, float | None], np.ndarray, bool]:
+        degraded = False
+        xc: np.ndarray | None = None
+        try:
+            if event.get("funding_source") == "credit_line":  # as of before this payment
+                xc = self.engine.credit_features(_as_application(event))
+            x = self.engine.process(event)
+        except Exception:  # a store failure: rules and request-time features only
+            degraded = True
+            x = request_time_features(event)
+        view = FeatureView(x, _FRAUD_INDEX)
+        fraud: dict[str, Any] | None = None
+        model_decision: str | None = None
+        if models.fraud is not None and not degraded:
+            try:
+                p = float(models.fraud.predict_proba(x.reshape(1, -1))[0])
+                score = fraud_score(p)
+                fraud = {"probability": p, "score": score, "band": fraud_band(score)}
+                model_decision = decide(p, models.fraud.thresholds)
+            except Exception:
+                degraded = True
+        if models.fraud is None:
+            degraded = True
+        outcome = policy.evaluate(event, view, model_decision)
+        decision = outcome.decision
+        rules = list(outcome.rules_fired)
+        credit = None
+        if xc is not None:
+            credit, credit_rules = self._credit_for_payment(event, models, view, xc)
+            rules += credit_rules
+            for rule in credit_rules:
+                if SEVERITY[rule["action"]] > SEVERITY[decision]:
+                    decision = rule["action"]
+        complete = decision != "approve" or explain_all
+        if fraud is not None and complete:
+            fraud["reasons"] = self._fraud_reasons(models.fraud, x)
+        elif fraud is not None:
+            fraud["reasons"] = []
+        body = {
+            "decision": decision,
+            "fraud": fraud,
+            "credit": credit,
+            "rules_fired": rules,
+            "degraded": degraded,
+        }
+        return body, _features_dict(FEATURE_NAMES, x), x, complete
+
+    def _fraud_reasons(self, model: FraudModel | None, x: np.ndarray) -> list[dict[str, Any]]:
+        if model is None:
+            return []
+        contributions = model.contributions(x.reshape(1, -1))[0]
+        return explain.top_reasons(FEATURE_NAMES, x, contributions)
+
+    def _with_approval_reasons(self, response: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
+        """An approval asked for its reasons (`explain: true`) on a retry."""
+        if response.get("fraud") is not None:
+            response["fraud"] = dict(response["fraud"])
+            response["fraud"]["reasons"] = self._fraud_reasons(self.models.fraud, x)
+        return response
+
+    def _credit_block(
+        self, x: np.ndarray, model: CreditModel, monthly_income: float, requested: float
+    ) -> tuple[dict[str, Any], str]:
+        pd_ = float(model.predict_pd(x.reshape(1, -1))[0])
+        points = score_from_pd(pd_)
+        s = self.settings
+        if pd_ <= s.credit_approve_max_pd:
+            decision = "approve"
+        elif pd_ < s.credit_decline_min_pd:
+            decision = "review"
+        else:
+            decision = "decline"
+        block: dict[str, Any] = {
+            "probability_of_default": pd_,
+            "score": round(points, 1),
+            "band": model.band(points),
+            "recommended_limit": recommended_limit(pd_, monthly_income, requested),
+            "reasons": [],
+        }
+        if decision != "approve":
+            contributions = model.contributions(x.reshape(1, -1))[0]
+            block["reasons"] = explain.top_reasons(CREDIT_FEATURE_NAMES, x, contributions)
+        return block, decision
+
+    def _credit_for_payment(
+        self, event: dict[str, Any], models: LoadedModels, view: FeatureView, xc: np.ndarray
+    ) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+        """Credit risk of a payment funded by the pay-later line: PD and the limit check."""
+        limit = view["credit_limit"]
+        used = _nan_to_zero(float(xc[_CREDIT_INDEX["account_credit_line_amount_30d"]]))
+        available = (limit - used) if not math.isnan(limit) else None
+        within = available is not None and event["amount"] <= available
+        check = {
+            "credit_limit": None if math.isnan(limit) else limit,
+            "used_30d": used,
+            "available": available,
+            "within_limit": within,
+        }
+        rules: list[dict[str, str]] = []
+        if not within:
+            rules.append(
+                {
+                    "name": "credit_limit_exceeded",
+                    "action": "decline",
+                    "reason": "the amount exceeds the available pay-later credit",
+                }
+            )
+        if models.credit is None:
+            return {"limit_check": check, "reasons": []}, rules
+        block, credit_decision = self._credit_block(
+            xc, models.credit, view["monthly_income"], event["amount"]
+        )
+        block["limit_check"] = check
+        if credit_decision != "approve":
+            rules.append(
+                {
+                    "name": "credit_risk",
+                    "action": "review" if credit_decision == "review" else "decline",
+                    "reason": f"probability of default {block['probability_of_default']:.1%}",
+                }
+            )
+        return block, rules
+
+    def _credit_application(
+        self, event: dict[str, Any], models: LoadedModels, policy: Policy
+    ) -> tuple[dict[str, Any], dict[str, float | None], None, bool]:
+        xc = self.engine.credit_features(event)
+        view = FeatureView(xc, _CREDIT_INDEX)
+        degraded = models.credit is None
+        credit = None
+        model_decision = None
+        if models.credit is not None:
+            credit, model_decision = self._credit_block(
+                xc, models.credit, view["monthly_income"], float(event["requested_limit"])
+            )
+            credit["limit_check"] = {
+                "requested_limit": float(event["requested_limit"]),
+                "within_recommendation": credit["recommended_limit"]
+                >= float(event["requested_limit"]),
+            }
+        outcome = policy.evaluate(event, view, model_decision)
+        body = {
+            "decision": outcome.decision,
+            "fraud": None,
+            "credit": credit,
+            "rules_fired": list(outcome.rules_fired),
+            "degraded": degraded,
+        }
+        return body, _features_dict(CREDIT_FEATURE_NAMES, xc), None, True
+
+    # -- feeding the online state ----------------------------------------------------------
+    def ingest_label(
+        self, event_id: str, is_fraud: int, label_time: Any, event: Mapping[str, Any] | None = None
+    ) -> None:
+        """A label for a scored event, effective at `label_time`; the event's ids come from the
+        idempotency record, or from `event` when the record has expired."""
+        with self.lock:
+            if event is None:
+                entry = self.idempotency.get(event_id, int(time.time() * 1000))
+                if entry is None:
+                    raise KeyError(f"event {event_id!r} is unknown; pass its entity ids")
+                event = entry.event
+            self.engine.ingest_label(event, is_fraud, label_time)
+
+    def ingest_profile(self, account: Mapping[str, Any]) -> None:
+        with self.lock:
+            self.engine.ingest_profile(account)
+
+
+def _as_application(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A credit-line payment seen as a request for that much credit."""
+    return {
+        "account_id": event["account_id"],
+        "timestamp": event["timestamp"],
+        "requested_limit": event["amount"],
+    }
+
+
+def _nan_to_zero(value: float) -> float:
+    return 0.0 if math.isnan(value) else value
+
+
+def _features_dict(names: tuple[str, ...], x: np.ndarray) -> dict[str, float | None]:
+    return {n: (None if v != v else float(v)) for n, v in zip(names, x.tolist(), strict=True)}
