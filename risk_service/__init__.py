@@ -32,4 +32,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if app.config["BENCH_EMPTY_ENDPOINT"]:
         app.add_url_rule("/_empty", "empty", api.empty, methods=["GET", "POST"])
     api.register_errors(app)
+    if app.config["GC_TUNING"]:
+        service.tune_gc()
     return app

@@ -91,6 +91,22 @@ def load_accounts(scorer: Scorer, path: str) -> int:
     return len(frame)
 
 
+def tune_gc() -> None:
+    """Keep the garbage collector off the request path.
+
+    The feature state is millions of small long-lived containers; Python's full
+    (generation 2) collections walk all of them and were measured stalling a
+    request for ~0.8 s. Objects alive after start-up are frozen (never scanned),
+    and the thresholds make young collections rarer and full ones practically
+    never happen. The state holds no reference cycles, so nothing leaks.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100_000)
+
+
 def build_scorer(config: Mapping[str, Any]) -> Scorer:
     log_path = Path(config["DECISION_LOG_PATH"])
     log_path.parent.mkdir(parents=True, exist_ok=True)

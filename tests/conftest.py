@@ -29,6 +29,7 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
             "DECISION_LOG_PATH": str(tmp_path / f"log{len(apps)}.sqlite"),
             "DECISION_LOG_SYNC": "NORMAL",
             "HASH_KEY": "test-key-" + "x" * 32,
+            "GC_TUNING": False,
             **config,
         }
         app = create_app(settings)

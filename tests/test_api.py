@@ -10,11 +10,10 @@ from typing import Any
 import jsonschema
 import lightgbm as lgb
 import pytest
+from conftest import AppFactory
 from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate as validate_openapi
-
-from tests.conftest import AppFactory
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

@@ -85,13 +85,16 @@ class RecentMembers:
     whose last-seen bucket falls out of ``horizon``.  Recency is arrival order.
     """
 
-    __slots__ = ("cap", "h_bucket", "h_n", "last")
+    __slots__ = ("cap", "h_bucket", "h_n", "in_time_order", "last")
 
     def __init__(self, horizon: Window, cap: int = DISTINCT_CAP) -> None:
         self.h_bucket = horizon.bucket_ms
         self.h_n = horizon.n_buckets
         self.cap = cap
         self.last: dict[str, int] = {}
+        # True while last-seen times never decrease along the recency order (no late update):
+        # then the members outside a window form a prefix and `count` may scan from both ends.
+        self.in_time_order = True
 
     def is_new(self, member: str, t_ms: int) -> bool:
         """True if ``member`` is not in the set as seen at ``t_ms`` (first seen in horizon)."""
@@ -104,17 +107,36 @@ class RecentMembers:
         """Members last seen in ``window`` (so at most ``cap``)."""
         cutoff = t_ms // window.bucket_ms - window.n_buckets
         b = window.bucket_ms
-        k = 0
-        for seen in reversed(self.last.values()):
-            if seen // b <= cutoff:
+        last = self.last
+        if not self.in_time_order:  # the definition: the newest members, up to the first old one
+            k = 0
+            for seen in reversed(last.values()):
+                if seen // b <= cutoff:
+                    break
+                k += 1
+            return k
+        # Same answer, O(min(inside, outside)): a busy shared IP has ~cap members inside.
+        n = len(last)
+        newest, oldest = reversed(last.values()), iter(last.values())
+        inside = outside = 0
+        while inside + outside < n:
+            if next(newest) // b <= cutoff:
+                return inside
+            inside += 1
+            if inside + outside == n:
                 break
-            k += 1
-        return k
+            if next(oldest) // b > cutoff:
+                return n - outside
+            outside += 1
+        return inside
 
     def update(self, member: str, t_ms: int) -> None:
         last = self.last
         seen = last.pop(member, None)
-        last[member] = t_ms if seen is None or t_ms > seen else seen
+        value = t_ms if seen is None or t_ms > seen else seen
+        if last and self.in_time_order and value < next(reversed(last.values())):
+            self.in_time_order = False
+        last[member] = value
         if len(last) > self.cap:
             del last[next(iter(last))]
         cutoff = t_ms // self.h_bucket - self.h_n
