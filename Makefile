@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench
+.PHONY: install run demo test lint format
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-# Until the scoring service lands: simulate the default world and train on it.
+# The scoring service on the committed default models (http://127.0.0.1:8000, docs at /docs).
 run: install
+	$(BIN)/risk serve --models models
+
+# Simulate the default world and train on it (what produced the committed models).
+demo: install
 	$(BIN)/risk simulate --out data/default-world
 	$(BIN)/risk train --data data/default-world --models var/models --reports var/reports
 
