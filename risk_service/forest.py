@@ -5,9 +5,13 @@ parameter parsing, row conversion, OpenMP set-up), a third of the scoring budget
 LightGBM's OpenMP threads are a hazard inside web workers. A numba kernel walking flat
 node arrays evaluates the same forest in a few µs, without OpenMP, and releases the GIL.
 
-The forest is read from `Booster.dump_model()` (thresholds and leaf values are printed
-with 17 significant digits there, so they round-trip exactly) and evaluated with
-LightGBM's own rules (`include/LightGBM/tree.h`, `src/c_api.cpp`):
+The forest is read from LightGBM's text model (`Booster.model_to_string()`, the saved
+file), i.e. LightGBM's own per-tree arrays: thresholds and leaf values at 17 significant
+digits (exact round trip), decision_type bits, children, and the categorical bitsets
+(cat_boundaries / cat_threshold). Not from `Booster.dump_model()`: its JSON clamps
+thresholds to ±1e300 (`AvoidInf`), and LightGBM does write ``inf`` thresholds, which
+would then send x = inf or x = DBL_MAX the wrong way. Evaluation follows LightGBM
+(`include/LightGBM/tree.h`, `src/c_api.cpp`):
 
 * Input: a dense row goes through `RowPairFunctionFromDenseMatrix`, which keeps only
   values with ``|x| > kZeroThreshold`` or NaN; everything else reads back as 0.0.
@@ -24,10 +28,10 @@ LightGBM's own rules (`include/LightGBM/tree.h`, `src/c_api.cpp`):
 * The margin is the sum of the trees' outputs in tree order starting from 0.0; for the
   binary objective the probability is ``1 / (1 + exp(-sigmoid * margin))``.
 
-All trees in the dump are used. `Booster.dump_model()` and `Booster.predict()` both
-default to the booster's ``best_iteration`` when it is set (a freshly trained booster
-with early stopping), and to all trees for a booster loaded from a model string, so
-`from_booster` matches `booster.predict(X)` in both cases.
+All trees in the text are used. `Booster.model_to_string()` and `Booster.predict()` both
+default to the booster's ``best_iteration`` when it is set (a booster trained with early
+stopping and ``keep_training_booster=True``), and to all trees for a booster loaded from a
+model string, so `from_booster` matches `booster.predict(X)` in both cases.
 
 Unsupported (refused with ValueError): multiclass / multi-output models, linear trees,
 random-forest averaging (``average_output``). TreeSHAP contributions stay on LightGBM.
@@ -52,7 +56,6 @@ DEFAULT_LEFT = 2
 MISSING_SHIFT = 2
 MISSING_NONE, MISSING_ZERO, MISSING_NAN = 0, 1, 2
 NAN_IS_CATEGORY_ZERO = 16
-_MISSING_TYPES = {"None": MISSING_NONE, "Zero": MISSING_ZERO, "NaN": MISSING_NAN}
 
 # Columns of the int32 node table.
 FEATURE, LEFT, RIGHT, FLAGS, CAT_START, CAT_WORDS = range(6)
@@ -142,107 +145,138 @@ def _forest_kernel(
 # --------------------------------------------------------------------------- parsing
 
 
-class _Builder:
-    """Accumulates the flat arrays, one list per column, while walking the dumped trees.
+def _parse_model_text(text: str) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """The header's and each tree's ``key=value`` lines (a bare key maps to "")."""
+    header: dict[str, str] = {}
+    trees: list[dict[str, str]] = []
+    target = header
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
+        if line.startswith("end of trees"):
+            break
+        if line.startswith("Tree="):
+            target = {}
+            trees.append(target)
+        elif line:
+            key, _, value = line.partition("=")
+            target[key] = value
+    if "max_feature_idx" not in header:
+        raise ValueError("not a LightGBM text model: no max_feature_idx in the header")
+    return header, trees
 
-    Plain lists of numbers only: a tuple per node would keep triggering the cyclic garbage
-    collector, which then walks the whole (large) dump each time.
+
+def _floats(text: str) -> np.ndarray:
+    # float() is correctly rounded and reads LightGBM's "inf" / "-inf" / "nan".
+    return np.fromiter(map(float, text.split()), dtype=np.float64)
+
+
+def _ints(text: str, dtype: type = np.int64) -> np.ndarray:
+    return np.fromiter(map(int, text.split()), dtype=dtype)
+
+
+class _Builder:
+    """Concatenates LightGBM's per-tree arrays into global ones.
+
+    Within a tree LightGBM numbers internal nodes 0..num_leaves-2 (root 0) and writes a
+    leaf child as ``~leaf``; globally, node and leaf indices are offset per tree.
     """
 
-    def __init__(self, nan_is_category_zero: bool) -> None:
+    def __init__(self, nan_is_category_zero: bool, num_features: int) -> None:
         self.nan_is_category_zero = nan_is_category_zero
-        self.columns: list[list[int]] = [[] for _ in range(6)]  # FEATURE ... CAT_WORDS
-        self.thresholds: list[float] = []
-        self.leaf_values: list[float] = []
-        self.cat_bits: list[int] = []
+        self.num_features = num_features
+        self.roots: list[int] = []
+        self.tables: list[np.ndarray] = []
+        self.thresholds: list[np.ndarray] = []
+        self.leaf_values: list[np.ndarray] = []
+        self.cat_bits: list[np.ndarray] = []
+        self.n_nodes = self.n_leaves = self.n_words = 0
 
-    def add_tree(self, structure: dict[str, Any]) -> int:
-        """Append one tree; return its root (>= 0 a node, < 0 the complement of a leaf)."""
-        if "split_index" not in structure:
-            return self._add_leaf(structure)
-        root = len(self.thresholds)
-        # Pre-order, left child right after its parent; children are patched when known.
-        stack: list[tuple[dict[str, Any], int, int]] = [(structure, -1, LEFT)]
-        while stack:
-            item, parent, side = stack.pop()
-            ref = self._add_split(item) if "split_index" in item else self._add_leaf(item)
-            if parent >= 0:
-                self.columns[side][parent] = ref
-            if ref >= 0:
-                stack.append((item["right_child"], ref, RIGHT))
-                stack.append((item["left_child"], ref, LEFT))
-        return root
-
-    def _add_leaf(self, leaf: dict[str, Any]) -> int:
-        if "leaf_coeff" in leaf or "leaf_const" in leaf:
+    def add_tree(self, tree: dict[str, str]) -> None:
+        if tree.get("is_linear", "0") != "0":
             raise ValueError("unsupported LightGBM model: linear trees (linear_tree=true)")
-        self.leaf_values.append(float(leaf["leaf_value"]))
-        return -len(self.leaf_values)  # == ~(index of the new leaf)
-
-    def _add_split(self, node: dict[str, Any]) -> int:
-        missing = _MISSING_TYPES[node["missing_type"]]
-        flags = (missing << MISSING_SHIFT) | (DEFAULT_LEFT if node["default_left"] else 0)
-        start = words = 0
-        threshold = 0.0
-        if node["decision_type"] == "==":
-            flags |= CATEGORICAL | (NAN_IS_CATEGORY_ZERO if self.nan_is_category_zero else 0)
-            start, words = self._add_bitset(_categories(node["threshold"]))
-        elif node["decision_type"] == "<=":
-            threshold = float(node["threshold"])
+        num_leaves = int(tree["num_leaves"])
+        leaf_values = _floats(tree["leaf_value"])
+        if len(leaf_values) != num_leaves:
+            raise ValueError(f"malformed tree: {len(leaf_values)} leaf values, {num_leaves} leaves")
+        if num_leaves == 1:
+            self.roots.append(~self.n_leaves)
         else:
-            raise ValueError(f"unsupported LightGBM decision type {node['decision_type']!r}")
-        for column, value in zip(
-            self.columns, (int(node["split_feature"]), 0, 0, flags, start, words), strict=True
-        ):
-            column.append(value)
-        self.thresholds.append(threshold)
-        return len(self.thresholds) - 1
+            self._add_splits(tree, num_leaves - 1)
+        self.leaf_values.append(leaf_values)
+        self.n_leaves += num_leaves
 
-    def node_table(self) -> np.ndarray:
-        """The int32 (n_nodes, 6) table: FEATURE, LEFT, RIGHT, FLAGS, CAT_START, CAT_WORDS."""
-        return np.asarray(self.columns, dtype=np.int32).reshape(6, -1).T.copy()
+    def _add_splits(self, tree: dict[str, str], n: int) -> None:
+        table = np.zeros((n, 6), dtype=np.int64)
+        table[:, FEATURE] = _ints(tree["split_feature"])
+        decision = _ints(tree["decision_type"]) & (
+            CATEGORICAL | DEFAULT_LEFT | (3 << MISSING_SHIFT)
+        )
+        thresholds = _floats(tree["threshold"])
+        for column, key in ((LEFT, "left_child"), (RIGHT, "right_child")):
+            child = _ints(tree[key])
+            table[:, column] = np.where(child >= 0, child + self.n_nodes, child - self.n_leaves)
+        categorical = (decision & CATEGORICAL) != 0
+        if categorical.any():
+            if self.nan_is_category_zero:
+                decision[categorical] |= NAN_IS_CATEGORY_ZERO
+            self._add_bitsets(tree, table, categorical, thresholds)
+        table[:, FLAGS] = decision
+        if len(thresholds) != n or table[:, FEATURE].max() >= self.num_features:
+            raise ValueError("malformed tree: split arrays disagree with num_leaves/features")
+        self.roots.append(self.n_nodes)
+        self.tables.append(table)
+        self.thresholds.append(thresholds)
+        self.n_nodes += n
 
-    def _add_bitset(self, categories: list[int]) -> tuple[int, int]:
-        words = (max(categories) // 32 + 1) if categories else 0
-        bits = [0] * words
-        for c in categories:
-            bits[c // 32] |= 1 << (c % 32)
-        start = len(self.cat_bits)
-        self.cat_bits.extend(bits)
-        return start, words
+    def _add_bitsets(
+        self, tree: dict[str, str], table: np.ndarray, categorical: np.ndarray, thr: np.ndarray
+    ) -> None:
+        """A categorical node's threshold is its index into cat_boundaries."""
+        bounds = _ints(tree["cat_boundaries"])
+        bits = _ints(tree["cat_threshold"], np.uint32)
+        index = thr[categorical].astype(np.int64)
+        table[categorical, CAT_START] = bounds[index] + self.n_words
+        table[categorical, CAT_WORDS] = bounds[index + 1] - bounds[index]
+        self.cat_bits.append(bits)
+        self.n_words += len(bits)
 
-
-def _categories(threshold: Any) -> list[int]:
-    """The dump writes a categorical split's left-going categories as "1||3||5"."""
-    text = str(threshold).strip()
-    cats = [int(part) for part in text.split("||")] if text else []
-    if any(c < 0 for c in cats):
-        raise ValueError(f"negative category in a categorical split: {text!r}")
-    return cats
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """roots, node table (n_nodes, 6), thresholds, leaf values, category bitsets."""
+        table = np.concatenate(self.tables) if self.tables else np.zeros((0, 6), np.int64)
+        if self.n_nodes >= 2**31 or self.n_leaves >= 2**31 or self.n_words >= 2**31:
+            raise ValueError("forest too large for int32 node indices")
+        return (
+            np.asarray(self.roots, dtype=np.int32),
+            np.ascontiguousarray(table, dtype=np.int32),
+            np.concatenate([np.zeros(0), *self.thresholds]),
+            np.concatenate([np.zeros(0), *self.leaf_values]),
+            np.concatenate([np.zeros(0, np.uint32), *self.cat_bits]).astype(np.uint32),
+        )
 
 
 def _sigmoid_of(objective: str) -> float | None:
     """The probability transform's slope, or None when predictions are not probabilities."""
-    name, *params = objective.split()
+    name, *params = objective.split() or [""]
     if name == "binary":
         for param in params:
             key, _, value = param.partition(":")
-            if key == "sigmoid":
+            if key == "sigmoid" and float(value) > 0.0:
                 return float(value)
-        raise ValueError(f"binary objective without a sigmoid parameter: {objective!r}")
+        raise ValueError(f"binary objective without a positive sigmoid: {objective!r}")
     if name in ("cross_entropy", "xentropy"):
         return 1.0
     return None
 
 
-def _check_supported(dump: dict[str, Any]) -> None:
-    if int(dump.get("num_class", 1)) != 1 or int(dump.get("num_tree_per_iteration", 1)) != 1:
+def _check_supported(header: dict[str, str]) -> None:
+    num_class = int(header.get("num_class", "1"))
+    per_iteration = int(header.get("num_tree_per_iteration", "1"))
+    if num_class != 1 or per_iteration != 1:
         raise ValueError(
             "unsupported LightGBM model: multiclass / multi-output "
-            f"(num_class={dump.get('num_class')}, "
-            f"num_tree_per_iteration={dump.get('num_tree_per_iteration')})"
+            f"(num_class={num_class}, num_tree_per_iteration={per_iteration})"
         )
-    if dump.get("average_output"):
+    if "average_output" in header:
         raise ValueError("unsupported LightGBM model: average_output (boosting=rf)")
 
 
@@ -261,37 +295,41 @@ class CompiledForest:
     shared by threads; the kernel releases the GIL.
     """
 
-    def __init__(self, dump: dict[str, Any], *, nan_is_category_zero: bool | None = None) -> None:
-        _check_supported(dump)
-        self.objective: str = str(dump.get("objective", ""))
-        self.sigmoid: float | None = _sigmoid_of(self.objective) if self.objective else None
-        self.feature_names: list[str] = list(dump.get("feature_names", []))
-        self.num_features: int = int(dump["max_feature_idx"]) + 1
+    def __init__(self, model_str: str, *, nan_is_category_zero: bool | None = None) -> None:
+        """Compile a LightGBM text model (`Booster.model_to_string()` / the saved file).
+
+        ``nan_is_category_zero`` overrides how a NaN categorical value is cast (see the
+        module docstring); the default follows this machine's architecture.
+        """
+        header, trees = _parse_model_text(model_str)
+        _check_supported(header)
+        self.objective: str = header.get("objective", "")
+        self.sigmoid: float | None = _sigmoid_of(self.objective)
+        self.feature_names: list[str] = header.get("feature_names", "").split()
+        self.num_features: int = int(header["max_feature_idx"]) + 1
         if nan_is_category_zero is None:
             nan_is_category_zero = _nan_is_category_zero()
-        builder = _Builder(nan_is_category_zero)
-        roots = [builder.add_tree(tree["tree_structure"]) for tree in dump["tree_info"]]
+        builder = _Builder(nan_is_category_zero, self.num_features)
+        for tree in trees:
+            builder.add_tree(tree)
+        roots, nodes, thresholds, leaf_values, cat_bits = builder.arrays()
         self.num_trees: int = len(roots)
-        self._roots = _readonly(np.asarray(roots, dtype=np.int32))
-        self._nodes = _readonly(builder.node_table())
-        self._thresholds = _readonly(np.asarray(builder.thresholds, dtype=np.float64))
-        self._leaf_values = _readonly(np.asarray(builder.leaf_values, dtype=np.float64))
-        self._cat_bits = _readonly(np.asarray(builder.cat_bits, dtype=np.uint32))
-        if self._nodes.size and int(self._nodes[:, FEATURE].max()) >= self.num_features:
-            raise ValueError("a split uses a feature index beyond max_feature_idx")
+        self._roots = _readonly(roots)
+        self._nodes = _readonly(nodes)
+        self._thresholds = _readonly(thresholds)
+        self._leaf_values = _readonly(leaf_values)
+        self._cat_bits = _readonly(cat_bits)
         self._warm()
 
     @classmethod
     def from_booster(cls, booster: Any) -> CompiledForest:
-        """Compile the trees `booster.predict(X)` uses (all of them, or best_iteration's)."""
-        return cls(booster.dump_model())
+        """Compile the trees `booster.predict(X)` uses: all, or up to best_iteration."""
+        return cls(booster.model_to_string())
 
     @classmethod
     def from_model_string(cls, model_str: str) -> CompiledForest:
-        """Compile a saved LightGBM text model (all trees in it)."""
-        import lightgbm as lgb
-
-        return cls.from_booster(lgb.Booster(model_str=model_str))
+        """Compile a saved LightGBM text model (all trees in it); LightGBM is not needed."""
+        return cls(model_str)
 
     def predict_raw(self, X: np.ndarray) -> np.ndarray:
         """The raw margin (sum of leaf values) per row: float64, shape (n,)."""

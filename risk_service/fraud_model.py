@@ -15,6 +15,7 @@ import lightgbm as lgb
 import numpy as np
 
 from risk_service.bundles import VerifiedBundle
+from risk_service.forest import CompiledForest
 
 BOOSTER_FILE = "fraud_lgbm.txt"
 CALIBRATOR_FILE = "fraud_calibrator.joblib"
@@ -58,13 +59,16 @@ class FraudModel:
         self.thresholds: dict[str, float] = dict(bundle.manifest["thresholds"])
         # Verified before this point: the joblib file's hash matched the manifest.
         self.booster = lgb.Booster(model_str=bundle.path(BOOSTER_FILE).read_text())
+        # Scores come from the compiled forest (bit-identical, ~7 µs a row, no OpenMP);
+        # the booster stays for TreeSHAP contributions.
+        self.forest = CompiledForest.from_booster(self.booster)
         self.calibrate = PlattMap.from_sklearn(joblib.load(bundle.path(CALIBRATOR_FILE)))
         self.meta: dict[str, Any] = json.loads(bundle.path(META_FILE).read_text())
         if self.booster.feature_name() != self.feature_names:
             raise ValueError(f"fraud bundle {self.version}: booster features differ from manifest")
 
     def raw(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.booster.predict(X, **PREDICT_PARAMS), dtype=np.float64)
+        return self.forest.predict_proba(X)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated probability of fraud per row of X (columns in feature_names order)."""

@@ -20,6 +20,7 @@ from .config import (
     HOUR,
     HOURLY_WEEKDAY,
     HOURLY_WEEKEND,
+    MINUTE,
     SC,
 )
 from .events import Batch, concat, new_batch
@@ -71,6 +72,8 @@ def _where(pop: Population, rng: np.random.Generator, acc: np.ndarray, t: np.nda
     wifi = a["wifi0"] + city * WIFI_PER_CITY + rng.integers(0, WIFI_PER_CITY, n)
     carrier = a["carrier0"] + city * CARRIER_PER_CITY + rng.integers(0, CARRIER_PER_CITY, n)
     ip = np.where(trav, np.where(rng.random(n) < 0.5, wifi, carrier), ip)
+    vpn = a["proxy0"] + rng.integers(0, a["n_proxy"], n)
+    ip = np.where(rng.random(n) < a["p_vpn"][acc], vpn, ip)
     lat = np.where(
         trav, CITY_LAT[city] + rng.normal(0, 0.03, n), a["home_lat"][acc] + rng.normal(0, 0.01, n)
     )
@@ -120,7 +123,6 @@ def _ordinary(rng: np.random.Generator, pop: Population, lo: int, hi: int) -> Ba
     pay = etype == ET["payment"]
     merchant = np.where(pay, np.where(use_fav, m_fav, m_rand), -1)
     m = np.maximum(merchant, 0)
-    on = mk.online[m]
 
     spend = np.log(a["spend"][acc])
     festive = np.where(spree, 1.25, 1.0)
@@ -143,10 +145,36 @@ def _ordinary(rng: np.random.Generator, pop: Population, lo: int, hi: int) -> Ba
     payee = a["payees"][acc, slot]
     newp = rng.random(n) < 0.05
     payee = np.where(newp, rng.integers(0, pop.n_normal, n), payee)
-    payee = np.where(
-        etype == ET["transfer"], np.where(payee == acc, (acc + 1) % pop.n_normal, payee), -1
-    )
+    payee = np.where(etype == ET["transfer"], payee, -1)
+    # People send and top up round sums (500, 1 000) far more often than odd ones.
+    rnd = (etype == ET["transfer"]) | (etype == ET["top_up"])
+    rnd &= (amount >= 80) & (rng.random(n) < 0.55)
+    amount = np.where(rnd, np.maximum(np.round(amount, -2), 100), amount)
+    return _fill(rng, pop, acc, t, etype, amount, merchant, payee, trav=(trav, city, ip, lat, lon))
 
+
+def _fill(
+    rng: np.random.Generator,
+    pop: Population,
+    acc: np.ndarray,
+    t: np.ndarray,
+    etype: np.ndarray | int,
+    amount: np.ndarray,
+    merchant: np.ndarray,
+    payee: np.ndarray,
+    trav: tuple | None = None,
+    **over: np.ndarray | int,
+) -> Batch:
+    """The rest of an ordinary event by the account's habits: instrument, channel, device, IP,
+    location and authentication (keyword arguments override)."""
+    a, mk = pop.a, pop.market
+    n = len(acc)
+    etype = np.broadcast_to(np.asarray(etype), (n,))
+    pay = etype == ET["payment"]
+    _, _, ip, lat, lon = trav if trav is not None else _where(pop, rng, acc, t)
+    m = np.maximum(merchant, 0)
+    on = mk.online[m]
+    payee = np.where((payee == acc) & (payee >= 0), (acc + 1) % pop.n_normal, payee)
     # Instrument: payments by habit (the credit line only once granted), others fixed.
     inst = a["inst"][acc]
     w = np.where(inst >= 0, PAY_SLOT_WEIGHT, 0.0)
@@ -166,24 +194,23 @@ def _ordinary(rng: np.random.Generator, pop: Population, lo: int, hi: int) -> Ba
     )
     channel = np.where(pay, channel, np.where(rng.random(n) < 0.95, CH["app"], CH["web"]))
     offline = pay & ~on
-    b = new_batch(
-        n,
-        t=t,
-        acct=acc,
-        etype=etype,
-        amount=amount,
-        channel=channel,
-        merchant=merchant,
-        payee=payee,
-        inst=inst[np.arange(n), slot],
-        device=_device(rng, pop, acc, t),
-        ip=ip,
-        lat=np.where(offline, mk.lat[m], lat),
-        lon=np.where(offline, mk.lon[m], lon),
-        auth=_auth(rng, pop, acc, t, pay & (amount < SMALL_AMOUNT)),
-    )
-    _big_first_purchase(rng, pop, b)
-    return b
+    cols = {
+        "t": t,
+        "acct": acc,
+        "etype": etype,
+        "amount": amount,
+        "channel": channel,
+        "merchant": merchant,
+        "payee": payee,
+        "inst": inst[np.arange(n), slot],
+        "device": _device(rng, pop, acc, t),
+        "ip": ip,
+        "lat": np.where(offline, mk.lat[m], lat),
+        "lon": np.where(offline, mk.lon[m], lon),
+        "auth": _auth(rng, pop, acc, t, pay & (amount < SMALL_AMOUNT)),
+    }
+    cols.update(over)
+    return new_batch(n, **cols)
 
 
 def _big_first_purchase(rng: np.random.Generator, pop: Population, b: Batch) -> None:
@@ -249,7 +276,10 @@ def legit_chunk(
 ) -> Batch:
     """Accounts [lo, hi): ordinary events and bills; payments at a compromised terminal during
     its window become fraud (skimmed, slightly inflated amounts)."""
-    b = concat([_ordinary(rng, pop, lo, hi), _bills(rng, pop, lo, hi)])
+    b = _ordinary(rng, pop, lo, hi)
+    _big_first_purchase(rng, pop, b)
+    b = concat([b, _bills(rng, pop, lo, hi), _look_alikes(rng, pop, lo, hi)])
+    b = {k: v[b["t"] < pop.cal.end] for k, v in b.items()}
     m = np.maximum(b["merchant"], 0)
     hit = (
         (b["etype"] == ET["payment"])
@@ -263,3 +293,236 @@ def legit_chunk(
     b["amount"][hit] *= rng.uniform(1.0, 1.3, hit.sum())
     b["amount"] = np.maximum(np.round(b["amount"], 2), 0.01)
     return b
+
+
+def _expand(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Owner index and position inside the owner's burst for each event."""
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    seq = np.arange(len(owner)) - np.repeat(np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
+    return owner, seq
+
+
+def _gaps(rng: np.random.Generator, owner: np.ndarray, seq: np.ndarray, lo: int, hi: int):
+    """Offsets from the burst start: sums of random gaps, zero for the first event."""
+    gaps = np.where(seq == 0, 0, rng.integers(lo, hi, len(owner)))
+    total = np.cumsum(gaps)
+    return total - np.repeat(total[np.flatnonzero(seq == 0)], np.bincount(owner))
+
+
+def _popular(rng: np.random.Generator, pop: Population, cats: np.ndarray, n: int) -> np.ndarray:
+    assert pop.popular is not None
+    return pop.popular.pick(rng, cats[rng.integers(0, len(cats), n)])
+
+
+def _ticket(rng: np.random.Generator, pop: Population, m: np.ndarray, acc: np.ndarray):
+    mk = pop.market
+    return np.exp(mk.mu[m] + np.log(pop.a["spend"][acc]) + mk.sigma[m] * rng.normal(size=len(m)))
+
+
+def _look_alikes(rng: np.random.Generator, pop: Population, lo: int, hi: int) -> Batch:
+    """Innocent events that carry fraud's traces (docs/simulator.md, "Legitimate look-alikes")."""
+    idx = np.arange(lo, hi)
+    idx = idx[pop.a["role"][idx] == 0]
+    return concat(
+        [
+            _new_phone_burst(rng, pop, idx),
+            _big_purchase(rng, pop, idx),
+            _welcome(rng, pop, idx),
+            _micro_sessions(rng, pop, idx),
+            _midnight_spree(rng, pop, idx),
+            _line_purchase(rng, pop, idx),
+            _shop_takings(rng, pop, idx),
+            _parties(rng, pop, idx),
+        ]
+    )
+
+
+def _new_phone_burst(rng: np.random.Generator, pop: Population, idx: np.ndarray) -> Batch:
+    """Setting up a new phone: a password reset by SMS, then a burst of top-ups, transfers
+    (sometimes to somebody new) and app purchases within the hour."""
+    a = pop.a
+    acc0 = idx[a["new_dev_t"][idx] < pop.cal.end]
+    owner, seq = _expand(rng.integers(2, 7, len(acc0)))
+    acc, n = acc0[owner], len(owner)
+    t = a["new_dev_t"][acc] + rng.integers(0, HOUR, n) * (seq == 0)
+    t = t + _gaps(rng, owner, seq, MINUTE, 12 * MINUTE)
+    etype = np.array([ET["payment"], ET["transfer"], ET["top_up"], ET["withdrawal"]])[
+        np.minimum((rng.random(n)[:, None] > np.array([0.45, 0.8, 0.95])).sum(1), 3)
+    ]
+    m = _popular(rng, pop, FESTIVAL_CATEGORIES, n)
+    amount = np.where(
+        etype == ET["payment"],
+        _ticket(rng, pop, m, acc) * rng.uniform(1, 4, n),
+        np.round(a["income"][acc] * rng.uniform(0.05, 0.6, n), -2) + 100,
+    )
+    slot = (rng.random(n) * a["n_payees"][acc]).astype(np.int64)
+    payee = np.where(rng.random(n) < 0.3, rng.integers(0, pop.n_normal, n), a["payees"][acc, slot])
+    return _fill(
+        rng, pop, acc, t, etype, amount,
+        np.where(etype == ET["payment"], m, -1), np.where(etype == ET["transfer"], payee, -1),
+        device=a["new_dev"][acc],
+        auth=np.where(seq == 0, AU["sms_otp"], AUTH_PREF[a["auth_pref"][acc]]),
+    )  # fmt: skip
+
+
+def _big_purchase(rng: np.random.Generator, pop: Population, idx: np.ndarray) -> Batch:
+    """Once in a while a phone, a laptop or a bag: several times the usual ticket, online at a
+    big shop, sometimes with accessories minutes later."""
+    a = pop.a
+    acc0 = idx[(a["big_t"][idx] >= 0) & (a["big_t"][idx] >= a["created"][idx])]
+    owner, seq = _expand(np.where(rng.random(len(acc0)) < 0.4, rng.integers(2, 4, len(acc0)), 1))
+    acc, n = acc0[owner], len(owner)
+    t = a["big_t"][acc] + _gaps(rng, owner, seq, 2 * MINUTE, 25 * MINUTE)
+    cats = np.array([CAT["electronics"], CAT["electronics"], CAT["luxury"], CAT["fashion"]])
+    m = _popular(rng, pop, cats, n)
+    amount = np.exp(np.log(3500) + 0.6 * rng.normal(size=n)) * np.where(seq == 0, 1, 0.15)
+    auth = np.where(rng.random(n) < 0.3, AU["sms_otp"], AUTH_PREF[a["auth_pref"][acc]])
+    return _fill(rng, pop, acc, t, ET["payment"], amount, m, np.full(n, -1), auth=auth)
+
+
+def _welcome(rng: np.random.Generator, pop: Population, idx: np.ndarray) -> Batch:
+    """Genuine new customers claiming the new-user bonus with a tiny first payment."""
+    a = pop.a
+    acc = idx[a["welcome"][idx]]
+    n = len(acc)
+    t = a["created"][acc] + rng.integers(5 * MINUTE, 3 * HOUR, n)
+    cats = np.array([CAT["digital_goods"], CAT["gaming"], CAT["grocery"], CAT["restaurant"]])
+    amount = np.where(rng.random(n) < 0.5, rng.uniform(0.01, 1.0, n), rng.uniform(1.0, 30.0, n))
+    auth = np.where(rng.random(n) < 0.6, AU["none"], AU["password"])
+    m = _popular(rng, pop, cats, n)
+    return _fill(rng, pop, acc, t, ET["payment"], amount, m, np.full(n, -1), auth=auth)
+
+
+def _micro_sessions(rng: np.random.Generator, pop: Population, idx: np.ndarray) -> Batch:
+    """Gaming sessions: runs of in-app items of at most 2.00 within minutes (card-test twin)."""
+    a, cal = pop.a, pop.cal
+    gamer = idx[a["night"][idx] | (rng.random(len(idx)) < 0.03)]
+    k = rng.poisson(1.2 * cal.days / 120, len(gamer))
+    sess = np.repeat(gamer, k)
+    start = np.maximum(a["created"][sess], cal.start)
+    t0 = start + (rng.random(len(sess)) * (cal.end - start)).astype(np.int64)
+    t0 = t0 - t0 % DAY + ((20 + a["shift"][sess] + rng.integers(0, 5, len(sess))) % 24) * HOUR
+    owner, seq = _expand(rng.integers(3, 10, len(sess)))
+    acc, n = sess[owner], len(owner)
+    t = np.maximum(t0[owner], a["created"][acc]) + _gaps(rng, owner, seq, 20, 4 * MINUTE)
+    cats = np.array([CAT["gaming"], CAT["digital_goods"]])
+    home_m = _popular(rng, pop, cats, len(sess))
+    m = np.where(rng.random(n) < 0.7, home_m[owner], _popular(rng, pop, cats, n))
+    amount = rng.choice(np.array([0.1, 0.5, 0.6, 1.0, 1.0, 1.5, 2.0, 3.0, 6.0]), n)
+    return _fill(rng, pop, acc, t, ET["payment"], amount, m, np.full(n, -1), auth=AU["none"])
+
+
+def _midnight_spree(rng: np.random.Generator, pop: Population, idx: np.ndarray) -> Batch:
+    """When a festival opens at midnight, a fifth of customers buy several things in minutes."""
+    a, cal = pop.a, pop.cal
+    days = np.flatnonzero(cal.festival >= 2.0)
+    if len(days) == 0 or len(idx) == 0:
+        return new_batch(0)
+    acc0 = np.repeat(idx, len(days))
+    day = np.tile(days, len(idx))
+    keep = (rng.random(len(acc0)) < 0.2) & (a["created"][acc0] < cal.day_start[day])
+    acc0, day = acc0[keep], day[keep]
+    owner, seq = _expand(rng.integers(2, 7, len(acc0)))
+    acc, n = acc0[owner], len(owner)
+    t = cal.day_start[day][owner] + rng.integers(0, 40 * MINUTE, len(acc0))[owner]
+    t = t + _gaps(rng, owner, seq, 30, 8 * MINUTE)
+    m = _popular(rng, pop, FESTIVAL_CATEGORIES, n)
+    amount = _ticket(rng, pop, m, acc) * rng.uniform(1.2, 4, n)
+    return _fill(rng, pop, acc, t, ET["payment"], amount, m, np.full(n, -1))
+
+
+def _line_purchase(rng: np.random.Generator, pop: Population, idx: np.ndarray) -> Batch:
+    """A fresh pay-later line used at once for one big purchase (the honest cash-out twin)."""
+    a = pop.a
+    acc = idx[(a["app_time"][idx] >= 0) & (rng.random(len(idx)) < 0.35)]
+    n = len(acc)
+    t = a["app_time"][acc] + rng.integers(15 * MINUTE, 3 * DAY, n)
+    cats = np.array([CAT["electronics"], CAT["luxury"], CAT["travel"], CAT["fashion"]])
+    cat = cats[rng.integers(0, len(cats), n)]
+    online = rng.random(n) < 0.6
+    m = np.where(online, pop.popular.pick(rng, cat) if pop.popular else -1,
+                 pop.market.pick(rng, cat, a["city"][acc], online))  # fmt: skip
+    amount = a["credit_limit"][acc] * rng.uniform(0.3, 0.95, n)
+    amount = np.where(rng.random(n) < 0.35, np.maximum(np.round(amount, -2), 100), amount)
+    return _fill(rng, pop, acc, t, ET["payment"], amount, m, np.full(n, -1),
+                 inst=a["inst"][acc, 3])  # fmt: skip
+
+
+def _shop_takings(rng: np.random.Generator, pop: Population, idx: np.ndarray) -> Batch:
+    """Small shop owners paid by P2P transfer from many customers, who withdraw the takings,
+    sometimes minutes after a lunch rush (the mule twin)."""
+    a, cal = pop.a, pop.cal
+    shops = idx[a["shop"][idx]]
+    active = cal.day_start[None, :] >= a["created"][shops, None]
+    cnt = rng.poisson(6.0 * cal.factor[None, :] * active)
+    shop = np.repeat(np.repeat(shops, cal.days), cnt.ravel())
+    day = np.repeat(np.tile(np.arange(cal.days), len(shops)), cnt.ravel())
+    n = len(shop)
+    rush = rng.random(n) < 0.6
+    hour = np.where(rush, 12 + a["shift"][shop] % 2, rng.integers(8, 21, n))
+    t = cal.day_start[day] + hour * HOUR + rng.integers(0, np.where(rush, 50, 60) * MINUTE, n)
+    payer = (shop + rng.integers(1, 300, n)) % pop.n_normal
+    amount = np.round(np.exp(np.log(45) + 0.7 * rng.normal(size=n)), 1)
+    inflow = _fill(rng, pop, payer, t, ET["transfer"], amount, np.full(n, -1), shop)
+    # One withdrawal per shop-day: right after the last payment of the day or in the evening.
+    key = shop.astype(np.int64) * cal.days + day
+    uk = np.unique(key)
+    tot = np.bincount(np.searchsorted(uk, key), amount, minlength=len(uk))
+    last = np.zeros(len(uk), np.int64)
+    np.maximum.at(last, np.searchsorted(uk, key), t)
+    w_acc = (uk // cal.days).astype(np.int64)
+    soon = rng.random(len(uk)) < 0.3
+    evening = np.maximum(last, cal.day_start[uk % cal.days] + 21 * HOUR)
+    w_t = np.where(
+        soon,
+        last + rng.integers(2 * MINUTE, 15 * MINUTE, len(uk)),
+        evening + rng.integers(0, 2 * HOUR, len(uk)),
+    )
+    out = _fill(rng, pop, w_acc, w_t, ET["withdrawal"], tot * rng.uniform(0.85, 1.0, len(uk)),
+                np.full(len(uk), -1), np.full(len(uk), -1))  # fmt: skip
+    return concat([inflow, out])
+
+
+RED_PACKET_CHOICES = np.array([6.66, 8.88, 16.8, 18.88, 52.0, 66.0, 88.0, 88.88, 100, 168, 200])
+
+
+def _parties(rng: np.random.Generator, pop: Population, idx: np.ndarray) -> Batch:
+    """Holidays and celebrations: red packets sent to many payees within minutes, and gift
+    money from many guests to the host, who moves part of it on soon after (mule twins)."""
+    a, cal = pop.a, pop.cal
+    hol = np.flatnonzero(cal.red_packet > 0)
+    acc_h = np.repeat(idx, len(hol))
+    day_h = np.tile(hol, len(idx))
+    keep = rng.random(len(acc_h)) < cal.red_packet[day_h]
+    t_h = cal.day_start[day_h[keep]] + rng.integers(9 * HOUR, 23 * HOUR, int(keep.sum()))
+    host = idx[a["party_t"][idx] >= 0]
+    senders = np.concatenate([acc_h[keep], host])
+    t0 = np.concatenate([t_h, a["party_t"][host]])
+    ok = t0 > a["created"][senders]
+    senders, t0 = senders[ok], t0[ok]
+    owner, seq = _expand(rng.integers(5, 16, len(senders)))
+    acc, n = senders[owner], len(owner)
+    t = t0[owner] + _gaps(rng, owner, seq, 10, 3 * MINUTE)
+    payee = (acc + rng.integers(1, 80, n)) % pop.n_normal
+    amount = rng.choice(RED_PACKET_CHOICES, n)
+    sent = _fill(rng, pop, acc, t, ET["transfer"], amount, np.full(n, -1), payee)
+    # Gift money: guests send round sums to half of the hosts; a third move it on quickly.
+    gh = host[(rng.random(len(host)) < 0.5) & (a["party_t"][host] > a["created"][host])]
+    owner, seq = _expand(rng.integers(5, 20, len(gh)))
+    g_host, g = gh[owner], len(owner)
+    g_t = a["party_t"][g_host] + rng.integers(0, 90 * MINUTE, g)
+    guest = (g_host + rng.integers(1, 200, g)) % pop.n_normal
+    gift = rng.choice(np.array([200.0, 300, 500, 600, 800, 1000, 2000]), g)
+    gifts = _fill(rng, pop, guest, g_t, ET["transfer"], gift, np.full(g, -1), g_host)
+    move = gh[rng.random(len(gh)) < 0.35]
+    total = np.bincount(np.searchsorted(gh, g_host), gift, minlength=len(gh))
+    tot = total[np.searchsorted(gh, move)]
+    m_t = a["party_t"][move] + 90 * MINUTE + rng.integers(MINUTE, 20 * MINUTE, len(move))
+    wd = rng.random(len(move)) < 0.5
+    slot = (rng.random(len(move)) * a["n_payees"][move]).astype(np.int64)
+    onward = _fill(
+        rng, pop, move, m_t, np.where(wd, ET["withdrawal"], ET["transfer"]),
+        np.round(tot * rng.uniform(0.5, 1.0, len(move)), -2) + 100, np.full(len(move), -1),
+        np.where(wd, -1, a["payees"][move, slot]),
+    )  # fmt: skip
+    return concat([sent, gifts, onward])

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from risk_service.schema import FRAUD_SCENARIOS, column_names
 
 from .behaviour import legit_chunk
-from .config import CHUNK_ACCOUNTS, DEFAULT_FRAUD_RATE, make_calendar
+from .config import CH, CHUNK_ACCOUNTS, DEFAULT_FRAUD_RATE, make_calendar
 from .credit import assign_lines, credit_rows
 from .events import Batch, concat, decode_events, ids, set_labels, timestamps, to_table
 from .market import build_market
@@ -43,6 +43,10 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
 def _keyed(b: Batch, part: int, rng: np.random.Generator) -> pa.Table:
     """Labels plus a generation key (part, position) that breaks timestamp ties reproducibly."""
     set_labels(rng, b)
+    # A browser usually shares no location (good and fraud alike): only the IP is known.
+    hidden = (b["channel"] == CH["web"]) & (rng.random(len(b["t"])) < 0.7)
+    b["lat"] = np.where(hidden, np.nan, b["lat"])
+    b["lon"] = np.where(hidden, np.nan, b["lon"])
     b["key"] = (np.int64(part) << 32) + np.arange(len(b["t"]), dtype=np.int64)
     return to_table(b)
 

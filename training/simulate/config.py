@@ -41,7 +41,7 @@ CURRENCY = "CNY"
 # Mean ordinary events per account-day before calendar effects (tuned so that the default
 # world, 10 000 accounts x 120 days, has about one million events).
 MEAN_DAILY_RATE = 0.82
-EVENTS_PER_ACCOUNT_DAY_ESTIMATE = 0.83
+EVENTS_PER_ACCOUNT_DAY_ESTIMATE = 0.93
 
 # Codes: position in the schema's enum tuples, so decoding is a lookup.
 ET = {name: i for i, name in enumerate(EVENT_TYPES)}
@@ -120,6 +120,16 @@ FESTIVALS: dict[tuple[int, int], float] = {
     (6, 19): 1.2,
 }
 
+# Red-packet days (month, day) -> share of customers sending red packets to their circle
+# (Qixi, Mid-Autumn, National Day, Spring Festival eve and day).
+RED_PACKET_DAYS: dict[tuple[int, int], float] = {
+    (8, 19): 0.03,
+    (9, 25): 0.05,
+    (10, 1): 0.05,
+    (2, 16): 0.08,
+    (2, 17): 0.06,
+}
+
 
 @dataclass(frozen=True)
 class Calendar:
@@ -131,6 +141,7 @@ class Calendar:
     weekend: np.ndarray  # bool
     factor: np.ndarray  # float activity multiplier (weekday x payday x festival)
     festival: np.ndarray  # float: 0 ordinary day, > 0 festival intensity
+    red_packet: np.ndarray  # float: share of customers sending red packets that day
 
     @property
     def end(self) -> int:
@@ -152,6 +163,9 @@ def make_calendar(start: date, days: int) -> Calendar:
     fest = np.zeros(days)
     for (m, d), lift in FESTIVALS.items():
         fest[(month == m) & (dom == d)] = lift
+    red = np.zeros(days)
+    for (m, d), share in RED_PACKET_DAYS.items():
+        red[(month == m) & (dom == d)] = share
     factor = WEEKDAY_FACTOR[dow] * np.where(payday, 1.15, 1.0) * np.where(fest > 0, fest, 1.0)
     return Calendar(
         start=t0,
@@ -160,4 +174,5 @@ def make_calendar(start: date, days: int) -> Calendar:
         weekend=dow >= 5,
         factor=factor,
         festival=fest,
+        red_packet=red,
     )

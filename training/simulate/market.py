@@ -96,3 +96,27 @@ def build_market(rng: np.random.Generator, accounts: int) -> Market:
         by_cat_online=Buckets.build(np.where(online, cat, -1), N_CAT),
         by_city=Buckets.build(np.where(online, -1, c), N_CITY),
     )
+
+
+@dataclass(frozen=True)
+class Popular:
+    """Online merchants of a category drawn in proportion to their traffic (big shops first)."""
+
+    order: np.ndarray  # online merchants sorted by category
+    cum: np.ndarray  # category + cumulative share inside the category, increasing
+
+    @classmethod
+    def build(cls, market: Market, traffic: np.ndarray) -> Popular:
+        keys = np.where(market.online, market.category.astype(np.int64), -1)
+        valid = np.flatnonzero(keys >= 0)
+        order = valid[np.argsort(keys[valid], kind="stable")]
+        cat = keys[order]
+        w = np.maximum(traffic[order], 1e-6)
+        tot = np.bincount(cat, w, minlength=N_CAT)
+        share = np.cumsum(w) - np.concatenate([[0.0], np.cumsum(tot)])[cat]
+        return cls(order, cat + share / tot[cat])
+
+    def pick(self, rng: np.random.Generator, cat: np.ndarray) -> np.ndarray:
+        u = cat + rng.random(len(cat)) * 0.999999
+        i = np.minimum(np.searchsorted(self.cum, u), len(self.order) - 1)
+        return self.order[i]

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .config import (
+    CAT,
     CATEGORY_ONLINE,
     CATEGORY_TASTE,
     CITY_LAT,
@@ -18,9 +19,10 @@ from .config import (
     N_CITY,
     Calendar,
 )
-from .market import Market
+from .market import Market, Popular
 
 N_FAV = 8
+PROXY_POOL = 64
 N_PAYEES = 6
 FAV_CUM = np.cumsum(1 / np.arange(1, N_FAV + 1)) / np.sum(1 / np.arange(1, N_FAV + 1))
 CARRIER_PER_CITY = 6
@@ -70,6 +72,7 @@ class Population:
     market: Market
     alloc: Allocator
     a: dict[str, Any] = field(default_factory=dict)  # per-account arrays
+    popular: Popular | None = None  # online merchants weighted by their customer base
 
     def __getitem__(self, name: str) -> Any:
         return self.a[name]
@@ -126,6 +129,13 @@ def build_population(
     a["spend"] = np.exp(0.35 * np.log(a["income"] / 6500) + rng.normal(0, 0.25, n))
     a["p_fav"] = rng.uniform(0.55, 0.9, n)
     a["p_online"] = rng.uniform(0.5, 1.5, n)
+    # Night owls who game and buy digital goods late: the genuine twin of night-time fraud.
+    night = rng.random(n) < 0.08
+    a["shift"] = np.where(night, rng.integers(3, 6, n), a["shift"])
+    taste[night, CAT["digital_goods"]] *= 8
+    taste[night, CAT["gaming"]] *= 8
+    a["cat_cum"] = _cum(taste)
+    a["night"] = night
     # Favourite merchants: drawn by taste, offline ones in the home city.
     fcat = (rng.random((n, N_FAV))[:, :, None] > a["cat_cum"][:, None, :]).sum(2)
     fcat = np.minimum(fcat, len(CATEGORY_TASTE) - 1)
@@ -157,6 +167,18 @@ def build_population(
         a["carrier0"] + city[:, None] * CARRIER_PER_CITY + rng.integers(0, CARRIER_PER_CITY, (n, 2))
     )
     a["p_home"] = np.where(has_home, rng.uniform(0.3, 0.8, n), 0.0)
+    # Shared family devices: in some households everybody also pays from one tablet.
+    tablet_hh = rng.random(hh[-1] + 1) < 0.12
+    tablet0 = al.take("device", hh[-1] + 1)
+    shared = has_home & tablet_hh[hh] & (rng.random(n) < 0.8)
+    a["dev"][:, 2] = np.where(shared, tablet0 + hh, a["dev"][:, 2])
+    w_dev = np.where(a["dev"] >= 0, np.array([0.85, 0.11, 0.04]), 0)
+    w_dev[:, 2] = np.where(shared, 0.2, w_dev[:, 2])
+    a["dev_cum"] = _cum(w_dev)
+    # Commercial VPNs: a few customers often appear from the same exit IPs fraudsters rent.
+    a["proxy0"] = al.take("ip", PROXY_POOL + n // 100, "proxy")
+    a["n_proxy"] = PROXY_POOL + n // 100
+    a["p_vpn"] = np.where(rng.random(n) < 0.04, rng.uniform(0.2, 0.7, n), 0.0)
 
     # Usual payees: a small circle, mostly in the same city (neighbours in index order).
     npay = rng.integers(1, N_PAYEES + 1, n)
@@ -179,7 +201,7 @@ def build_population(
     a["inst"] = inst
     a["line_use"] = np.clip(0.05 + 0.5 * sz + rng.normal(0, 0.1, n), 0.02, 0.9)
     a["p_qr"] = rng.uniform(0.3, 0.95, n)
-    a["p_app"] = rng.uniform(0.6, 0.98, n)
+    a["p_app"] = rng.uniform(0.35, 0.98, n)
     a["p_none"] = rng.uniform(0.4, 0.95, n)
     a["auth_pref"] = rng.choice([0, 1, 2], n, p=[0.2, 0.5, 0.3])  # password/fingerprint/face
 
@@ -199,4 +221,22 @@ def build_population(
     a["bill_reg"] = 1 / (1 + np.exp(-(1.4 * z + 1.3 + rng.normal(0, 0.5, n))))
     a["app_time"] = np.full(n, -1, np.int64)  # credit applications: credit.assign_lines
     a["requested"] = np.zeros(n)
-    return Population(n=n, n_normal=n_normal, cal=cal, market=market, alloc=al, a=a)
+
+    # One-off look-alikes: a big purchase (new phone, a bag), a small shop paid by P2P
+    # transfer, a personal celebration with red packets, a welcome-bonus first payment.
+    span = cal.end - cal.start
+    a["big_t"] = np.where(
+        rng.random(n) < 0.15, cal.start + (rng.random(n) * span).astype(np.int64), -1
+    )
+    a["shop"] = rng.random(n) < 0.008
+    a["party_t"] = np.where(
+        rng.random(n) < 0.06, cal.start + (rng.random(n) * span).astype(np.int64), -1
+    )
+    a["welcome"] = (created >= cal.start) & (rng.random(n) < 0.35)
+
+    w = np.diff(np.concatenate([[0], FAV_CUM]))
+    traffic = a["rate"][:, None] * a["p_fav"][:, None] * w[None, :]
+    per_m = np.bincount(a["fav"].ravel(), traffic.ravel(), minlength=market.size)
+    pop = Population(n=n, n_normal=n_normal, cal=cal, market=market, alloc=al, a=a)
+    pop.popular = Popular.build(market, per_m + 0.02)
+    return pop

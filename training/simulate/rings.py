@@ -68,26 +68,36 @@ def setup_rings(rng: np.random.Generator, pop: Population, plan: FraudPlan) -> R
     farm_of = _sizes_expand(plan.farm_sizes)
     farm_t0 = cal.start + rng.random(F) * max(span - 3 * DAY, DAY)
     farm_city = rng.choice(N_CITY, F, p=CITY_WEIGHT)
-    farm_ndev = rng.integers(2, 5, F)
+    farm_ndev = rng.integers(2, 7, F)
     farm_dev0 = al.take("device", farm_ndev.sum()) + np.concatenate(
         [[0], np.cumsum(farm_ndev)[:-1]]
     )
-    farm_nip = rng.integers(1, 3, F)
+    farm_nip = rng.integers(1, 4, F)
     farm_ip0 = al.take("ip", farm_nip.sum(), "farm") + np.concatenate(
         [[0], np.cumsum(farm_nip)[:-1]]
     )
-    cats = np.where(rng.random((F, 2)) < 0.5, CAT["digital_goods"], CAT["gaming"]).ravel()
-    farm_merchants = mk.by_cat_online.pick(rng, cats).reshape(F, 2)
+    farm_cats = np.array([CAT["digital_goods"], CAT["gaming"], CAT["grocery"], CAT["restaurant"]])
+    cats = farm_cats[rng.integers(0, len(farm_cats), 2 * F)]
+    assert pop.popular is not None
+    farm_merchants = pop.popular.pick(rng, cats).reshape(F, 2)
     a["created"][farm_acc] = farm_t0[farm_of] + (rng.random(nf) * 2 * DAY).astype(np.int64)
     a["city"][farm_acc] = farm_city[farm_of]
+    a["carrier_ip"][farm_acc] = (
+        a["carrier0"] + farm_city[farm_of, None] * 6 + rng.integers(0, 6, (nf, 2))
+    )
     a["kyc"][farm_acc] = np.where(rng.random(nf) < 0.8, 1, 0)
     a["age"][farm_acc] = rng.integers(18, 31, nf)
     a["income"][farm_acc] = np.round(rng.uniform(1500, 4000, nf), -1)
-    a["rate"][farm_acc] = 0.0
+    # A few ordinary-looking events afterwards, so a farm account is not a one-event account.
+    a["rate"][farm_acc] = np.where(rng.random(nf) < 0.5, rng.uniform(0.05, 0.3, nf), 0.0)
     dev = farm_dev0[farm_of] + rng.integers(0, 1 << 30, nf) % farm_ndev[farm_of]
+    own = rng.random(nf) < 0.2  # some farms buy cheap phones
+    dev = np.where(own, al.take("device", nf) + np.arange(nf), dev)
     a["dev"][farm_acc] = np.stack([dev, np.full(nf, -1), np.full(nf, -1)], 1)
+    a["dev_cum"][farm_acc] = 1.0
     ip = farm_ip0[farm_of] + rng.integers(0, 1 << 30, nf) % farm_nip[farm_of]
     a["home_ip"][farm_acc] = ip
+    a["p_home"][farm_acc] = 0.7
 
     # Cash-out rings: a few months old accounts apply for a line, then spend it at once.
     R = len(plan.ring_sizes)
@@ -119,7 +129,7 @@ def setup_rings(rng: np.random.Generator, pop: Population, plan: FraudPlan) -> R
     mule_t0 = lo + rng.random(plan.mules) * np.maximum(cal.end - 3 * DAY - lo, HOUR)
     a["age"][mules] = rng.integers(18, 26, plan.mules)
     a["income"][mules] = np.round(rng.uniform(2000, 5000, plan.mules), -1)
-    a["rate"][mules] = 0.3
+    a["rate"][mules] = rng.uniform(0.3, 1.2, plan.mules)
 
     city = a["city"][ring]
     a["home_lat"][ring] = (CITY_LAT[city] + rng.normal(0, 0.03, len(ring))).round(5)
@@ -127,6 +137,8 @@ def setup_rings(rng: np.random.Generator, pop: Population, plan: FraudPlan) -> R
     a["trip_city"][ring] = -1
     a["new_dev"][ring] = -1
     a["bill_m"][ring] = -1
+    a["shop"][ring], a["welcome"][ring] = False, False
+    a["big_t"][ring], a["party_t"][ring] = -1, -1
     cm_start, cm_end = _compromise(rng, pop, plan)
     return Rings(
         farm_of, farm_acc, farm_dev0, farm_ndev, farm_ip0, farm_nip, farm_merchants,
@@ -188,12 +200,17 @@ def _promotion(rng: np.random.Generator, pop: Population, r: Rings) -> Batch:
         t=t,
         acct=acc,
         etype=ET["payment"],
-        amount=np.maximum(np.round(rng.uniform(0.01, 1.0, n), 2), 0.01),
+        amount=np.maximum(
+            np.round(
+                np.where(rng.random(n) < 0.5, rng.uniform(0.01, 1.0, n), rng.uniform(1, 30, n)), 2
+            ),
+            0.01,
+        ),
         channel=CH["app"],
         merchant=merchant,
         inst=a["inst"][acc, 0],
         device=a["dev"][acc, 0],
-        ip=a["home_ip"][acc],
+        ip=np.where(rng.random(n) < 0.65, a["home_ip"][acc], a["carrier_ip"][acc, 0]),
         auth=np.where(rng.random(n) < 0.6, AU["none"], AU["password"]),
         fraud=1,
         scen=SC["promotion_abuse"],
@@ -212,6 +229,9 @@ def _cash_out(rng: np.random.Generator, pop: Population, r: Rings) -> Batch:
     limit = a["credit_limit"][acc]
     online = pop.market.online[r.cash_merchant[owner]]
     part = np.maximum(np.floor(limit / k[owner] / 500) * 500, 500)
+    odd = rng.random(len(r.cash_accounts))[owner] < 0.3  # priced like goods: 2 980, 4 399
+    part = np.where(odd, part * rng.uniform(0.9, 0.99, n) - 0.01 * rng.integers(0, 2, n), part)
+    part = np.round(part, 2)
     first = (a["app_time"] + rng.integers(20 * MINUTE, 6 * HOUR, pop.n))[acc]
     gap = rng.integers(5 * MINUTE, 60 * MINUTE, n)
     seq = np.arange(n) - np.repeat(np.concatenate([[0], np.cumsum(k)[:-1]]), k)
@@ -236,40 +256,33 @@ def _cash_out(rng: np.random.Generator, pop: Population, r: Rings) -> Batch:
 
 
 def _mule(rng: np.random.Generator, pop: Population, r: Rings) -> Batch:
-    """Many payers send money to a mule, which moves each sum on within minutes."""
+    """Many payers send money to a mule, which moves each sum on within minutes; some mules
+    take a rush of transfers within the hour, others over two days."""
+    from .behaviour import _fill
+
     a, cal = pop.a, pop.cal
     k = rng.integers(8, 19, len(r.mules))
     owner = np.repeat(np.arange(len(r.mules)), k)
     n = len(owner)
     mule = r.mules[owner]
-    t_in = r.mule_t0[owner] + rng.integers(0, 2 * DAY, n)
+    rush = (rng.random(len(r.mules)) < 0.4)[owner]
+    t_in = r.mule_t0[owner] + np.where(rush, rng.integers(0, HOUR, n), rng.integers(0, 2 * DAY, n))
     eligible = np.flatnonzero(a["created"][: pop.n_normal] < cal.start)
     payer = eligible[rng.integers(0, len(eligible), n)] if len(eligible) else np.zeros(n, np.int64)
-    amount = np.round(np.exp(np.log(800) + 0.6 * rng.normal(size=n)), 2)
-    incoming = new_batch(
-        n, t=t_in, acct=payer, etype=ET["transfer"], amount=amount, channel=CH["app"],
-        payee=mule, inst=a["inst"][payer, 0], device=a["dev"][payer, 0],
-        ip=a["carrier_ip"][payer, 0], auth=AU["password"], fraud=1, scen=SC["mule"],
-        **_located(pop, rng, payer),
-    )  # fmt: skip
+    amount = np.exp(np.log(800) + 0.6 * rng.normal(size=n))
+    amount = np.where(rng.random(n) < 0.5, np.maximum(np.round(amount, -2), 100), amount)
+    amount = np.round(amount, 2)
+    none = np.full(n, -1)
+    incoming = _fill(rng, pop, payer, t_in, ET["transfer"], amount, none, mule,
+                     channel=CH["app"], fraud=1, scen=SC["mule"])  # fmt: skip
     out_w = rng.random(n) < 0.6
     other = r.mules[rng.integers(0, len(r.mules), n)]
     onward = np.where(other == mule, pop.n_normal - 1 - owner % max(pop.n_normal, 1), other)
-    outgoing = new_batch(
-        n,
-        t=t_in + rng.integers(MINUTE, 15 * MINUTE, n),
-        acct=mule,
-        etype=np.where(out_w, ET["withdrawal"], ET["transfer"]),
-        amount=np.round(amount * rng.uniform(0.9, 0.99, n), 2),
-        channel=CH["app"],
-        payee=np.where(out_w, -1, onward),
-        inst=a["inst"][mule, 0],
-        device=a["dev"][mule, 0],
-        ip=a["carrier_ip"][mule, 0],
-        auth=AU["password"],
-        fraud=1,
-        scen=SC["mule"],
-        **_located(pop, rng, mule),
-    )
+    outgoing = _fill(
+        rng, pop, mule, t_in + rng.integers(MINUTE, 15 * MINUTE, n),
+        np.where(out_w, ET["withdrawal"], ET["transfer"]),
+        np.round(amount * rng.uniform(0.9, 0.99, n), 2), none, np.where(out_w, -1, onward),
+        channel=CH["app"], fraud=1, scen=SC["mule"],
+    )  # fmt: skip
     b = concat([incoming, outgoing])
     return {k: v[b["t"] < cal.end] for k, v in b.items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .behaviour import CUM_WEEKDAY, _fill
 from .config import (
     AU,
     CAT,
@@ -28,7 +29,11 @@ from .events import Batch, concat, new_batch
 from .plan import FraudPlan
 from .population import CARRIER_PER_CITY, Population
 
-PROXY_POOL = 64
+# Online categories where stolen cards are also spent: big mainstream shops, not only the
+# digital goods and electronics that are easy to resell.
+MAINSTREAM_ONLINE = np.array(
+    [CAT["fashion"], CAT["grocery"], CAT["travel"], CAT["entertainment"], CAT["restaurant"]]
+)
 
 
 def _expand(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,6 +63,10 @@ def _victims(rng: np.random.Generator, pop: Population, k: int, need_card: bool)
     v = rng.choice(pool, k, replace=k > len(pool))
     lo = np.maximum(a["created"][v] + DAY, cal.start)
     t0 = lo + (rng.random(k) * (cal.end - 2 * HOUR - lo)).astype(np.int64)
+    # Most fraudsters keep office hours like everybody else; some work at night.
+    hour = np.minimum(np.searchsorted(CUM_WEEKDAY, rng.random(k)), 23)
+    day_hour = t0 - t0 % DAY + hour * HOUR + rng.integers(0, HOUR, k)
+    t0 = np.where((rng.random(k) < 0.65) & (day_hour >= lo), day_hour, t0)
     return v, t0
 
 
@@ -69,8 +78,7 @@ def _card(pop: Population, v: np.ndarray) -> np.ndarray:
 def fraud_events(
     rng: np.random.Generator, pop: Population, plan: FraudPlan, mules: np.ndarray
 ) -> Batch:
-    proxy0 = pop.alloc.take("ip", PROXY_POOL + pop.n // 100, "proxy")
-    proxies = np.arange(proxy0, pop.alloc.count["ip"])
+    proxies = pop.a["proxy0"] + np.arange(pop.a["n_proxy"])
     parts = [
         _takeover(rng, pop, plan.incidents["account_takeover"], proxies, mules),
         _stolen_card(rng, pop, plan.incidents["stolen_card"], proxies),
@@ -88,80 +96,114 @@ def _elsewhere(rng: np.random.Generator, k: int) -> tuple[np.ndarray, np.ndarray
 def _takeover(
     rng: np.random.Generator, pop: Population, k: int, proxies: np.ndarray, mules: np.ndarray
 ) -> Batch:
-    """New device + IP (often another city), a password reset, transfers to new payees, a drain."""
+    """Either a takeover (new device + IP, sometimes from the victim's own city and carrier, a
+    password reset, transfers to new payees, a drain) or a scam where the victim is talked into
+    paying from their own phone (authorised push payment): only the new payees and the sums
+    stand out."""
     a = pop.a
     v, t0 = _victims(rng, pop, k, need_card=False)
+    scam = rng.random(k) < 0.3
     n_tr = rng.integers(1, 5, k)
-    wd = rng.random(k) < 0.5
+    wd = (rng.random(k) < 0.5) & ~scam
     owner, seq = _expand(n_tr + wd)
     n = len(owner)
     acc = v[owner]
     t = t0[owner] + 2 * MINUTE + _cum_gaps(rng, owner, seq, MINUTE, 8 * MINUTE)
     transfer = seq < n_tr[owner]
     city, lat, lon = _elsewhere(rng, k)
-    away = rng.random(k) < 0.7
+    away = rng.random(k) < 0.35
     city = np.where(away, city, a["city"][v])
-    lat = np.where(away, lat, a["home_lat"][v])
-    lon = np.where(away, lon, a["home_lon"][v])
+    lat = np.where(away, lat, a["home_lat"][v] + rng.normal(0, 0.02, k))
+    lon = np.where(away, lon, a["home_lon"][v] + rng.normal(0, 0.02, k))
     carrier = a["carrier0"] + city * CARRIER_PER_CITY + rng.integers(0, CARRIER_PER_CITY, k)
-    ip = np.where(rng.random(k) < 0.6, proxies[rng.integers(0, len(proxies), k)], carrier)
-    drain = a["income"][v] * rng.uniform(0.3, 1.5, k)
+    ip = np.where(rng.random(k) < 0.35, proxies[rng.integers(0, len(proxies), k)], carrier)
+    drain = a["income"][v] * rng.uniform(0.2, 1.2, k)
     amount = np.where(
         transfer,
         drain[owner] / n_tr[owner] * rng.uniform(0.7, 1.3, n),
-        a["income"][acc] * rng.uniform(0.3, 1.0, n),
+        a["income"][acc] * rng.uniform(0.2, 0.8, n),
     )
+    amount = np.where(rng.random(n) < 0.5, np.maximum(np.round(amount, -2), 100), amount)
     new_payee = np.where(
         rng.random(n) < 0.5, mules[rng.integers(0, len(mules), n)], rng.integers(0, pop.n_normal, n)
     )
     new_payee = np.where(new_payee == acc, mules[0], new_payee)
     device = pop.alloc.take("device", k) + np.arange(k)
-    return new_batch(
+    etype = np.where(transfer, ET["transfer"], ET["withdrawal"])
+    payee = np.where(transfer, new_payee, -1)
+    own = _fill(rng, pop, acc, t, etype, np.round(amount, 2), np.full(n, -1), payee,
+                channel=CH["app"], fraud=1, scen=SC["account_takeover"])  # fmt: skip
+    auth = np.where(
+        seq == 0,
+        np.where(rng.random(n) < 0.8, AU["sms_otp"], AU["password"]),
+        np.where(rng.random(n) < 0.6, AU["password"], AU["fingerprint"]),
+    )
+    taken = new_batch(
         n,
         t=t,
         acct=acc,
-        etype=np.where(transfer, ET["transfer"], ET["withdrawal"]),
+        etype=etype,
         amount=np.maximum(np.round(amount, 2), 1.0),
         channel=CH["app"],
-        payee=np.where(transfer, new_payee, -1),
+        payee=payee,
         inst=a["inst"][acc, 0],
         device=device[owner],
         ip=ip[owner],
         lat=lat[owner] + rng.normal(0, 0.005, n),
         lon=lon[owner] + rng.normal(0, 0.005, n),
-        auth=np.where(seq == 0, AU["sms_otp"], AU["password"]),
+        auth=auth,
         fraud=1,
         scen=SC["account_takeover"],
     )
+    s = scam[owner]
+    return {key: np.where(s, own[key], taken[key]) for key in taken}
 
 
 def _stolen_card(rng: np.random.Generator, pop: Population, k: int, proxies: np.ndarray) -> Batch:
-    """A card used from an unfamiliar device at online shops for many times its usual amount."""
-    a, mk = pop.a, pop.market
+    """A card used from an unfamiliar device at online shops, often big mainstream ones, for
+    several times its usual amount; the fraudster is often in the victim's own city."""
+    a = pop.a
+    assert pop.popular is not None
     v, t0 = _victims(rng, pop, k, need_card=True)
     owner, seq = _expand(rng.integers(2, 7, k))
     n = len(owner)
     acc = v[owner]
     t = t0[owner] + _cum_gaps(rng, owner, seq, 2 * MINUTE, 90 * MINUTE)
-    cat = ONLINE_FRAUD_CATEGORIES[rng.integers(0, len(ONLINE_FRAUD_CATEGORIES), n)]
+    resale = rng.random(k) < 0.55
+    cat = np.where(
+        resale[owner],
+        ONLINE_FRAUD_CATEGORIES[rng.integers(0, len(ONLINE_FRAUD_CATEGORIES), n)],
+        MAINSTREAM_ONLINE[rng.integers(0, len(MAINSTREAM_ONLINE), n)],
+    )
+    uniform = pop.market.by_cat_online.pick(rng, cat)
+    merchant = np.where(rng.random(n) < 0.7, pop.popular.pick(rng, cat), uniform)
     usual = 80 * a["spend"][acc]
-    amount = np.clip(usual * np.exp(np.log(12) + 0.4 * rng.normal(size=n)), 150, 30_000)
-    _, lat, lon = _elsewhere(rng, k)
+    amount = np.clip(usual * np.exp(np.log(8) + 0.8 * rng.normal(size=n)), 30, 30_000)
+    city, lat, lon = _elsewhere(rng, k)
+    local = rng.random(k) < 0.45
+    city = np.where(local, a["city"][v], city)
+    lat = np.where(local, CITY_LAT[city] + rng.normal(0, 0.03, k), lat)
+    lon = np.where(local, CITY_LON[city] + rng.normal(0, 0.03, k), lon)
+    carrier = a["carrier0"] + city * CARRIER_PER_CITY + rng.integers(0, CARRIER_PER_CITY, k)
+    ip = np.where(rng.random(k) < 0.5, proxies[rng.integers(0, len(proxies), k)], carrier)
     device = pop.alloc.take("device", k) + np.arange(k)
+    u = rng.random(n)
+    auth = np.where(u < 0.4, AU["sms_otp"], np.where(u < 0.85, AU["password"], AU["fingerprint"]))
+    auth = np.where((amount < 200) & (rng.random(n) < 0.5), AU["none"], auth)
     return new_batch(
         n,
         t=t,
         acct=acc,
         etype=ET["payment"],
         amount=np.round(amount, 2),
-        channel=np.where(rng.random(n) < 0.8, CH["web"], CH["app"]),
-        merchant=mk.by_cat_online.pick(rng, cat),
+        channel=np.where(rng.random(n) < 0.55, CH["web"], CH["app"]),
+        merchant=merchant,
         inst=_card(pop, acc),
         device=device[owner],
-        ip=proxies[rng.integers(0, len(proxies), k)][owner],
+        ip=ip[owner],
         lat=lat[owner],
         lon=lon[owner],
-        auth=np.where(rng.random(n) < 0.5, AU["sms_otp"], AU["password"]),
+        auth=auth,
         fraud=1,
         scen=SC["stolen_card"],
     )
@@ -180,15 +222,21 @@ def _card_testing(rng: np.random.Generator, pop: Population, k: int, proxies: np
     n = len(owner)
     big = seq == size[owner] - 1
     t = t0[owner] + _cum_gaps(rng, owner, seq, 5, 90) + big * rng.integers(MINUTE, 10 * MINUTE, n)
-    small_m = mk.by_cat_online.pick(rng, rng.integers(0, N_CAT, n))
-    big_cat = np.array([CAT["electronics"], CAT["luxury"], CAT["digital_goods"]])[
-        rng.integers(0, 3, n)
-    ]
-    merchant = np.where(big, mk.by_cat_online.pick(rng, big_cat), small_m)
-    amount = np.where(
-        big, np.exp(np.log(1500) + 0.5 * rng.normal(size=n)), rng.uniform(0.01, 2.0, n)
+    assert pop.popular is not None
+    small_cat = rng.integers(0, N_CAT, n)
+    small_m = np.where(
+        rng.random(n) < 0.5, pop.popular.pick(rng, small_cat), mk.by_cat_online.pick(rng, small_cat)
     )
-    _, lat, lon = _elsewhere(rng, k)
+    big_cat = np.array([CAT["electronics"], CAT["luxury"], CAT["digital_goods"], CAT["fashion"]])[
+        rng.integers(0, 4, n)
+    ]
+    merchant = np.where(big, pop.popular.pick(rng, big_cat), small_m)
+    amount = np.where(
+        big, np.exp(np.log(900) + 0.7 * rng.normal(size=n)), rng.uniform(0.01, 2.0, n)
+    )
+    city, lat, lon = _elsewhere(rng, k)
+    carrier = pop.a["carrier0"] + city * CARRIER_PER_CITY + rng.integers(0, CARRIER_PER_CITY, k)
+    ip = np.where(rng.random(k) < 0.5, proxies[rng.integers(0, len(proxies), k)], carrier)
     device = pop.alloc.take("device", k) + np.arange(k)
     dev = dev_of_card[owner]
     return new_batch(
@@ -197,11 +245,11 @@ def _card_testing(rng: np.random.Generator, pop: Population, k: int, proxies: np
         acct=v[owner],
         etype=ET["payment"],
         amount=np.maximum(np.round(amount, 2), 0.01),
-        channel=CH["web"],
+        channel=np.where(rng.random(k) < 0.7, CH["web"], CH["app"])[dev],
         merchant=merchant,
         inst=_card(pop, v[owner]),
         device=device[dev],
-        ip=proxies[rng.integers(0, len(proxies), k)][dev],
+        ip=ip[dev],
         lat=lat[dev],
         lon=lon[dev],
         auth=np.where(big & (rng.random(n) < 0.5), AU["sms_otp"], AU["none"]),
