@@ -256,3 +256,61 @@ def test_cli_train_and_models_commands(
     assert "FAILED" in capsys.readouterr().out
     with pytest.raises(BundleError):
         FraudModel(verify_bundle(models / "fraud" / version))
+
+
+def test_risk_report_rebuilds_the_same_evaluation(
+    world: Path, trained: Path, tmp_path: Path
+) -> None:
+    code = main(
+        [
+            "report",
+            "--models",
+            str(trained / "models"),
+            "--data",
+            str(world),
+            "--reports",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    rebuilt = json.loads(next(tmp_path.iterdir()).joinpath("metrics.json").read_text())
+    original = json.loads(
+        next((trained / "reports").iterdir()).joinpath("metrics.json").read_text()
+    )
+    for name in ("model", "rules"):
+        assert rebuilt["fraud"]["test"][name] == pytest.approx(original["fraud"]["test"][name])
+    assert rebuilt["credit"]["test"]["champion"]["roc_auc"] == pytest.approx(
+        original["credit"]["test"]["champion"]["roc_auc"]
+    )
+
+
+def test_bring_your_own_credit_table(tmp_path: Path) -> None:
+    """`risk train --credit-data` on the German credit data nobody here generated."""
+    german = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "german.data"
+    assert german.is_file(), f"the shared datasets are expected beside the checkout: {german}"
+    code = main(
+        [
+            "train",
+            "--credit-data",
+            str(german),
+            "--target",
+            "defaulted",
+            "--models",
+            str(tmp_path / "m"),
+            "--reports",
+            str(tmp_path / "r"),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    registry = Registry(tmp_path / "m")
+    manifest = verify_bundle(
+        registry.bundle_dir("credit", registry.champion("credit") or "")
+    ).manifest
+    assert manifest["feature_source"] == "table"
+    assert "personal_status_sex" not in manifest["feature_names"]
+    cv = manifest["metrics"]["test"]["cross_validation"]
+    assert cv["champion_auc_mean"] > 0.75
+    metrics = json.loads(next((tmp_path / "r").iterdir()).joinpath("metrics.json").read_text())
+    assert "personal_status_sex" in metrics["credit"]["groups"]

@@ -1,0 +1,31 @@
+# The scoring service on the committed default models.
+# Same install steps as `make install`: the pinned requirements, then the project.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    OMP_NUM_THREADS=1 \
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
+    RISK_DECISION_LOG_PATH=/var/lib/risk/decisions.sqlite \
+    RISK_HASH_KEY_FILE=/var/lib/risk/hash.key
+
+RUN groupadd --system risk && useradd --system --gid risk --home-dir /app risk \
+    && mkdir -p /app /var/lib/risk && chown risk:risk /var/lib/risk
+
+WORKDIR /app
+COPY requirements.lock pyproject.toml README.md ./
+RUN pip install -r requirements.lock
+COPY risk_service risk_service
+COPY training training
+COPY models models
+RUN pip install --no-deps .
+
+USER risk
+EXPOSE 8000
+VOLUME ["/var/lib/risk"]
+HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=1)"
+
+# One worker: the embedded in-memory state is per process. 0.0.0.0 inside the container.
+CMD ["risk", "serve", "--host", "0.0.0.0", "--port", "8000", "--models", "/app/models"]

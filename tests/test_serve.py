@@ -1,0 +1,103 @@
+"""`risk serve`: gunicorn on the committed models, and its refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from training.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_more_than_one_worker_is_refused_with_the_memory_store(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RISK_STATE_URL", raising=False)
+    assert main(["serve", "--workers", "2", "--models", str(ROOT / "models")]) == 2
+    err = capsys.readouterr().err
+    assert "--workers 2" in err and "in-memory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_models_are_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--models", str(tmp_path)]) == 2
+    assert "no fraud champion" in capsys.readouterr().err
+
+
+def test_risk_serve_answers_under_gunicorn(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "RISK_DECISION_LOG_PATH": str(tmp_path / "decisions.sqlite"),
+        "RISK_HASH_KEY": "serve-test-" + "k" * 32,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "training.cli",
+        "serve",
+        "--quiet",
+        "--port",
+        str(port),
+        "--models",
+        str(ROOT / "models"),
+    ]
+    server = subprocess.Popen(command, env=env, cwd=tmp_path, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/ready", timeout=1) as response:
+                    assert json.load(response)["status"] == "ready"
+                    break
+            except (OSError, urllib.error.URLError):
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        when = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "event_id": "srv-1",
+            "timestamp": when,
+            "account_id": "a1",
+            "event_type": "payment",
+            "amount": 12.5,
+        }
+        request = urllib.request.Request(
+            url + "/score",
+            data=json.dumps(event).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = json.load(response)
+        assert body["event_id"] == "srv-1"
+        assert body["decision"] in {"approve", "challenge", "review", "decline"}
+        bad = urllib.request.Request(
+            url + "/score", data=b"[]", headers={"Content-Type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(bad, timeout=10)
+        assert error.value.code == 400
+        error.value.close()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
