@@ -7,8 +7,9 @@ so no reader can see one without the other. Records expire after a TTL
 
 from __future__ import annotations
 
+import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from risk_service.decision_log import DecisionRecord
@@ -16,14 +17,20 @@ from risk_service.decision_log import DecisionRecord
 
 @dataclass
 class IdempotencyEntry:
+    """One scored event: its answer, its log record, and what a retry or a label needs."""
+
     body_hash: str
     response: dict[str, Any]
-    record: DecisionRecord
+    record: DecisionRecord | None  # built once reasons are known, before `ready` is set
     event: dict[str, Any]  # kept for label ingestion by event_id; never logged in the clear
     created_ms: int
     x: Any = None  # the fraud feature vector, for reasons asked for on a retry
     reasons_complete: bool = True
+    features: dict[str, float | None] = field(default_factory=dict)
+    models: Any = None  # the models that scored it (a hot swap must not mix versions)
+    credit_x: Any = None  # credit features, when adverse-action reasons are due
     logged: bool = False
+    ready: threading.Event = field(default_factory=threading.Event)
 
 
 class MemoryIdempotencyStore:

@@ -14,6 +14,7 @@ that later events count it.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -39,6 +40,7 @@ from risk_service.policy import Policy
 from risk_service.requests import ScoreRequest
 from risk_service.scores import decide, fraud_band, fraud_score
 
+log = logging.getLogger("risk_service.scoring")
 SEVERITY = {"approve": 0, "challenge": 1, "review": 2, "decline": 3}
 _FRAUD_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _CREDIT_INDEX = {name: i for i, name in enumerate(CREDIT_FEATURE_NAMES)}
@@ -112,17 +114,27 @@ class Scorer:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         event_id = request.event_id
+        created = False
         with self.lock:
             entry = self.idempotency.get(event_id, now_ms)
             if entry is None:
-                entry = self._score_new(request, now_ms, started)
+                entry = self._score_new(request, now_ms)
                 self.idempotency.put(event_id, entry)
+                created = True
         if entry.body_hash != request.canonical_body_hash:
             raise Conflict(
                 f"event_id {event_id!r} was already scored with a different body",
                 field="event_id",
             )
-        if not entry.logged:  # a retry of a decision whose log append failed is logged now
+        if created:
+            # Outside the lock: TreeSHAP costs milliseconds and releases the GIL, so other
+            # requests' state updates proceed meanwhile.
+            self._finish(entry, request, started)
+        elif not entry.ready.wait(timeout=10.0):
+            raise RuntimeError(f"event {event_id!r} is still being scored by another request")
+        if entry.record is None:  # finishing failed (an exception was raised there)
+            raise RuntimeError(f"event {event_id!r} could not be scored")
+        if not entry.logged:  # also a retry of a decision whose log append failed
             self.log.append(entry.record)
             entry.logged = True
         response = dict(entry.response)
@@ -131,7 +143,8 @@ class Scorer:
         response["timing_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return response
 
-    def _score_new(self, request: ScoreRequest, now_ms: int, started: float) -> IdempotencyEntry:
+    def _score_new(self, request: ScoreRequest, now_ms: int) -> IdempotencyEntry:
+        """Under the lock: features, state update, scores, policy. Reasons come later."""
         event = request.event
         ts = request.timestamp_ms
         late = ts < self.watermark_ms - self.settings.max_lateness_ms
@@ -151,35 +164,61 @@ class Scorer:
             policy_version=policy.version,
             late=late,
         )
-        latency = (time.perf_counter() - started) * 1000
-        record = DecisionRecord(
-            event_id=request.event_id,
-            decision=body["decision"],
-            body_hash=request.canonical_body_hash,
-            request={"event": event, "account": request.account, "explain": request.explain},
-            features=features,
-            fraud_probability=(body["fraud"] or {}).get("probability"),
-            fraud_score=(body["fraud"] or {}).get("score"),
-            credit_pd=(body["credit"] or {}).get("probability_of_default"),
-            rules_fired=body["rules_fired"],
-            reasons=((body["fraud"] or {}).get("reasons") or [])
-            + ((body["credit"] or {}).get("reasons") or []),
-            model_versions=body["model_versions"],
-            policy_version=policy.version,
-            degraded=body["degraded"],
-            latency_ms=latency,
-            created_at_ms=now_ms,
-            response=body,
-        )
+        credit_x = (body.get("credit") or {}).pop("_x", None)
         return IdempotencyEntry(
             request.canonical_body_hash,
             body,
-            record,
+            None,
             dict(event),
             now_ms,
             x=x,
             reasons_complete=complete,
+            features=features,
+            models=models,
+            credit_x=credit_x,
         )
+
+    def _finish(self, entry: IdempotencyEntry, request: ScoreRequest, started: float) -> None:
+        """Reasons for non-approve decisions (or on request), then the decision record."""
+        try:
+            body = entry.response
+            fraud, credit = body.get("fraud"), body.get("credit")
+            models = entry.models
+            try:
+                if fraud is not None and entry.reasons_complete and entry.x is not None:
+                    fraud["reasons"] = self._fraud_reasons(models.fraud, entry.x)
+                if credit is not None and entry.credit_x is not None and models.credit:
+                    contributions = models.credit.contributions(entry.credit_x.reshape(1, -1))[0]
+                    credit["reasons"] = explain.top_reasons(
+                        CREDIT_FEATURE_NAMES, entry.credit_x, contributions
+                    )
+            except Exception:  # the decision stands without its reasons; never a 500
+                log.exception("reasons failed for event %s", request.event_id)
+            entry.record = DecisionRecord(
+                event_id=request.event_id,
+                decision=body["decision"],
+                body_hash=request.canonical_body_hash,
+                request={
+                    "event": request.event,
+                    "account": request.account,
+                    "explain": request.explain,
+                },
+                features=entry.features,
+                fraud_probability=(fraud or {}).get("probability"),
+                fraud_score=(fraud or {}).get("score"),
+                credit_pd=(credit or {}).get("probability_of_default"),
+                rules_fired=body["rules_fired"],
+                reasons=((fraud or {}).get("reasons") or [])
+                + ((credit or {}).get("reasons") or []),
+                model_versions=body["model_versions"],
+                policy_version=body["policy_version"],
+                degraded=body["degraded"],
+                latency_ms=(time.perf_counter() - started) * 1000,
+                created_at_ms=entry.created_ms,
+                response=body,
+            )
+        finally:
+            entry.ready.set()
 
     def _payment(
         self, event: dict[str, Any], models: LoadedModels, policy: Policy, *, explain_all: bool
@@ -217,10 +256,8 @@ class Scorer:
                 if SEVERITY[rule["action"]] > SEVERITY[decision]:
                     decision = rule["action"]
         complete = decision != "approve" or explain_all
-        if fraud is not None and complete:
-            fraud["reasons"] = self._fraud_reasons(models.fraud, x)
-        elif fraud is not None:
-            fraud["reasons"] = []
+        if fraud is not None:
+            fraud["reasons"] = []  # filled outside the lock when the decision needs them
         body = {
             "decision": decision,
             "fraud": fraud,
@@ -263,8 +300,7 @@ class Scorer:
             "reasons": [],
         }
         if decision != "approve":
-            contributions = model.contributions(x.reshape(1, -1))[0]
-            block["reasons"] = explain.top_reasons(CREDIT_FEATURE_NAMES, x, contributions)
+            block["_x"] = x  # adverse-action reasons are computed outside the lock
         return block, decision
 
     def _credit_for_payment(

@@ -341,3 +341,48 @@ def test_the_log_holds_no_identifier_in_the_clear(app: Flask, client: FlaskClien
     app.extensions["risk"].log.close()
     for candidate in path.parent.glob(path.name + "*"):
         assert b"alice-secret-account" not in candidate.read_bytes()
+
+
+def test_concurrent_requests_count_exactly_and_retries_count_once(app: Flask) -> None:
+    """Threads scoring one account at once: no lost update, no double count, one log row each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = NOW - timedelta(hours=2)
+    bodies = [
+        payment(f"c{i}", timestamp=iso(base + timedelta(seconds=i)), amount=10.0 + i)
+        for i in range(40)
+    ]
+
+    def send(body: dict[str, Any]) -> int:
+        return app.test_client().post("/score", json=body).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        # every event twice, at the same time: impatient clients retrying
+        codes = list(pool.map(send, bodies + bodies))
+    assert codes == [200] * 80
+    scorer = app.extensions["risk"]
+    assert scorer.log.count() == 40
+    follow = payment("c-final", timestamp=iso(base + timedelta(minutes=5)))
+    app.test_client().post("/score", json=follow)
+    assert logged(app, "c-final").features["account_events_24h"] == 40
+
+
+def test_a_store_failure_gives_a_degraded_answer_with_rules(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    rules = (
+        '[[rules]]\nname = "big"\nwhen = [["amount", ">", 5000]]\naction = "decline"\n'
+        'reason = "amount over 5,000"\n'
+    )
+    app = make_app(POLICY_FILE=policy_file(tmp_path, rules))
+
+    def down(event: Any) -> Any:
+        raise ConnectionError("state store unreachable")
+
+    app.extensions["risk"].engine.process = down
+    client = app.test_client()
+    small = client.post("/score", json=payment("d1")).get_json()
+    assert small["degraded"] is True and small["decision"] == "review"  # fail closed
+    big = client.post("/score", json=payment("d2", amount=9000.0)).get_json()
+    assert big["degraded"] is True and big["decision"] == "decline"
+    assert big["rules_fired"][0]["name"] == "big"
