@@ -83,7 +83,8 @@ def main() -> None:
     now_ms = int(time.time() * 1000)
     for request in requests[half:]:
         started = time.perf_counter()
-        scorer._score_new(request, now_ms, started)
+        entry = scorer._score_new(request, now_ms)
+        scorer._finish(entry, request, started)
         full.append(time.perf_counter() - started)
     assert _CREDIT_INDEX  # the same indexes the service uses
     print(f"core without SHAP ({len(core):,} events): {pct(core)}")
