@@ -41,6 +41,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; bundles and reports are meant to be read
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from risk_service import features as fs
+from risk_service import schema
 from risk_service.bundles import BundleError, Registry, sha256_file, verify_bundle
 from risk_service.fraud_model import FraudModel
 from training.cli import main
@@ -83,15 +84,7 @@ def test_model_beats_baselines_and_report_is_self_contained(trained: Path) -> No
     assert test["model"]["roc_auc"] > 0.8
     assert test["model"]["average_precision"] > test["rules"]["average_precision"]
     assert 0 <= test["model"]["recall_at_fpr_0.01"] <= 1
-    assert set(metrics["fraud"]["scenarios"]) <= {
-        "account_takeover",
-        "stolen_card",
-        "card_testing",
-        "compromised_merchant",
-        "promotion_abuse",
-        "credit_cash_out",
-        "mule",
-    }
+    assert set(metrics["fraud"]["scenarios"]) <= set(schema.FRAUD_SCENARIOS)
     credit = metrics["credit"]["test"]["champion"]
     assert 0.6 < credit["roc_auc"] < 0.95
 
