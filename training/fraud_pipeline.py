@@ -126,9 +126,13 @@ def train_fraud(
     as_of: pd.Timestamp | None,
     progress: bool = False,
 ) -> FraudRun:
+    from tqdm import tqdm
+
     events = tables.events
     assert events is not None
     notes: list[str] = []
+    bar = tqdm(total=4, desc="fraud model", unit="step", disable=not progress, leave=False)
+    bar.set_postfix_str("features")
     if as_of is not None:
         known = labels_known_by(events, as_of, "is_fraud")
     else:
@@ -138,6 +142,8 @@ def train_fraud(
     known = known.iloc[: len(scope)].reset_index(drop=True)
     # Point-in-time by construction: an event at t < T only sees labels with label_time < t.
     X = fs.compute_offline_features(scope, tables.accounts)
+    bar.update()
+    bar.set_postfix_str("LightGBM")
     ts = scope["timestamp"]
     train_mask = ((ts >= split.train_start) & (ts < split.train_end) & known.notna()).to_numpy()
     valid_mask = ((ts >= split.valid_start) & (ts < split.valid_end) & known.notna()).to_numpy()
@@ -165,6 +171,8 @@ def train_fraud(
         categorical=fs.CATEGORICAL_FEATURES,
         seed=seed,
     )
+    bar.update()
+    bar.set_postfix_str("thresholds")
     costs = Costs.from_config(config)
     budgets = config["budgets"]
     amount = scope["amount"].to_numpy(np.float64)
@@ -182,7 +190,9 @@ def train_fraud(
         max_decline_rate=budgets["max_decline_rate"],
     )
 
-    return evaluate_fraud(
+    bar.update()
+    bar.set_postfix_str("evaluation and baselines")
+    run = evaluate_fraud(
         model,
         X,
         scope,
@@ -197,6 +207,9 @@ def train_fraud(
         notes=notes,
         gap=gap,
     )
+    bar.update()
+    bar.close()
+    return run
 
 
 def evaluate_fraud(
