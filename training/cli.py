@@ -113,6 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--kind", choices=("fraud", "credit"), default=None)
     models.add_argument("--quiet", action="store_true")
     models.set_defaults(handler=_cmd_models)
+
+    back = sub.add_parser("backtest", help="decide history with candidate models and policies")
+    back.add_argument("--data", type=Path, default=None, help="directory with the event tables")
+    back.add_argument("--models", type=Path, default=Path("models"))
+    back.add_argument("--out", type=Path, required=True, help="directory for decisions and report")
+    back.add_argument(
+        "--version", action="append", default=[], help="fraud=V,credit=W (repeat: candidates)"
+    )
+    back.add_argument("--policy", type=Path, action="append", default=[], help="policy file")
+    back.add_argument("--from", dest="start", type=_instant, default=None, help="ISO 8601")
+    back.add_argument("--to", dest="end", type=_instant, default=None, help="ISO 8601, exclusive")
+    back.add_argument("--credit-data", type=Path, default=None, help="application table")
+    back.add_argument("--scheduler", default=None, help="'local' (LocalCluster) or an address")
+    back.add_argument("--config", type=Path, default=None, help="costs and capacity (TOML)")
+    back.add_argument(
+        "--no-reasons", action="store_true", help="skip TreeSHAP reasons (2-4 ms per flagged event)"
+    )
+    back.add_argument("--quiet", action="store_true")
+    back.set_defaults(handler=_cmd_backtest)
     return parser
 
 
@@ -238,6 +257,64 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     for line in run_models_command(args.action, args.version, args.models, args.kind):
         print(line)
+    return 0
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    _check_writable_dir(args.out, "--out")
+    if args.data is None:
+        if args.credit_data is None:
+            raise UsageError("--data is required (or --credit-data FILE)")
+        from training.backtest import parse_versions
+        from training.backtest_credit import run_credit_table
+
+        chosen = parse_versions(args.version)
+        if len(chosen) > 1 or "fraud" in chosen[0] or args.policy:
+            raise UsageError("--credit-data alone takes one --version credit=V and no --policy")
+        summary = run_credit_table(
+            credit_data=args.credit_data,
+            models_dir=args.models,
+            out_dir=args.out,
+            version=chosen[0].get("credit"),
+        )
+        if not args.quiet:
+            print(
+                f"{summary['applications']} applications: {args.out / 'credit_decisions.parquet'}"
+            )
+        return 0
+    from training.backtest import run_backtest
+
+    run = run_backtest(
+        data_dir=args.data,
+        models_dir=args.models,
+        out_dir=args.out,
+        versions=args.version,
+        policies=args.policy,
+        start=args.start,
+        end=args.end,
+        scheduler=args.scheduler,
+        config_path=args.config,
+        reasons=not args.no_reasons,
+        progress=_show_progress(args),
+        log=None if args.quiet else print,
+    )
+    if args.credit_data is not None:
+        from training.backtest_credit import run_credit_table
+
+        run_credit_table(
+            credit_data=args.credit_data,
+            models_dir=args.models,
+            out_dir=args.out / "credit-data",
+            version=None,
+        )
+    if not args.quiet:
+        for c in run.candidates:
+            rates = ", ".join(
+                f"{name} {float((run.decisions[c.name] == i).mean()):.2%}"
+                for i, name in enumerate(("approve", "challenge", "review", "decline"))
+            )
+            print(f"{c.name} {c.describe()}: {rates}")
+        print(f"wrote {args.out / 'decisions.parquet'}, summary.json, report.html")
     return 0
 
 
