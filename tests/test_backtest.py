@@ -18,6 +18,7 @@ import pytest
 from flask import Flask
 
 from risk_service import create_app
+from risk_service import features as fs
 from training.backtest import run_backtest
 from training.cli import main
 from training.simulate import generate_world
@@ -304,3 +305,35 @@ def test_credit_data_missing_column_and_event_model(
                  "--models", str(MODELS), "--out", str(tmp_path / "o2"), "--quiet"])  # fmt: skip
     assert code == 2
     assert "computes its features from events" in capsys.readouterr().err
+
+
+def test_feature_tasks_cover_every_feature_once() -> None:
+    from training.backtest_dask import feature_tasks
+
+    owned = [f for columns in feature_tasks().values() for f in columns]
+    assert sorted(owned) == sorted(fs.FEATURE_NAMES)
+    tasks = feature_tasks()
+    assert "account_received_events_1h" in tasks[("payee_account_id", "account_id")]
+    assert "device_distinct_accounts_24h" in tasks[("device_id", "device_id")]
+    assert "account_events_24h" in tasks[("account_id", "account_id")]
+
+
+def test_dask_local_cluster_gives_identical_features_and_decisions(
+    world: tuple[Path, pd.DataFrame, Path], backtest: Path, tmp_path: Path
+) -> None:
+    """The same command on a LocalCluster: every feature and every decision identical."""
+    from training.backtest_dask import compute_features_on_dask
+
+    root, events, _ = world
+    accounts = pd.read_parquet(root / "accounts.parquet")
+    single = fs.compute_offline_features(events, accounts).to_numpy(np.float64)
+    distributed = compute_features_on_dask(events, accounts, "local")
+    assert np.array_equal(single, distributed, equal_nan=True)
+    code = main(["backtest", "--data", str(root), "--models", str(MODELS), "--out",
+                 str(tmp_path), "--from", START, "--to", END, "--scheduler", "local",
+                 "--quiet"])  # fmt: skip
+    assert code == 0
+    on_dask = pd.read_parquet(tmp_path / "decisions.parquet")
+    local = pd.read_parquet(backtest / "decisions.parquet")
+    assert list(on_dask["decision"]) == list(local["decision__c1"])
+    assert np.array_equal(on_dask["fraud_probability"], local["fraud_probability__c1"])

@@ -181,7 +181,13 @@ def compute_features(
     """The fraud feature matrix of every event (point-in-time), on one process or on Dask."""
     if scheduler is None:
         return fs.compute_offline_features(events, accounts).to_numpy(np.float64)
-    raise DataError(f"--scheduler {scheduler}: the Dask backend is not available yet")
+    from training.backtest_dask import compute_features_on_dask
+
+    _say(log, f"features on Dask ({scheduler})")
+    try:
+        return compute_features_on_dask(events, accounts, scheduler)
+    except OSError as exc:  # an unreachable scheduler address
+        raise DataError(f"--scheduler {scheduler}: {exc}") from None
 
 
 def _table(columns: dict[str, Any], types: dict[str, pa.DataType]) -> pa.Table:
