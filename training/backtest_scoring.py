@@ -224,7 +224,7 @@ def decide_chunk(
                 if block["decision"] != "approve":
                     credit_reason_rows.append(i)
         decision[i] = SEVERITY[final]
-        rules_json.append(json.dumps(rules))
+        rules_json.append(json.dumps(rules) if rules else "[]")  # most rows fire nothing
     flagged = np.flatnonzero(decision > 0) if reasons else np.zeros(0, np.int64)
     if not reasons:
         credit_reason_rows = []
