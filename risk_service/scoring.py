@@ -58,6 +58,11 @@ class FeatureView(Mapping[str, float]):
     def __getitem__(self, name: str) -> float:
         return float(self._values[self._index[name]])
 
+    def get(self, name: str, default: Any = None) -> Any:
+        """Mapping.get without its exception round trip: policies call it per clause."""
+        i = self._index.get(name)
+        return default if i is None else float(self._values[i])
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._index)
 

@@ -44,7 +44,9 @@ def score_applications(
     if len(apps) == 0:
         return None
     apps = apps.sort_values("timestamp", kind="stable").reset_index(drop=True)
-    X = compute_offline_credit_features(history, accounts, apps).to_numpy(np.float64)
+    # Every credit feature is an account feature: the applicants' own events suffice.
+    mine = history["account_id"].isin(pd.unique(apps["account_id"])).to_numpy()
+    X = compute_offline_credit_features(history[mine], accounts, apps).to_numpy(np.float64)
     pd_ = model.predict_pd(X)
     income = X[:, CREDIT_FEATURE_NAMES.index("monthly_income")]
     out = pd.DataFrame(
