@@ -26,8 +26,8 @@ from training.simulate import generate_world
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-WORLD = {"accounts": 250, "days": 35, "seed": 7, "start": date(2026, 3, 1)}
-START, END = "2026-03-12T00:00:00Z", "2026-04-01T00:00:00Z"
+WORLD = {"accounts": 250, "days": 120, "seed": 7, "start": date(2026, 3, 1)}
+START, END = "2026-06-01T00:00:00Z", "2026-06-22T00:00:00Z"
 LABELS = {"is_fraud", "label_time", "fraud_scenario"}
 STRICT_POLICY = """
 version = "strict-test-1"
