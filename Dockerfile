@@ -10,7 +10,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     RISK_DECISION_LOG_PATH=/var/lib/risk/decisions.sqlite \
     RISK_HASH_KEY_FILE=/var/lib/risk/hash.key
 
-RUN groupadd --system risk && useradd --system --gid risk --home-dir /app risk \
+RUN groupadd --system --gid 10001 risk \
+    && useradd --system --uid 10001 --gid risk --home-dir /app risk \
     && mkdir -p /app /var/lib/risk && chown risk:risk /var/lib/risk
 
 WORKDIR /app
@@ -21,11 +22,11 @@ COPY training training
 COPY models models
 RUN pip install --no-deps .
 
-USER risk
+USER 10001
 EXPOSE 8000
 VOLUME ["/var/lib/risk"]
 HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=1)"
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=1)"]
 
 # One worker: the embedded in-memory state is per process. 0.0.0.0 inside the container.
 CMD ["risk", "serve", "--host", "0.0.0.0", "--port", "8000", "--models", "/app/models"]

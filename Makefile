@@ -28,6 +28,7 @@ lint: install
 	$(BIN)/ruff check risk_service training tests bench
 	$(BIN)/ruff format --check risk_service training tests bench
 	$(BIN)/mypy
+	$(BIN)/hadolint --failure-threshold info Dockerfile
 
 test: lint
 	$(BIN)/pytest
