@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-import numpy as np
 import pandas as pd
 
 
@@ -51,19 +50,3 @@ def to_millis(value: object) -> int:
             value = value.replace(tzinfo=UTC)
         return int(pd.Timestamp(value).value // 1_000_000)
     raise TypeError(f"cannot read an instant from {type(value).__name__}")
-
-
-def series_to_millis(values: pd.Series) -> np.ndarray:
-    """Milliseconds since the epoch for a datetime Series (naive means UTC)."""
-    ts = pd.to_datetime(values, utc=True)
-    return ts.dt.as_unit("ms").astype("int64").to_numpy()
-
-
-def as_utc_timestamp(value: datetime | date | str) -> pd.Timestamp:
-    """A tz-aware UTC pandas Timestamp from a date, datetime or ISO string."""
-    if isinstance(value, str):
-        value = parse_instant(value)
-    elif isinstance(value, date) and not isinstance(value, datetime):
-        value = datetime(value.year, value.month, value.day, tzinfo=UTC)
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

@@ -8,14 +8,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from risk_service.bundles import atomic_write_bytes, atomic_write_json
+from risk_service.bundles import atomic_write_bytes, atomic_write_json, jsonable
 
 if TYPE_CHECKING:
     from training.credit_pipeline import CreditRun
@@ -41,6 +40,8 @@ def _png(fig: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
     if isinstance(value, float | np.floating):
         value = float(value)
         if np.isnan(value):
@@ -178,27 +179,13 @@ def credit_section(run: CreditRun) -> str:
         f"<b>{html.escape(run.feature_source)}</b>. Champion: LightGBM probability of default; "
         "challenger: WoE-binned logistic-regression scorecard (600 points at 50:1, 20 PDO).</p>",
         dict_html({"ranges": run.ranges} if isinstance(run.ranges, dict) else {}),
-        dict_html(_jsonable(run.metrics)),
+        dict_html(jsonable(run.metrics)),
     ]
     if run.groups:
         parts += ["<h3>Approval and default rates by protected group</h3>"]
         parts += ["<p>These attributes are excluded from the model's features.</p>"]
-        parts.append(dict_html(_jsonable(run.groups)))
+        parts.append(dict_html(jsonable(run.groups)))
     return "".join(parts)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, pd.DataFrame):
-        return value.to_dict(orient="records")
-    if isinstance(value, pd.Series):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def write_report(
@@ -235,9 +222,5 @@ def write_report(
         f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
     )
     atomic_write_bytes(report_dir / "index.html", page.encode())
-    atomic_write_json(report_dir / "metrics.json", _jsonable(metrics))
+    atomic_write_json(report_dir / "metrics.json", jsonable(metrics))
     return report_dir / "index.html"
-
-
-def load_metrics(report_dir: Path) -> dict[str, Any]:
-    return dict(json.loads((Path(report_dir) / "metrics.json").read_text()))
