@@ -36,12 +36,11 @@ from risk_service.features import (
 )
 from risk_service.fraud_model import FraudModel
 from risk_service.idempotency import IdempotencyEntry, MemoryIdempotencyStore
-from risk_service.policy import Policy
+from risk_service.policy import SEVERITY, Policy
 from risk_service.requests import ScoreRequest
 from risk_service.scores import decide, fraud_band, fraud_score
 
 log = logging.getLogger("risk_service.scoring")
-SEVERITY = {"approve": 0, "challenge": 1, "review": 2, "decline": 3}
 _FRAUD_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _CREDIT_INDEX = {name: i for i, name in enumerate(CREDIT_FEATURE_NAMES)}
 
@@ -285,66 +284,18 @@ class Scorer:
             response["fraud"]["reasons"] = self._fraud_reasons(self.models.fraud, x)
         return response
 
-    def _credit_block(
-        self, x: np.ndarray, model: CreditModel, monthly_income: float, requested: float
-    ) -> tuple[dict[str, Any], str]:
-        pd_ = float(model.predict_pd(x.reshape(1, -1))[0])
-        points = score_from_pd(pd_)
-        s = self.settings
-        if pd_ <= s.credit_approve_max_pd:
-            decision = "approve"
-        elif pd_ < s.credit_decline_min_pd:
-            decision = "review"
-        else:
-            decision = "decline"
-        block: dict[str, Any] = {
-            "probability_of_default": pd_,
-            "score": round(points, 1),
-            "band": model.band(points),
-            "recommended_limit": recommended_limit(pd_, monthly_income, requested),
-            "reasons": [],
-        }
-        if decision != "approve":
-            block["_x"] = x  # adverse-action reasons are computed outside the lock
-        return block, decision
-
     def _credit_for_payment(
         self, event: dict[str, Any], models: LoadedModels, view: FeatureView, xc: np.ndarray
-    ) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    ) -> tuple[dict[str, Any], list[dict[str, str]]]:
         """Credit risk of a payment funded by the pay-later line: PD and the limit check."""
-        limit = view["credit_limit"]
-        used = _nan_to_zero(float(xc[_CREDIT_INDEX["account_credit_line_amount_30d"]]))
-        available = (limit - used) if not math.isnan(limit) else None
-        within = available is not None and event["amount"] <= available
-        check = {
-            "credit_limit": None if math.isnan(limit) else limit,
-            "used_30d": used,
-            "available": available,
-            "within_limit": within,
-        }
-        rules: list[dict[str, str]] = []
-        if not within:
-            rules.append(
-                {
-                    "name": "credit_limit_exceeded",
-                    "action": "decline",
-                    "reason": "the amount exceeds the available pay-later credit",
-                }
-            )
-        if models.credit is None:
-            return {"limit_check": check, "reasons": []}, rules
-        block, credit_decision = self._credit_block(
-            xc, models.credit, view["monthly_income"], event["amount"]
+        pd_ = None
+        if models.credit is not None:
+            pd_ = float(models.credit.predict_pd(xc.reshape(1, -1))[0])
+        block, rules, decision = credit_for_payment(
+            event, view, xc, pd_, models.credit, self.settings
         )
-        block["limit_check"] = check
-        if credit_decision != "approve":
-            rules.append(
-                {
-                    "name": "credit_risk",
-                    "action": "review" if credit_decision == "review" else "decline",
-                    "reason": f"probability of default {block['probability_of_default']:.1%}",
-                }
-            )
+        if decision not in (None, "approve"):
+            block["_x"] = xc  # adverse-action reasons are computed outside the lock
         return block, rules
 
     def _credit_application(
@@ -356,9 +307,13 @@ class Scorer:
         credit = None
         model_decision = None
         if models.credit is not None:
-            credit, model_decision = self._credit_block(
-                xc, models.credit, view["monthly_income"], float(event["requested_limit"])
+            pd_ = float(models.credit.predict_pd(xc.reshape(1, -1))[0])
+            requested = float(event["requested_limit"])
+            credit, model_decision = credit_block(
+                pd_, models.credit, view["monthly_income"], requested, self.settings
             )
+            if model_decision != "approve":
+                credit["_x"] = xc  # adverse-action reasons are computed outside the lock
             credit["limit_check"] = {
                 "requested_limit": float(event["requested_limit"]),
                 "within_recommendation": credit["recommended_limit"]
@@ -391,6 +346,78 @@ class Scorer:
     def ingest_profile(self, account: Mapping[str, Any]) -> None:
         with self.lock:
             self.engine.ingest_profile(account)
+
+
+def credit_decision(pd_: float, settings: ScoringSettings) -> str:
+    """approve up to `credit_approve_max_pd`, decline from `credit_decline_min_pd`, else review."""
+    if pd_ <= settings.credit_approve_max_pd:
+        return "approve"
+    if pd_ < settings.credit_decline_min_pd:
+        return "review"
+    return "decline"
+
+
+def credit_block(
+    pd_: float,
+    model: CreditModel,
+    monthly_income: float,
+    requested: float,
+    settings: ScoringSettings,
+) -> tuple[dict[str, Any], str]:
+    """The `credit` part of an answer for a PD, and the credit decision (reasons come later)."""
+    points = score_from_pd(pd_)
+    block: dict[str, Any] = {
+        "probability_of_default": pd_,
+        "score": round(points, 1),
+        "band": model.band(points),
+        "recommended_limit": recommended_limit(pd_, monthly_income, requested),
+        "reasons": [],
+    }
+    return block, credit_decision(pd_, settings)
+
+
+def credit_for_payment(
+    event: Mapping[str, Any],
+    view: Mapping[str, float],
+    xc: np.ndarray,
+    pd_: float | None,
+    model: CreditModel | None,
+    settings: ScoringSettings,
+) -> tuple[dict[str, Any], list[dict[str, str]], str | None]:
+    """A pay-later payment: the limit check, the credit block (with `pd_` when there is a credit
+    model) and the rules they fire; the service and backtests both call this."""
+    limit = view["credit_limit"]
+    used = _nan_to_zero(float(xc[_CREDIT_INDEX["account_credit_line_amount_30d"]]))
+    available = (limit - used) if not math.isnan(limit) else None
+    within = available is not None and event["amount"] <= available
+    check = {
+        "credit_limit": None if math.isnan(limit) else limit,
+        "used_30d": used,
+        "available": available,
+        "within_limit": within,
+    }
+    rules: list[dict[str, str]] = []
+    if not within:
+        rules.append(
+            {
+                "name": "credit_limit_exceeded",
+                "action": "decline",
+                "reason": "the amount exceeds the available pay-later credit",
+            }
+        )
+    if model is None or pd_ is None:
+        return {"limit_check": check, "reasons": []}, rules, None
+    block, decision = credit_block(pd_, model, view["monthly_income"], event["amount"], settings)
+    block["limit_check"] = check
+    if decision != "approve":
+        rules.append(
+            {
+                "name": "credit_risk",
+                "action": "review" if decision == "review" else "decline",
+                "reason": f"probability of default {pd_:.1%}",
+            }
+        )
+    return block, rules, decision
 
 
 def _as_application(event: Mapping[str, Any]) -> dict[str, Any]:

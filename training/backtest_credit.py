@@ -17,18 +17,15 @@ import pandas as pd
 from risk_service.bundles import Registry, atomic_write_json, jsonable, verify_bundle
 from risk_service.credit_model import CreditModel, recommended_limit, score_from_pd
 from risk_service.features import CREDIT_FEATURE_NAMES, compute_offline_credit_features
-from risk_service.scoring import ScoringSettings
+from risk_service.scoring import ScoringSettings, credit_decision
 from training.credit import CreditModels
 from training.credit_pipeline import read_application_table
 from training.datasets import DataError
 
 
 def credit_decisions(pd_: np.ndarray, settings: ScoringSettings) -> np.ndarray:
-    """The service's PD thresholds: approve <= approve_max_pd < review < decline_min_pd."""
-    out = np.full(len(pd_), "review", dtype=object)
-    out[pd_ <= settings.credit_approve_max_pd] = "approve"
-    out[pd_ >= settings.credit_decline_min_pd] = "decline"
-    return out
+    """The service's credit decision for each PD."""
+    return np.array([credit_decision(float(p), settings) for p in pd_], dtype=object)
 
 
 def score_applications(

@@ -5,16 +5,14 @@ backtest has the same features as a matrix (computed offline, equal to the
 online ones) and must give the same answers. So this module calls the same
 pieces: `FraudModel.predict_proba`, `scores.decide_many` (the vectorised
 `decide`, equal element by element), `Policy.evaluate` with a `FeatureView`
-per row, and `explain.top_reasons`. The one piece the service keeps inside a
-`Scorer` method, the credit check of a pay-later payment, is replicated in
-`service_credit_for_payment` and held equal to the service by
-`tests/test_backtest.py`.
+per row, and `explain.top_reasons`. The one credit check of a pay-later payment is the
+service's own `credit_for_payment`; `tests/test_backtest.py` holds the whole
+decision equal to the service's.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,15 +21,14 @@ import numpy as np
 import pandas as pd
 
 from risk_service import explain
-from risk_service.credit_model import CreditModel, recommended_limit, score_from_pd
+from risk_service.credit_model import CreditModel
 from risk_service.features import CREDIT_FEATURE_NAMES, FEATURE_NAMES
 from risk_service.fraud_model import FraudModel
-from risk_service.policy import Policy
+from risk_service.policy import SEVERITY, Policy
 from risk_service.schema import EVENT_COLUMNS
 from risk_service.scores import DECISIONS, decide_many, fraud_band, fraud_scores
-from risk_service.scoring import FeatureView, ScoringSettings
+from risk_service.scoring import FeatureView, ScoringSettings, credit_for_payment
 
-SEVERITY: dict[str, int] = {name: i for i, name in enumerate(DECISIONS)}
 FRAUD_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
 CREDIT_INDEX: dict[str, int] = {name: i for i, name in enumerate(CREDIT_FEATURE_NAMES)}
 REQUEST_COLUMNS: tuple[str, ...] = tuple(c.name for c in EVENT_COLUMNS if not c.label)
@@ -88,55 +85,11 @@ def service_credit_for_payment(
     model: CreditModel | None,
     settings: ScoringSettings,
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """`Scorer._credit_for_payment` + `Scorer._credit_block` of risk_service/scoring.py, for
-    one pay-later payment whose PD (`pd_`) was predicted in a batch. Kept line for line
-    equal to the service (a test compares them on replayed events)."""
-    limit = view["credit_limit"]
-    used_raw = float(xc[CREDIT_INDEX["account_credit_line_amount_30d"]])
-    used = 0.0 if math.isnan(used_raw) else used_raw
-    available = (limit - used) if not math.isnan(limit) else None
-    within = available is not None and event["amount"] <= available
-    check = {
-        "credit_limit": None if math.isnan(limit) else limit,
-        "used_30d": used,
-        "available": available,
-        "within_limit": within,
-    }
-    rules: list[dict[str, str]] = []
-    if not within:
-        rules.append(
-            {
-                "name": "credit_limit_exceeded",
-                "action": "decline",
-                "reason": "the amount exceeds the available pay-later credit",
-            }
-        )
-    if model is None or pd_ is None:
-        return {"limit_check": check, "reasons": []}, rules
-    points = score_from_pd(pd_)
-    if pd_ <= settings.credit_approve_max_pd:
-        decision = "approve"
-    elif pd_ < settings.credit_decline_min_pd:
-        decision = "review"
-    else:
-        decision = "decline"
-    block: dict[str, Any] = {
-        "probability_of_default": pd_,
-        "score": round(points, 1),
-        "band": model.band(points),
-        "recommended_limit": recommended_limit(pd_, view["monthly_income"], event["amount"]),
-        "reasons": [],
-        "decision": decision,
-        "limit_check": check,
-    }
-    if decision != "approve":
-        rules.append(
-            {
-                "name": "credit_risk",
-                "action": "review" if decision == "review" else "decline",
-                "reason": f"probability of default {pd_:.1%}",
-            }
-        )
+    """The service's `credit_for_payment` for one pay-later payment whose PD (`pd_`) was
+    predicted in a batch, with the credit decision kept in the block for the output columns."""
+    block, rules, decision = credit_for_payment(event, view, xc, pd_, model, settings)
+    if decision is not None:
+        block["decision"] = decision
     return block, rules
 
 
