@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +53,54 @@ def app(make_app: AppFactory) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+# -- the machine's real PostgreSQL and Redis (integration tests) -----------------------------
+# Integration tests FAIL (never skip) when a service is missing: CI must not pass without them.
+PG_URL = os.environ.get("RISK_TEST_PG_URL", "postgresql://127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("RISK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A DSN whose search_path is a fresh schema on the machine's PostgreSQL, dropped after."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required at {PG_URL} (RISK_TEST_PG_URL): {exc}")
+    with admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """The machine's Redis and a key prefix of this test's own (its keys are deleted after)."""
+
+    url: str
+    prefix: str
+
+
+@pytest.fixture
+def redis_target() -> Iterator[RedisTarget]:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is required at {REDIS_URL} (RISK_TEST_REDIS_URL): {exc}")
+    target = RedisTarget(REDIS_URL, f"test-{uuid.uuid4().hex[:12]}:")
+    try:
+        yield target
+    finally:
+        keys = list(client.scan_iter(match=target.prefix + "*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i : i + 500])
+        client.close()
