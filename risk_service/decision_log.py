@@ -1,7 +1,10 @@
 """The decision log: every decision, durable before its response goes out, with no personal data.
 
-``DecisionLog`` is the interface (the production issue backs it with
-PostgreSQL); ``SQLiteDecisionLog`` is the embedded default.
+``DecisionLog`` is the interface; ``SQLiteDecisionLog`` is the embedded default and
+``decision_log_pg.PostgresDecisionLog`` the shared one (``open_decision_log`` picks one
+from a URL). Besides decisions the log keeps feedback labels (``risk_service.labels``),
+so that ``risk train --from-log`` can rebuild a training set from what was decided
+and what was learnt since.
 
 **Durability.** ``append`` returns only after the record's transaction has
 committed. The database is in WAL mode; with ``synchronous="FULL"`` (the
@@ -27,111 +30,59 @@ hashes made with two keys never mix in one log.
 
 **Idempotency.** Appending an event_id that is already logged with the same
 body hash is a no-op; with a different body hash it raises ``Conflict`` (409).
+Adding a label that is already there (``LabelRecord.key``) is a no-op.
+
+**Schema.** ``schema_version`` holds the version; opening a file of an older version
+migrates it in place in one transaction (version 2 added ``decisions.shadow`` and the
+``labels`` table).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import sqlite3
 import threading
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
-
+from risk_service.decision_records import (
+    DECISION,
+    DECISION_COLUMNS,
+    LABEL,
+    LABEL_COLUMNS,
+    LOCATION_FIELDS,
+    PERSONAL_FIELDS,
+    DecisionLogError,
+    DecisionRecord,
+    Pseudonymiser,
+    decision_row,
+    key_check,
+    label_from_row,
+    label_row,
+    record_from_row,
+)
 from risk_service.errors import Conflict
+from risk_service.labels import LabelRecord, sort_labels
 
-SCHEMA_VERSION = 1
-PERSONAL_FIELDS: frozenset[str] = frozenset(
-    {"account_id", "payee_account_id", "device_id", "ip_address", "instrument_id", "merchant_id"}
-)
-LOCATION_FIELDS: frozenset[str] = frozenset(
-    {"latitude", "longitude", "home_latitude", "home_longitude"}
-)
-LOCATION_DECIMALS = 2
-MIN_KEY_BYTES = 16
-_KEY_CHECK = b"risk-service decision log key check"
-_JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-
-
-class DecisionLogError(RuntimeError):
-    """The log could not make a record durable (the decision must not be answered as logged)."""
-
-
-@dataclass(frozen=True)
-class DecisionRecord:
-    """One decision as the scoring core made it (identifiers in the clear; the log hashes them).
-
-    ``request`` is the validated body, e.g. ``{"event": {...}, "account": {...},
-    "explain": false}``. ``features`` maps names to values (NaN is stored as
-    null). ``created_at_ms`` defaults to the time of the append. A record read
-    back with ``get`` has its identifiers already replaced by their hashes.
-    """
-
-    event_id: str
-    decision: str
-    body_hash: str
-    request: Mapping[str, Any]
-    features: Mapping[str, float | None] = field(default_factory=dict)
-    fraud_probability: float | None = None
-    fraud_score: int | None = None
-    credit_pd: float | None = None
-    rules_fired: Sequence[Mapping[str, Any]] = ()
-    reasons: Sequence[Mapping[str, Any]] = ()
-    model_versions: Mapping[str, str | None] = field(default_factory=dict)
-    policy_version: str = ""
-    degraded: bool = False
-    latency_ms: float = 0.0
-    created_at_ms: int | None = None
-    response: Mapping[str, Any] | None = None
+SCHEMA_VERSION = 2
 
 
 class DecisionLog(Protocol):
-    """Where decisions go; ``append`` is durable when it returns."""
+    """Where decisions and their labels go; ``append`` and ``add_label`` are durable on return."""
 
     def append(self, record: DecisionRecord) -> None: ...
 
     def get(self, event_id: str) -> DecisionRecord | None: ...
 
+    def add_label(self, label: LabelRecord) -> None: ...
+
+    def labels(self, event_id: str) -> list[LabelRecord]: ...
+
     def count(self) -> int: ...
 
+    def status(self) -> dict[str, Any]: ...
+
     def close(self) -> None: ...
-
-
-class Pseudonymiser:
-    """Keyed hashing of identifiers: HMAC-SHA256(hash_key, utf-8 value), lowercase hex."""
-
-    def __init__(self, hash_key: bytes) -> None:
-        if not isinstance(hash_key, bytes) or len(hash_key) < MIN_KEY_BYTES:
-            raise ValueError(f"hash_key must be at least {MIN_KEY_BYTES} bytes")
-        self._mac = hmac.new(hash_key, digestmod=hashlib.sha256)
-
-    def __call__(self, value: str) -> str:
-        mac = self._mac.copy()
-        mac.update(value.encode("utf-8"))
-        return mac.hexdigest()
-
-    def scrub(self, obj: Any) -> Any:
-        """A copy of ``obj`` with personal identifiers hashed and locations coarsened."""
-        if isinstance(obj, Mapping):
-            out: dict[Any, Any] = {}
-            for key, value in obj.items():
-                if key in PERSONAL_FIELDS and isinstance(value, str):
-                    out[key] = self(value)
-                elif key in LOCATION_FIELDS and isinstance(value, float):
-                    out[key] = round(value, LOCATION_DECIMALS)
-                elif isinstance(value, (Mapping, list, tuple)):
-                    out[key] = self.scrub(value)
-                else:
-                    out[key] = value
-            return out
-        if isinstance(obj, (list, tuple)):
-            return [self.scrub(x) for x in obj]
-        return obj
 
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -160,36 +111,57 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ),
+    2: (
+        "ALTER TABLE decisions ADD COLUMN shadow TEXT",
+        # The unique key is LabelRecord.key(): a redelivered label is the same label.
+        """CREATE TABLE labels (
+            seq INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL,
+            label TEXT NOT NULL,
+            value INTEGER NOT NULL,
+            label_time_ms INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            received_at_ms INTEGER NOT NULL,
+            UNIQUE (event_id, label, value, label_time_ms, source)
+        )""",
+    ),
 }
-_COLUMNS = (
-    "event_id, created_at_ms, account_hash, body_hash, decision, fraud_probability, "
-    "fraud_score, credit_pd, degraded, latency_ms, policy_version, model_versions, "
-    "rules_fired, reasons, features, request, response"
-)
+# Column order of a decision row, shared by every backend (and by `risk train --from-log`).
+_COLUMNS = ", ".join(DECISION_COLUMNS)
 _INSERT = (
-    f"INSERT INTO decisions ({_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
+    f"INSERT INTO decisions ({_COLUMNS}) VALUES ({', '.join('?' * len(DECISION_COLUMNS))}) "
     "ON CONFLICT (event_id) DO NOTHING"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM decisions WHERE event_id = ?"
+_LABEL_COLUMNS = ", ".join(LABEL_COLUMNS)
+_INSERT_LABEL = (
+    f"INSERT INTO labels ({_LABEL_COLUMNS}) VALUES ({', '.join('?' * len(LABEL_COLUMNS))}) "
+    "ON CONFLICT DO NOTHING"
+)
+_SELECT_LABELS = (
+    f"SELECT {_LABEL_COLUMNS} FROM labels WHERE event_id = ? "
+    "ORDER BY label_time_ms, received_at_ms, seq"
+)
 
 
 class _Pending:
-    """One append waiting for its batch to commit."""
+    """One row (a decision or a label) waiting for its batch to commit."""
 
-    __slots__ = ("done", "error", "row")
+    __slots__ = ("done", "error", "kind", "row")
 
-    def __init__(self, row: tuple[Any, ...]) -> None:
+    def __init__(self, row: tuple[Any, ...], kind: str = DECISION) -> None:
         self.row = row
+        self.kind = kind
         self.done = False
         self.error: Exception | None = None
 
 
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value, option=_JSON_OPTS).decode()
-
-
 class SQLiteDecisionLog:
-    """The decision log in one SQLite file (WAL, group commit); safe to share across threads."""
+    """The decision log in one SQLite file (WAL, group commit); safe to share across threads.
+
+    The PostgreSQL log also uses one as its local spool, through ``submit_rows``,
+    ``oldest`` and ``forget``.
+    """
 
     def __init__(
         self,
@@ -247,7 +219,7 @@ class SQLiteDecisionLog:
                     conn.execute(statement)
                 conn.execute("DELETE FROM schema_version")
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (v,))
-            check = hmac.new(hash_key, _KEY_CHECK, hashlib.sha256).hexdigest()[:16]
+            check = key_check(hash_key)
             stored = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
             if stored is None:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', ?)", (check,))
@@ -262,43 +234,42 @@ class SQLiteDecisionLog:
 
     # -- writing -----------------------------------------------------------------------------
     def _row(self, r: DecisionRecord) -> tuple[Any, ...]:
-        """The row to insert, built by the caller (hashing and JSON stay off the commit path)."""
-        scrub = self.pseudonymise.scrub
-        event = r.request.get("event", r.request)
-        account = event.get("account_id") if isinstance(event, Mapping) else None
-        created = r.created_at_ms if r.created_at_ms is not None else time.time_ns() // 1_000_000
-        return (
-            r.event_id,
-            int(created),
-            self.pseudonymise(account) if isinstance(account, str) else None,
-            r.body_hash,
-            r.decision,
-            None if r.fraud_probability is None else float(r.fraud_probability),
-            None if r.fraud_score is None else int(r.fraud_score),
-            None if r.credit_pd is None else float(r.credit_pd),
-            int(bool(r.degraded)),
-            float(r.latency_ms),
-            r.policy_version,
-            _dumps(r.model_versions),
-            _dumps(list(r.rules_fired)),
-            _dumps(scrub(list(r.reasons))),
-            _dumps(r.features),
-            _dumps(scrub(r.request)),
-            None if r.response is None else _dumps(scrub(r.response)),
-        )
+        return decision_row(self.pseudonymise, r)
 
     def append(self, record: DecisionRecord) -> None:
         """Log one decision; returns once it is committed (see the module docstring)."""
         pending = _Pending(self._row(record))
+        self._submit([pending])
+        if pending.error is not None:
+            raise pending.error
+
+    def add_label(self, label: LabelRecord) -> None:
+        """Keep one label; returns once it is committed. A label already kept is a no-op."""
+        pending = _Pending(label_row(label), LABEL)
+        self._submit([pending])
+        if pending.error is not None:
+            raise pending.error
+
+    def submit_rows(self, rows: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Exception | None]:
+        """Commit prebuilt ``(DECISION | LABEL, row)`` pairs; the error of each (None: kept)."""
+        pendings = [_Pending(row, kind) for kind, row in rows]
+        self._submit(pendings)
+        return [p.error for p in pendings]
+
+    def _submit(self, pendings: list[_Pending]) -> None:
+        """Queue rows and wait until their batches have committed (leader/follower)."""
+        if not pendings:
+            return
+        last = pendings[-1]  # batches are taken oldest first: the last done means all done
         with self._cond:
             if self._closed:
                 raise DecisionLogError("the decision log is closed")
-            self._queue.append(pending)
+            self._queue.extend(pendings)
         while True:
             with self._cond:
-                while not pending.done and self._writing:
+                while not last.done and self._writing:
                     self._cond.wait()
-                if pending.done:
+                if last.done:
                     break
                 self._writing = True  # the leader: commit what is queued, oldest first
                 batch = self._queue[: self._max_batch]
@@ -309,8 +280,6 @@ class SQLiteDecisionLog:
                 with self._cond:
                     self._writing = False
                     self._cond.notify_all()
-        if pending.error is not None:
-            raise pending.error
 
     def _commit(self, batch: list[_Pending]) -> None:
         """One transaction, one fsync, for the whole batch; marks each pending done or failed."""
@@ -318,7 +287,9 @@ class SQLiteDecisionLog:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for p in batch:
-                if conn.execute(_INSERT, p.row).rowcount == 0:
+                if p.kind == LABEL:
+                    conn.execute(_INSERT_LABEL, p.row)
+                elif conn.execute(_INSERT, p.row).rowcount == 0:
                     stored = conn.execute(
                         "SELECT body_hash FROM decisions WHERE event_id = ?", (p.row[0],)
                     ).fetchone()
@@ -343,37 +314,65 @@ class SQLiteDecisionLog:
             for p in batch:
                 p.done = True
 
+    def forget(self, decision_seqs: Sequence[int], label_seqs: Sequence[int]) -> None:
+        """Delete rows by seq (the spool, once they are safe elsewhere); waits for the writer."""
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._writing = True
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for table, seqs in (("decisions", decision_seqs), ("labels", label_seqs)):
+                    conn.executemany(f"DELETE FROM {table} WHERE seq = ?", [(s,) for s in seqs])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
     # -- reading -----------------------------------------------------------------------------
     def get(self, event_id: str) -> DecisionRecord | None:
         """The logged record (identifiers as their hashes), or None."""
         with self._read_lock:
             row = self._reader.execute(_SELECT, (event_id,)).fetchone()
-        if row is None:
-            return None
-        (eid, created, _acct, body_hash, decision, fp, fs, cpd, degraded, latency, pv,
-         mv, rules, reasons, features, request, response) = row  # fmt: skip
-        return DecisionRecord(
-            event_id=eid,
-            decision=decision,
-            body_hash=body_hash,
-            request=orjson.loads(request),
-            features=orjson.loads(features),
-            fraud_probability=fp,
-            fraud_score=fs,
-            credit_pd=cpd,
-            rules_fired=orjson.loads(rules),
-            reasons=orjson.loads(reasons),
-            model_versions=orjson.loads(mv),
-            policy_version=pv,
-            degraded=bool(degraded),
-            latency_ms=latency,
-            created_at_ms=created,
-            response=None if response is None else orjson.loads(response),
-        )
+        return None if row is None else record_from_row(row)
+
+    def labels(self, event_id: str) -> list[LabelRecord]:
+        """Every label kept for the event, by label time then receipt time."""
+        with self._read_lock:
+            rows = self._reader.execute(_SELECT_LABELS, (event_id,)).fetchall()
+        return sort_labels(label_from_row(r) for r in rows)
+
+    def oldest(
+        self, limit: int
+    ) -> tuple[list[tuple[int, tuple[Any, ...]]], list[tuple[int, tuple[Any, ...]]]]:
+        """Up to ``limit`` decision rows and label rows, oldest first, each with its seq."""
+        with self._read_lock:
+            decisions = self._reader.execute(
+                f"SELECT seq, {_COLUMNS} FROM decisions ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+            labels = self._reader.execute(
+                f"SELECT seq, {_LABEL_COLUMNS} FROM labels ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [(r[0], tuple(r[1:])) for r in decisions], [(r[0], tuple(r[1:])) for r in labels]
 
     def count(self) -> int:
         with self._read_lock:
             return int(self._reader.execute("SELECT count(*) FROM decisions").fetchone()[0])
+
+    def count_labels(self) -> int:
+        with self._read_lock:
+            return int(self._reader.execute("SELECT count(*) FROM labels").fetchone()[0])
+
+    def status(self) -> dict[str, Any]:
+        """For /ready and metrics: the backend; nothing is ever spooled here."""
+        return {"backend": "sqlite", "path": str(self.path), "spooled": 0}
 
     def close(self) -> None:
         """Refuse new appends, let a commit in progress finish, checkpoint and close."""
@@ -394,12 +393,52 @@ class SQLiteDecisionLog:
         self.close()
 
 
+def open_decision_log(
+    url: str | None,
+    *,
+    path: str | Path,
+    hash_key: bytes,
+    synchronous: str = "FULL",
+    spool_dir: str | Path | None = None,
+    timeout_ms: int = 2000,
+) -> DecisionLog:
+    """The log a configuration names (DECISION_LOG_URL, _PATH, _SYNC, _SPOOL_DIR, _TIMEOUT_MS).
+
+    ``url`` None or empty: SQLite at ``path``; ``sqlite:///relative`` or
+    ``sqlite:////absolute``: SQLite there; ``postgresql://...`` or ``postgres://...``:
+    PostgreSQL, spooling to ``spool_dir`` (default: ``spool/`` beside ``path``).
+    """
+    if not url:
+        target = Path(path)
+    elif url.startswith("sqlite:///"):
+        target = Path(url[len("sqlite:///") :])
+        if not str(target):
+            raise ValueError("DECISION_LOG_URL sqlite:/// needs a file path after the slashes")
+    elif url.startswith(("postgresql://", "postgres://")):
+        from risk_service.decision_log_pg import PostgresDecisionLog
+
+        spool = Path(spool_dir) if spool_dir else Path(path).parent / "spool"
+        return PostgresDecisionLog(url, hash_key, spool_path=spool, timeout_ms=timeout_ms)
+    else:
+        scheme = url.split(":", 1)[0]
+        raise ValueError(
+            f"DECISION_LOG_URL scheme {scheme!r} is not supported: use sqlite:///PATH or "
+            "postgresql://..."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return SQLiteDecisionLog(target, hash_key, synchronous=synchronous)
+
+
 __all__ = [
+    "DECISION_COLUMNS",
+    "LABEL_COLUMNS",
     "LOCATION_FIELDS",
     "PERSONAL_FIELDS",
     "DecisionLog",
     "DecisionLogError",
     "DecisionRecord",
+    "LabelRecord",
     "Pseudonymiser",
     "SQLiteDecisionLog",
+    "open_decision_log",
 ]

@@ -16,13 +16,17 @@ from typing import Any
 import pytest
 
 from risk_service.decision_log import (
+    SCHEMA_VERSION,
     DecisionLog,
     DecisionLogError,
     DecisionRecord,
     Pseudonymiser,
     SQLiteDecisionLog,
+    open_decision_log,
 )
+from risk_service.decision_records import decision_row, key_check
 from risk_service.errors import Conflict
+from risk_service.labels import LabelRecord, latest_label
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = b"test-key-0123456789abcdef"
@@ -180,7 +184,7 @@ def test_wal_mode_full_sync_and_schema_version(tmp_path: Path) -> None:
     SQLiteDecisionLog(path, KEY).close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     conn.close()
     log = SQLiteDecisionLog(path, KEY)  # reopening migrates nothing and keeps the data
     assert log._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -311,3 +315,135 @@ def test_every_acknowledged_append_survives_sigkill(tmp_path: Path) -> None:
         missing = [eid for eid in ids if log.get(eid) is None]
         assert not missing
         assert log.count() >= len(ids)
+
+
+# -- shadow results, labels, schema version 2, the factory -----------------------------------
+SHADOW = {"model_versions": {"fraud": "fraud-new"}, "probability": 0.2, "decision": "review"}
+
+
+def label(event_id: str = "e1", **changes: Any) -> LabelRecord:
+    fields: dict[str, Any] = {
+        "event_id": event_id,
+        "label": "is_fraud",
+        "value": 1,
+        "label_time_ms": 1_795_700_000_000,
+        "source": "chargeback",
+        "received_at_ms": 1_795_700_000_500,
+    }
+    fields.update(changes)
+    return LabelRecord(**fields)
+
+
+def test_shadow_result_round_trips(log: SQLiteDecisionLog) -> None:
+    log.append(record("with", shadow=SHADOW))
+    log.append(record("without"))
+    got = log.get("with")
+    assert got is not None and got.shadow == SHADOW
+    assert log.get("without").shadow is None  # type: ignore[union-attr]
+
+
+def test_labels_keep_history_in_label_time_order_and_drop_redeliveries(
+    log: SQLiteDecisionLog,
+) -> None:
+    first = label(value=1, label_time_ms=2_000, received_at_ms=2_100)
+    reversal = label(value=0, label_time_ms=5_000, source="analyst", received_at_ms=5_100)
+    early = label(label="defaulted", value=0, label_time_ms=1_000, source="collections")
+    for item in (reversal, first, early):
+        log.add_label(item)
+    log.add_label(first)  # exact duplicate
+    log.add_label(label(value=1, label_time_ms=2_000, received_at_ms=9_999))  # redelivery
+    assert log.labels("e1") == [early, first, reversal]
+    assert log.labels("other") == []
+    assert log.count_labels() == 3
+    assert latest_label(log.labels("e1"), "is_fraud") == reversal
+    assert latest_label(log.labels("e1"), "is_fraud", known_by_ms=4_999) == first
+    assert latest_label(log.labels("e1"), "defaulted") == early
+
+
+def test_label_fields_are_checked() -> None:
+    for changes, message in (
+        ({"label": "fraud"}, "label must be one of is_fraud, defaulted"),
+        ({"value": 2}, "value must be 0 or 1"),
+        ({"source": "rumour"}, "source must be one of"),
+        ({"label_time_ms": -1}, "label_time_ms must be"),
+        ({"received_at_ms": 1.5}, "received_at_ms must be"),
+        ({"event_id": ""}, "event_id must be"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            label(**changes)
+    assert label(value=True).value == 1 and type(label(value=True).value) is int
+
+
+_V1_DDL = [
+    """CREATE TABLE decisions (
+        seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, created_at_ms INTEGER NOT NULL,
+        account_hash TEXT, body_hash TEXT NOT NULL, decision TEXT NOT NULL,
+        fraud_probability REAL, fraud_score INTEGER, credit_pd REAL, degraded INTEGER NOT NULL,
+        latency_ms REAL NOT NULL, policy_version TEXT NOT NULL, model_versions TEXT NOT NULL,
+        rules_fired TEXT NOT NULL, reasons TEXT NOT NULL, features TEXT NOT NULL,
+        request TEXT NOT NULL, response TEXT)""",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    "INSERT INTO schema_version VALUES (1)",
+]
+
+
+def write_v1_log(path: Path, records: list[DecisionRecord]) -> None:
+    """A log file exactly as version 1 of the code wrote it (its DDL, its 17-column rows)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for statement in _V1_DDL:
+        conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (key_check(KEY),))
+    p = Pseudonymiser(KEY)
+    for r in records:
+        row = decision_row(p, r)[:17]  # v1 had no shadow column
+        conn.execute(f"INSERT INTO decisions VALUES (NULL, {', '.join('?' * 17)})", row)
+    conn.close()
+
+
+def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    write_v1_log(path, [record("old-1"), record("old-2", decision="approve")])
+    with SQLiteDecisionLog(path, KEY) as log:
+        assert log.count() == 2
+        old = log.get("old-1")
+        assert old is not None and old.shadow is None
+        assert old.request["event"]["account_id"] == log.pseudonymise(ACCOUNT)
+        log.append(record("new", shadow=SHADOW))
+        log.add_label(label("old-2", value=0, source="analyst"))
+        assert log.labels("old-2") == [label("old-2", value=0, source="analyst")]
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    conn.close()
+    with SQLiteDecisionLog(path, KEY) as again:  # reopening migrates nothing
+        assert again.count() == 3 and again.get("new").shadow == SHADOW  # type: ignore[union-attr]
+        assert again.get("old-2").decision == "approve"  # type: ignore[union-attr]
+
+
+def test_a_failed_label_write_raises(log: SQLiteDecisionLog) -> None:
+    good = log._writer
+    broken = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    log._writer = broken
+    with pytest.raises(DecisionLogError, match="write failed"):
+        log.add_label(label())
+    log._writer = good
+    broken.close()
+    assert log.labels("e1") == []
+
+
+def test_status_and_factory(tmp_path: Path) -> None:
+    plain = open_decision_log(None, path=tmp_path / "a" / "d.db", hash_key=KEY)
+    assert isinstance(plain, SQLiteDecisionLog)
+    assert plain.status() == {
+        "backend": "sqlite",
+        "path": str(tmp_path / "a" / "d.db"),
+        "spooled": 0,
+    }
+    plain.close()
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    other = open_decision_log(url, path="ignored.db", hash_key=KEY, synchronous="NORMAL")
+    assert isinstance(other, SQLiteDecisionLog) and other.path == tmp_path / "b.db"
+    other.close()
+    with pytest.raises(ValueError, match="scheme 'mysql' is not supported"):
+        open_decision_log("mysql://x/y", path="x.db", hash_key=KEY)
