@@ -1,27 +1,47 @@
-"""Versioned model bundles: writing manifests, verifying them, and the champion registry.
+"""Versioned bundles: writing manifests, verifying them, and the champion registry.
 
-A bundle is a directory `models/<kind>/<version>/` holding model files and a
-`manifest.json` with the SHA-256 of every file. Nothing is loaded from a bundle
-before every hash, the feature-set version and the ordered feature names have
-been checked: joblib files execute code when loaded, so an unverified one must
-never be opened.
+A bundle is a directory `models/<kind>/<version>/` holding files and a
+`manifest.json` with the SHA-256 of every file. Kinds are the models (`fraud`,
+`credit`) and the decision policy (`policy`: one `policy.toml`). Nothing is
+loaded from a bundle before every hash, the feature-set version and the ordered
+feature names have been checked: joblib files execute code when loaded, so an
+unverified one must never be opened.
+
+`models/registry.json` names, per kind, the `champion` (serving), an optional
+`challenger` (scored in shadow) and the `history` of previous champions.
+Changes to it are atomic (readers see the old file or the new one) and
+serialised between processes by a lock file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-KINDS: tuple[str, ...] = ("fraud", "credit")
+MODEL_KINDS: tuple[str, ...] = ("fraud", "credit")
+POLICY_KIND = "policy"
+# Every kind the registry holds. Code about models iterates MODEL_KINDS, not this.
+KINDS: tuple[str, ...] = (*MODEL_KINDS, POLICY_KIND)
 MANIFEST = "manifest.json"
 REGISTRY = "registry.json"
+POLICY_FILE = "policy.toml"
+# What a manifest must hold besides "kind", "version" and "files".
+_REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    POLICY_KIND: ("policy_version", "digest"),
+}
+_MODEL_FIELDS = ("feature_names", "feature_set_version")
+# A version names a directory: no separators, no leading dot.
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class BundleError(Exception):
@@ -149,10 +169,13 @@ def verify_bundle(
         manifest = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleError(f"unreadable manifest {manifest_path}: {exc}") from None
-    for key in ("kind", "version", "files", "feature_names", "feature_set_version"):
+    for key in ("kind", "version", "files"):
         if key not in manifest:
             raise BundleError(f"manifest {manifest_path} lacks {key!r}")
     kind = manifest["kind"]
+    for key in _REQUIRED_FIELDS.get(kind, _MODEL_FIELDS):
+        if key not in manifest:
+            raise BundleError(f"manifest {manifest_path} lacks {key!r}")
     if expected_kind is not None and kind != expected_kind:
         raise BundleError(f"bundle {directory} is a {kind} model, expected {expected_kind}")
     for name, expected in manifest["files"].items():
@@ -167,72 +190,144 @@ def verify_bundle(
                 f"bundle {manifest['version']}: {name} has SHA-256 {actual[:12]}…, manifest says "
                 f"{expected[:12]}… (tampered or partially written); refusing to load"
             )
-    if feature_set_version is not None and manifest["feature_set_version"] != feature_set_version:
-        raise BundleError(
-            f"bundle {manifest['version']} was trained on feature set "
-            f"{manifest['feature_set_version']}, this code computes {feature_set_version}; retrain"
-        )
-    if feature_names is not None and list(manifest["feature_names"]) != list(feature_names):
-        theirs, ours = list(manifest["feature_names"]), list(feature_names)
-        diff = sorted(set(theirs) ^ set(ours))
-        detail = f"differing names: {diff[:5]}" if diff else "same names in another order"
-        raise BundleError(
-            f"bundle {manifest['version']}: feature names do not match this code ({detail})"
-        )
+    check_features(manifest, feature_set_version, feature_names)
     return VerifiedBundle(kind, manifest["version"], directory, manifest)
 
 
+def check_features(
+    manifest: Mapping[str, Any],
+    feature_set_version: str | None,
+    feature_names: Sequence[str] | None,
+) -> None:
+    """Raise BundleError unless the manifest's feature set and ordered names are these."""
+    version = manifest.get("version")
+    if (
+        feature_set_version is not None
+        and manifest.get("feature_set_version") != feature_set_version
+    ):
+        raise BundleError(
+            f"bundle {version} was trained on feature set {manifest.get('feature_set_version')}, "
+            f"this code computes {feature_set_version}; retrain"
+        )
+    theirs = list(manifest.get("feature_names", []))
+    if feature_names is not None and theirs != list(feature_names):
+        diff = sorted(set(theirs) ^ set(feature_names))
+        detail = f"differing names: {diff[:5]}" if diff else "same names in another order"
+        raise BundleError(f"bundle {version}: feature names do not match this code ({detail})")
+
+
 class Registry:
-    """`models/registry.json`: which version of each kind is champion, and the history."""
+    """`models/registry.json`: per kind the champion, an optional challenger, and the history."""
 
     def __init__(self, models_dir: Path) -> None:
         self.models_dir = Path(models_dir)
         self.path = self.models_dir / REGISTRY
 
     def read(self) -> dict[str, Any]:
-        if not self.path.is_file():
-            return {kind: {"champion": None, "history": []} for kind in KINDS}
-        data = json.loads(self.path.read_text())
+        """Every kind's entry, with missing kinds and keys filled in (older files lack them)."""
+        data: dict[str, Any] = {}
+        if self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise BundleError(f"unreadable registry {self.path}: {exc}") from None
+            if not isinstance(data, dict):
+                raise BundleError(f"registry {self.path} is not a JSON object")
         for kind in KINDS:
-            data.setdefault(kind, {"champion": None, "history": []})
+            entry = data.setdefault(kind, {})
+            entry.setdefault("champion", None)
+            entry.setdefault("challenger", None)
+            entry.setdefault("history", [])
         return data
 
     def champion(self, kind: str) -> str | None:
         return self.read()[_check_kind(kind)]["champion"]
 
+    def challenger(self, kind: str) -> str | None:
+        return self.read()[_check_kind(kind)]["challenger"]
+
     def versions(self, kind: str) -> list[str]:
         root = self.models_dir / _check_kind(kind)
         if not root.is_dir():
             return []
-        return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
+        return sorted(
+            p.name
+            for p in root.iterdir()
+            if not p.name.startswith(".") and (p / MANIFEST).is_file()
+        )
 
     def bundle_dir(self, kind: str, version: str) -> Path:
-        return self.models_dir / _check_kind(kind) / version
+        return self.models_dir / _check_kind(kind) / check_version(version)
 
-    def promote(self, kind: str, version: str) -> None:
-        """Make `version` champion after verifying it; the previous champion goes to history."""
+    @contextmanager
+    def locked(self) -> Iterator[dict[str, Any]]:
+        """Read-modify-write under an exclusive lock between processes; write what was yielded.
+
+        Readers never take the lock: the file is replaced atomically.
+        """
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        # The lock is on the directory: registry.json itself is replaced, not rewritten.
+        fd = os.open(self.models_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            before = self.read()
+            data = json.loads(json.dumps(before))
+            yield data
+            if data != before:
+                atomic_write_json(self.path, data)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def promote(self, kind: str, version: str) -> str | None:
+        """Make `version` champion after verifying its hashes; return the previous champion.
+
+        The previous champion goes to history. A challenger that is promoted stops
+        being the challenger (it won).
+        """
         verify_bundle(self.bundle_dir(kind, version), expected_kind=kind)
-        data = self.read()
-        entry = data[kind]
-        if entry["champion"] == version:
-            return
-        if entry["champion"] is not None:
-            entry["history"].append(entry["champion"])
-        entry["champion"] = version
-        atomic_write_json(self.path, data)
+        with self.locked() as data:
+            entry = data[kind]
+            previous: str | None = entry["champion"]
+            if previous == version:
+                return previous
+            if previous is not None:
+                entry["history"].append(previous)
+            entry["champion"] = version
+            if entry["challenger"] == version:
+                entry["challenger"] = None
+        return previous
 
     def rollback(self, kind: str) -> str:
         """Return to the previous champion; raise BundleError if there is none."""
-        data = self.read()
-        entry = data[_check_kind(kind)]
-        if not entry["history"]:
-            raise BundleError(f"no previous {kind} champion to roll back to")
-        entry["champion"] = entry["history"].pop()
-        atomic_write_json(self.path, data)
+        with self.locked() as data:
+            entry = data[_check_kind(kind)]
+            if not entry["history"]:
+                raise BundleError(f"no previous {kind} champion to roll back to")
+            entry["champion"] = entry["history"].pop()
         return str(entry["champion"])
+
+    def set_challenger(self, kind: str, version: str | None) -> str | None:
+        """Name the challenger (hashes verified first), or clear it (None); return the old one."""
+        if version is not None:
+            verify_bundle(self.bundle_dir(kind, version), expected_kind=kind)
+        with self.locked() as data:
+            entry = data[_check_kind(kind)]
+            previous: str | None = entry["challenger"]
+            entry["challenger"] = version
+        return previous
+
+
+def check_version(version: str) -> str:
+    """A version that can name a directory (it may come from an HTTP request)."""
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version) or ".." in version:
+        raise BundleError(
+            f"invalid version {version!r}: letters, digits, '.', '_' and '-' only, "
+            "starting with a letter or digit"
+        )
+    return version
 
 
 def _check_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise BundleError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+        raise BundleError(f"unknown kind {kind!r}; expected one of {KINDS}")
     return kind

@@ -13,52 +13,24 @@ from pathlib import Path
 from typing import Any
 
 from risk_service import features as fs
-from risk_service.bundles import BundleError, Registry, verify_bundle
-from risk_service.credit_model import CreditModel
+from risk_service import lifecycle
 from risk_service.decision_log import SQLiteDecisionLog
-from risk_service.fraud_model import FraudModel
 from risk_service.idempotency import MemoryIdempotencyStore
-from risk_service.policy import Policy, default_policy_path
-from risk_service.requests import REQUEST_FIELDS
+from risk_service.policy import Policy
 from risk_service.scoring import LoadedModels, Scorer, ScoringSettings
 
 log = logging.getLogger("risk_service")
 
 
 def load_champions(models_dir: Path) -> LoadedModels:
-    """The champion bundles, each verified (hashes, feature set and names) before loading."""
-    registry = Registry(Path(models_dir))
-    fraud = credit = None
-    version = registry.champion("fraud")
-    if version is not None:
-        bundle = verify_bundle(
-            registry.bundle_dir("fraud", version),
-            expected_kind="fraud",
-            feature_set_version=fs.FEATURE_SET_VERSION,
-            feature_names=fs.FEATURE_NAMES,
-        )
-        fraud = FraudModel(bundle)
-    version = registry.champion("credit")
-    if version is not None:
-        bundle = verify_bundle(registry.bundle_dir("credit", version), expected_kind="credit")
-        if bundle.manifest.get("feature_source", "events") == "events":
-            bundle = verify_bundle(
-                bundle.directory,
-                expected_kind="credit",
-                feature_set_version=fs.FEATURE_SET_VERSION,
-                feature_names=fs.CREDIT_FEATURE_NAMES,
-            )
-            credit = CreditModel(bundle)
-        else:
-            log.warning("credit champion %s scores tables, not events: not served", version)
-    if fraud is None:
-        raise BundleError(f"no fraud champion in {models_dir}: run `risk train` first")
-    return LoadedModels(fraud=fraud, credit=credit)
+    """The champion bundles, each fully verified (hashes, feature set and names) before loading."""
+    return lifecycle.load_champions(Path(models_dir))
 
 
-def load_policy(path: str | None) -> Policy:
-    known = set(REQUEST_FIELDS) | set(fs.FEATURE_NAMES) | set(fs.CREDIT_FEATURE_NAMES)
-    return Policy.load(Path(path) if path else default_policy_path(), known)
+def load_policy(path: str | None, models_dir: Path | None = None) -> Policy:
+    """POLICY_FILE (`path`) when set, always; else the verified policy champion in
+    `models_dir`'s registry; else the packaged default policy."""
+    return lifecycle.load_serving_policy(path, Path(models_dir) if models_dir else None)
 
 
 def hash_key(config: Mapping[str, Any]) -> bytes:

@@ -106,13 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--quiet", action="store_true")
     serve.set_defaults(handler=_cmd_serve)
 
-    models = sub.add_parser("models", help="list, show, verify, promote or roll back models")
-    models.add_argument("action", choices=("list", "show", "verify", "promote", "rollback"))
-    models.add_argument("version", nargs="?", help="a version (show, promote)")
+    models = sub.add_parser("models", help="list, verify, promote, shadow or roll back models")
+    models.add_argument(
+        "action", choices=("list", "show", "verify", "promote", "rollback", "shadow", "audit")
+    )
+    models.add_argument("version", nargs="?", help="a version (show, promote, shadow)")
     models.add_argument("--models", type=Path, default=Path("models"))
     models.add_argument("--kind", choices=("fraud", "credit"), default=None)
+    models.add_argument("--clear", action="store_true", help="shadow: remove the challenger")
     models.add_argument("--quiet", action="store_true")
     models.set_defaults(handler=_cmd_models)
+
+    policies = sub.add_parser("policies", help="add, list, verify, promote or shadow policies")
+    policies.add_argument(
+        "action",
+        choices=("add", "list", "show", "verify", "promote", "rollback", "shadow", "audit"),
+    )
+    policies.add_argument("target", nargs="?", help="a policy FILE (add) or a VERSION")
+    policies.add_argument("--models", type=Path, default=Path("models"))
+    policies.add_argument("--clear", action="store_true", help="shadow: remove the challenger")
+    policies.add_argument("--quiet", action="store_true")
+    policies.set_defaults(handler=_cmd_policies)
 
     back = sub.add_parser("backtest", help="decide history with candidate models and policies")
     back.add_argument("--data", type=Path, default=None, help="directory with the event tables")
@@ -255,7 +269,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from training.model_admin import run_models_command
 
-    for line in run_models_command(args.action, args.version, args.models, args.kind):
+    lines = run_models_command(args.action, args.version, args.models, args.kind, clear=args.clear)
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _cmd_policies(args: argparse.Namespace) -> int:
+    from training.model_admin import run_policies_command
+
+    for line in run_policies_command(args.action, args.target, args.models, clear=args.clear):
         print(line)
     return 0
 

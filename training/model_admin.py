@@ -1,4 +1,9 @@
-"""`risk models list | show V | verify | promote V | rollback`: the registry from the shell."""
+"""`risk models …` and `risk policies …`: the registry from the shell.
+
+Promote, rollback, shadow and policy add go through `risk_service.lifecycle`,
+the same code path as the HTTP admin routes, and are audited with the OS user
+as actor (`models/audit.jsonl`).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,13 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from risk_service import features as fs
-from risk_service.bundles import KINDS, BundleError, Registry, verify_bundle
+from risk_service import audit, lifecycle
+from risk_service.bundles import KINDS, MODEL_KINDS, POLICY_FILE, POLICY_KIND, BundleError, Registry
 
 
 def _kind_of(version: str) -> str:
     kind = version.split("-", 1)[0]
-    if kind not in KINDS:
+    if kind not in MODEL_KINDS:
         raise BundleError(
             f"cannot tell the kind of version {version!r}; expected fraud-… or credit-…"
         )
@@ -21,29 +26,59 @@ def _kind_of(version: str) -> str:
 
 def verify_for_serving(registry: Registry, kind: str, version: str) -> None:
     """Verify hashes and, for models scored from events, feature compatibility with this code."""
-    directory = registry.bundle_dir(kind, version)
-    bundle = verify_bundle(directory, expected_kind=kind)
-    if bundle.manifest.get("feature_source", "events") == "events":
-        names = fs.FEATURE_NAMES if kind == "fraud" else fs.CREDIT_FEATURE_NAMES
-        verify_bundle(
-            directory,
-            expected_kind=kind,
-            feature_set_version=fs.FEATURE_SET_VERSION,
-            feature_names=names,
-        )
+    lifecycle.verify_version(registry.models_dir, kind, version)
+
+
+def _list(registry: Registry, kinds: list[str]) -> Iterator[str]:
+    """`*` marks the champion, `~` the challenger."""
+    data = registry.read()
+    for k in kinds:
+        for v in registry.versions(k):
+            mark = "*" if v == data[k]["champion"] else "~" if v == data[k]["challenger"] else " "
+            yield f"{mark} {v}"
+
+
+def _verify_all(registry: Registry, kinds: list[str]) -> Iterator[str]:
+    failures = 0
+    for k in kinds:
+        for v in registry.versions(k):
+            try:
+                verify_for_serving(registry, k, v)
+                yield f"ok      {v}"
+            except BundleError as exc:
+                failures += 1
+                yield f"FAILED  {v}: {exc}"
+    if failures:
+        raise BundleError(f"{failures} bundle(s) failed verification")
+
+
+def _audit_lines(models_dir: Path, kinds: list[str]) -> Iterator[str]:
+    for entry in audit.read(models_dir):
+        if entry.get("kind", kinds[0]) in kinds:
+            yield audit.format_entry(entry)
+
+
+def _shadow(models_dir: Path, kind: str, version: str | None, actor: str) -> str:
+    result = lifecycle.set_challenger(models_dir, kind, version, actor)
+    if version is None:
+        return f"{kind} challenger cleared (was {result['previous']})"
+    return f"{kind} challenger is now {version}"
 
 
 def run_models_command(
-    action: str, version: str | None, models_dir: Path, kind: str | None
+    action: str,
+    version: str | None,
+    models_dir: Path,
+    kind: str | None,
+    *,
+    clear: bool = False,
+    actor: str | None = None,
 ) -> Iterator[str]:
     registry = Registry(models_dir)
-    kinds = [kind] if kind else list(KINDS)
+    kinds = [kind] if kind else list(MODEL_KINDS)
+    who = actor or audit.cli_actor()
     if action == "list":
-        for k in kinds:
-            champion = registry.champion(k)
-            for v in registry.versions(k):
-                mark = "*" if v == champion else " "
-                yield f"{mark} {v}"
+        yield from _list(registry, kinds)
     elif action == "show":
         if version is None:
             raise BundleError("risk models show needs a VERSION")
@@ -51,26 +86,78 @@ def run_models_command(
         manifest = json.loads((registry.bundle_dir(k, version) / "manifest.json").read_text())
         yield json.dumps(manifest, indent=2, sort_keys=True)
     elif action == "verify":
-        failures = 0
-        for k in kinds:
-            for v in registry.versions(k):
-                try:
-                    verify_for_serving(registry, k, v)
-                    yield f"ok      {v}"
-                except BundleError as exc:
-                    failures += 1
-                    yield f"FAILED  {v}: {exc}"
-        if failures:
-            raise BundleError(f"{failures} bundle(s) failed verification")
+        yield from _verify_all(registry, kinds)
     elif action == "promote":
         if version is None:
             raise BundleError("risk models promote needs a VERSION")
         k = _kind_of(version)
-        verify_for_serving(registry, k, version)
-        registry.promote(k, version)
+        lifecycle.promote(models_dir, k, version, who)
         yield f"{k} champion is now {version}"
     elif action == "rollback":
         for k in kinds:
             if kind is None and not registry.read()[k]["history"]:
                 continue
-            yield f"{k} champion is now {registry.rollback(k)}"
+            result = lifecycle.rollback(models_dir, k, who)
+            yield f"{k} champion is now {result['champion']}"
+    elif action == "shadow":
+        if clear == (version is not None):
+            raise BundleError("risk models shadow needs a VERSION, or --kind K --clear")
+        if version is not None:
+            yield _shadow(models_dir, _kind_of(version), version, who)
+        elif kind is None:
+            raise BundleError("risk models shadow --clear needs --kind fraud|credit")
+        else:
+            yield _shadow(models_dir, kind, None, who)
+    elif action == "audit":  # every kind, policies included, unless --kind
+        yield from _audit_lines(models_dir, [kind] if kind else list(KINDS))
+    else:
+        raise BundleError(f"unknown action {action!r}")
+
+
+def run_policies_command(
+    action: str,
+    target: str | None,
+    models_dir: Path,
+    *,
+    clear: bool = False,
+    actor: str | None = None,
+) -> Iterator[str]:
+    """`target` is a FILE for add, a VERSION for show, promote and shadow."""
+    registry = Registry(models_dir)
+    who = actor or audit.cli_actor()
+    if action in ("add", "show", "promote") and target is None:
+        raise BundleError(
+            f"risk policies {action} needs a {'FILE' if action == 'add' else 'VERSION'}"
+        )
+    if action == "add":
+        assert target is not None
+        result = lifecycle.add_policy(models_dir, Path(target), who)
+        verb = "added" if result["created"] else "already present:"
+        yield f"policy {verb} {result['version']}"
+    elif action == "list":
+        yield from _list(registry, [POLICY_KIND])
+    elif action == "show":
+        assert target is not None
+        directory = registry.bundle_dir(POLICY_KIND, target)
+        if not directory.is_dir():
+            raise BundleError(f"no policy version {target!r} in {models_dir}")
+        yield json.dumps(json.loads((directory / "manifest.json").read_text()), indent=2)
+        yield f"--- {POLICY_FILE}"
+        yield (directory / POLICY_FILE).read_text().rstrip("\n")
+    elif action == "verify":
+        yield from _verify_all(registry, [POLICY_KIND])
+    elif action == "promote":
+        assert target is not None
+        lifecycle.promote(models_dir, POLICY_KIND, target, who)
+        yield f"policy champion is now {target}"
+    elif action == "rollback":
+        result = lifecycle.rollback(models_dir, POLICY_KIND, who)
+        yield f"policy champion is now {result['champion']}"
+    elif action == "shadow":
+        if clear == (target is not None):
+            raise BundleError("risk policies shadow needs a VERSION, or --clear")
+        yield _shadow(models_dir, POLICY_KIND, target, who)
+    elif action == "audit":
+        yield from _audit_lines(models_dir, [POLICY_KIND])
+    else:
+        raise BundleError(f"unknown action {action!r}")
