@@ -9,7 +9,9 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from risk_service.decision_log import DecisionLogError
 from risk_service.errors import ApiError
+from risk_service.redis_state import StoreUnavailable
 from risk_service.openapi import docs_page, openapi_document
 from risk_service.requests import parse_json_body, validate_score_request
 from risk_service.scoring import Scorer
@@ -101,6 +103,23 @@ def register_errors(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:
         return _json(exc.to_payload(), exc.status)
+
+    @app.errorhandler(DecisionLogError)
+    def log_unavailable(exc: DecisionLogError) -> Response:
+        app.logger.error("decision not logged: %s", exc)
+        return _json(
+            {
+                "error": "decision_log_unavailable",
+                "field": None,
+                "message": "the decision could not be logged; retry with the same event_id",
+            },
+            503,
+        )
+
+    @app.errorhandler(StoreUnavailable)
+    def store_unavailable(exc: StoreUnavailable) -> Response:
+        app.logger.error("state store unavailable: %s", exc)
+        return _json({"error": "store_unavailable", "field": None, "message": "retry later"}, 503)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

@@ -31,6 +31,20 @@ DEFAULTS: dict[str, Any] = {
     # events older than the newest seen by more than this are flagged late
     "MAX_LATENESS_SECONDS": 300,
     "IDEMPOTENCY_TTL_SECONDS": 7 * 24 * 3600,
+    # shared online state (redis://host:port/db); None: in process memory, one worker only
+    "STATE_URL": None,
+    "STATE_PREFIX": "risk:",
+    # each Redis call gives up after this (then the answer is degraded)
+    "STATE_TIMEOUT_MS": 5.0,
+    "PROFILE_TTL_DAYS": 400,
+    # a circuit breaker stops calling a store after this many consecutive failures,
+    # and lets one trial call through after the cool-down
+    "BREAKER_FAILURES": 5,
+    "BREAKER_RESET_SECONDS": 1.0,
+    # the whole /score request: shared-state retries stop (degraded answer) after this
+    "REQUEST_DEADLINE_MS": 50.0,
+    # a retry finishes a committed decision that its first request never logged after this
+    "TAKEOVER_MS": 1000.0,
     # credit decisions on the probability of default
     "CREDIT_APPROVE_MAX_PD": 0.2,
     "CREDIT_DECLINE_MIN_PD": 0.4,
@@ -39,4 +53,23 @@ DEFAULTS: dict[str, Any] = {
     "GC_TUNING": True,
     # serve an empty JSON endpoint (/_empty) for side-by-side benchmarks
     "BENCH_EMPTY_ENDPOINT": False,
+    # API keys (risk_service/auth.py). API_KEYS, for development: "KEY,KEY:score+read" (a key
+    # alone has every scope). API_KEYS_FILE: TOML or JSON entries {id, sha256, scopes} made by
+    # `risk keys create`. Neither set: loopback clients only, no key asked.
+    "API_KEYS": None,
+    "API_KEYS_FILE": None,
+    # endpoints answered without a key (health, ready, metrics, openapi, docs); leave one out
+    # and it needs a valid key
+    "OPEN_ENDPOINTS": ["health", "ready", "metrics", "openapi", "docs"],
+    # after this many failed authentications within the window, an address gets 429 for
+    # AUTH_BLOCK_SECONDS (0 disables); at most AUTH_TRACKED_CLIENTS addresses are remembered
+    "AUTH_FAILURE_LIMIT": 20,
+    "AUTH_FAILURE_WINDOW_SECONDS": 60,
+    "AUTH_BLOCK_SECONDS": 60,
+    "AUTH_TRACKED_CLIENTS": 10_000,
+    # logs on stderr: "json" (one object per line) or "text" (for people); one access-log line
+    # per request unless ACCESS_LOG is false
+    "LOG_FORMAT": "json",
+    "LOG_LEVEL": "INFO",
+    "ACCESS_LOG": True,
 }

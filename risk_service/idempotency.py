@@ -30,6 +30,7 @@ class IdempotencyEntry:
     models: Any = None  # the models that scored it (a hot swap must not mix versions)
     credit_x: Any = None  # credit features, when adverse-action reasons are due
     logged: bool = False
+    labels: set[str] = field(default_factory=set)  # labels already applied to the state
     ready: threading.Event = field(default_factory=threading.Event)
 
 

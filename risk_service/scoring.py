@@ -18,7 +18,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +34,11 @@ from risk_service.features import (
     OnlineFeatureEngine,
     request_time_features,
 )
+from risk_service.features.online import profile_from_row
 from risk_service.fraud_model import FraudModel
 from risk_service.idempotency import IdempotencyEntry, MemoryIdempotencyStore
 from risk_service.policy import SEVERITY, Policy
+from risk_service.redis_state import RedisState, StoreUnavailable
 from risk_service.requests import ScoreRequest
 from risk_service.scores import decide, fraud_band, fraud_score
 
@@ -86,6 +88,8 @@ class LoadedModels:
 @dataclass(frozen=True)
 class ScoringSettings:
     max_lateness_ms: int = 5 * 60 * 1000
+    deadline_ms: float = 50.0  # a shared-store transaction gives up (degraded) after this
+    takeover_ms: float = 1000.0  # a retry finishes a committed, unlogged decision after this
     credit_approve_max_pd: float = 0.2
     credit_decline_min_pd: float = 0.4
 
@@ -102,8 +106,10 @@ class Scorer:
         log: DecisionLog,
         idempotency: MemoryIdempotencyStore,
         settings: ScoringSettings | None = None,
+        shared: RedisState | None = None,
     ) -> None:
         self.engine = engine
+        self.shared = shared
         self.models = models
         self.policy = policy
         self.log = log
@@ -119,10 +125,15 @@ class Scorer:
         now_ms = int(time.time() * 1000)
         event_id = request.event_id
         created = False
+        if self.shared is not None:
+            from risk_service.scoring_shared import score_shared
+
+            return score_shared(self, request, started, now_ms)
         with self.lock:
             entry = self.idempotency.get(event_id, now_ms)
             if entry is None:
-                entry = self._score_new(request, now_ms)
+                entry = self._score_new(request, now_ms, self.engine, self.watermark_ms)
+                self.watermark_ms = max(self.watermark_ms, request.timestamp_ms)
                 self.idempotency.put(event_id, entry)
                 created = True
         if entry.body_hash != request.canonical_body_hash:
@@ -147,20 +158,26 @@ class Scorer:
         response["timing_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return response
 
-    def _score_new(self, request: ScoreRequest, now_ms: int) -> IdempotencyEntry:
-        """Under the lock: features, state update, scores, policy. Reasons come later."""
+    def _score_new(
+        self,
+        request: ScoreRequest,
+        now_ms: int,
+        engine: OnlineFeatureEngine | None,
+        watermark_ms: int | None,
+    ) -> IdempotencyEntry:
+        """Features, state update, scores, policy (reasons come later). ``engine`` None: the
+        state store is unavailable, so the answer is degraded and no state changes."""
         event = request.event
         ts = request.timestamp_ms
-        late = ts < self.watermark_ms - self.settings.max_lateness_ms
-        self.watermark_ms = max(self.watermark_ms, ts)
-        if request.account is not None:
-            self.engine.ingest_profile(request.account)
+        late = watermark_ms is not None and ts < watermark_ms - self.settings.max_lateness_ms
+        if request.account is not None and engine is not None:
+            engine.ingest_profile(request.account)
         models, policy = self.models, self.policy
         if request.kind == "credit_application":
-            body, features, x, complete = self._credit_application(event, models, policy)
+            body, features, x, complete = self._credit_application(event, models, policy, engine)
         else:
             body, features, x, complete = self._payment(
-                event, models, policy, explain_all=request.explain
+                event, models, policy, engine, explain_all=request.explain
             )
         body.update(
             event_id=request.event_id,
@@ -225,16 +242,25 @@ class Scorer:
             entry.ready.set()
 
     def _payment(
-        self, event: dict[str, Any], models: LoadedModels, policy: Policy, *, explain_all: bool
+        self,
+        event: dict[str, Any],
+        models: LoadedModels,
+        policy: Policy,
+        engine: OnlineFeatureEngine | None,
+        *,
+        explain_all: bool,
     ) -> tuple[dict[str, Any], dict[str, float | None], np.ndarray, bool]:
         degraded = False
         xc: np.ndarray | None = None
         try:
+            if engine is None:
+                raise StoreUnavailable("no state store")
             if event.get("funding_source") == "credit_line":  # as of before this payment
-                xc = self.engine.credit_features(_as_application(event))
-            x = self.engine.process(event)
+                xc = engine.credit_features(_as_application(event))
+            x = engine.process(event)
         except Exception:  # a store failure: rules and request-time features only
             degraded = True
+            xc = None
             x = request_time_features(event)
         view = FeatureView(x, _FRAUD_INDEX)
         fraud: dict[str, Any] | None = None
@@ -299,14 +325,26 @@ class Scorer:
         return block, rules
 
     def _credit_application(
-        self, event: dict[str, Any], models: LoadedModels, policy: Policy
+        self,
+        event: dict[str, Any],
+        models: LoadedModels,
+        policy: Policy,
+        engine: OnlineFeatureEngine | None,
     ) -> tuple[dict[str, Any], dict[str, float | None], None, bool]:
-        xc = self.engine.credit_features(event)
+        store_ok = engine is not None
+        if engine is not None:
+            try:
+                xc = engine.credit_features(event)
+            except Exception:  # a store failure: the policy's fail mode decides
+                store_ok = False
+        if not store_ok:
+            xc = np.full(len(CREDIT_FEATURE_NAMES), np.nan)
+            xc[_CREDIT_INDEX["requested_limit"]] = float(event["requested_limit"])
         view = FeatureView(xc, _CREDIT_INDEX)
-        degraded = models.credit is None
+        degraded = models.credit is None or not store_ok
         credit = None
         model_decision = None
-        if models.credit is not None:
+        if models.credit is not None and store_ok:
             pd_ = float(models.credit.predict_pd(xc.reshape(1, -1))[0])
             requested = float(event["requested_limit"])
             credit, model_decision = credit_block(
@@ -331,21 +369,47 @@ class Scorer:
 
     # -- feeding the online state ----------------------------------------------------------
     def ingest_label(
-        self, event_id: str, is_fraud: int, label_time: Any, event: Mapping[str, Any] | None = None
-    ) -> None:
-        """A label for a scored event, effective at `label_time`; the event's ids come from the
-        idempotency record, or from `event` when the record has expired."""
-        with self.lock:
-            if event is None:
-                entry = self.idempotency.get(event_id, int(time.time() * 1000))
-                if entry is None:
-                    raise KeyError(f"event {event_id!r} is unknown; pass its entity ids")
-                event = entry.event
-            self.engine.ingest_label(event, is_fraud, label_time)
+        self,
+        event_id: str,
+        is_fraud: int,
+        label_time: Any,
+        hashed_entities: Mapping[str, str] | None = None,
+    ) -> str:
+        """A fraud label for a scored event, effective at ``label_time``, applied once.
 
-    def ingest_profile(self, account: Mapping[str, Any]) -> None:
+        Returns "applied", "duplicate" (this event's label was applied before),
+        "ignored" (not a fraud label: only known frauds are counted) or "unknown"
+        (the event's entities are not known here: in memory, its idempotency
+        record expired). On Redis, ``hashed_entities`` (kind -> the decision log's
+        hashed id) route labels whose idempotency record has expired.
+        """
+        if not is_fraud:
+            return "ignored"
+        if self.shared is not None:
+            from risk_service.scoring_shared import ingest_label_shared
+
+            return ingest_label_shared(self, event_id, label_time, hashed_entities or {})
         with self.lock:
-            self.engine.ingest_profile(account)
+            entry = self.idempotency.get(event_id, int(time.time() * 1000))
+            if entry is None:
+                return "unknown"
+            if "is_fraud" in entry.labels:
+                return "duplicate"
+            self.engine.ingest_label(entry.event, is_fraud, label_time)
+            entry.labels.add("is_fraud")
+        return "applied"
+
+    def ingest_profiles(self, accounts: Iterable[Mapping[str, Any]]) -> int:
+        """Accounts-table rows into the profile store (each replaces the account's profile)."""
+        if self.shared is not None:
+            pairs = ((a["account_id"], profile_from_row(a)) for a in accounts)
+            return self.shared.put_profiles(pairs)
+        n = 0
+        with self.lock:
+            for account in accounts:
+                self.engine.ingest_profile(account)
+                n += 1
+        return n
 
 
 def credit_decision(pd_: float, settings: ScoringSettings) -> str:

@@ -12,11 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from risk_service import features as fs
 from risk_service import lifecycle
+from risk_service.breaker import CircuitBreaker
 from risk_service.decision_log import SQLiteDecisionLog
 from risk_service.idempotency import MemoryIdempotencyStore
 from risk_service.policy import Policy
+from risk_service.redis_state import RedisState
 from risk_service.scoring import LoadedModels, Scorer, ScoringSettings
 
 log = logging.getLogger("risk_service")
@@ -42,10 +46,19 @@ def hash_key(config: Mapping[str, Any]) -> bytes:
         return path.read_bytes().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(key)
-    return key
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(tmp, path)  # atomic; fails if a worker starting beside us got there first
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_bytes().strip()
 
 
 def load_accounts(scorer: Scorer, path: str) -> int:
@@ -58,9 +71,9 @@ def load_accounts(scorer: Scorer, path: str) -> int:
     if missing:
         raise ValueError(f"ACCOUNTS_FILE {path}: missing column(s) {missing}")
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True, format="ISO8601")
-    for row in frame.to_dict(orient="records"):
-        scorer.ingest_profile({str(k): v for k, v in row.items()})
-    return len(frame)
+    return scorer.ingest_profiles(
+        {str(k): v for k, v in row.items()} for row in frame.to_dict(orient="records")
+    )
 
 
 def tune_gc() -> None:
@@ -79,22 +92,47 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100_000)
 
 
+def build_shared_state(config: Mapping[str, Any], key: bytes) -> RedisState | None:
+    """The Redis state store when STATE_URL is set (checked reachable at start), else None."""
+    url = config.get("STATE_URL")
+    if not url:
+        return None
+    shared = RedisState(
+        str(url),
+        key,
+        prefix=str(config["STATE_PREFIX"]),
+        timeout_ms=float(config["STATE_TIMEOUT_MS"]),
+        idempotency_ttl_ms=int(config["IDEMPOTENCY_TTL_SECONDS"]) * 1000,
+        profile_ttl_ms=int(config["PROFILE_TTL_DAYS"]) * 24 * 3600 * 1000,
+        breaker=CircuitBreaker(
+            "redis", int(config["BREAKER_FAILURES"]), float(config["BREAKER_RESET_SECONDS"])
+        ),
+    )
+    try:
+        shared.client.ping()  # at start a slow first connection is fine; requests are strict
+    except redis.RedisError as exc:
+        log.warning("state store %s not reachable at start (%s): answers degrade", url, exc)
+    return shared
+
+
 def build_scorer(config: Mapping[str, Any]) -> Scorer:
     log_path = Path(config["DECISION_LOG_PATH"])
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    key = hash_key(config)
     scorer = Scorer(
         engine=fs.OnlineFeatureEngine(),
         models=load_champions(Path(config["MODELS_DIR"])),
         policy=load_policy(config.get("POLICY_FILE")),
-        log=SQLiteDecisionLog(
-            log_path, hash_key(config), synchronous=str(config["DECISION_LOG_SYNC"])
-        ),
+        log=SQLiteDecisionLog(log_path, key, synchronous=str(config["DECISION_LOG_SYNC"])),
         idempotency=MemoryIdempotencyStore(int(config["IDEMPOTENCY_TTL_SECONDS"]) * 1000),
         settings=ScoringSettings(
             max_lateness_ms=int(config["MAX_LATENESS_SECONDS"]) * 1000,
             credit_approve_max_pd=float(config["CREDIT_APPROVE_MAX_PD"]),
             credit_decline_min_pd=float(config["CREDIT_DECLINE_MIN_PD"]),
+            deadline_ms=float(config["REQUEST_DEADLINE_MS"]),
+            takeover_ms=float(config["TAKEOVER_MS"]),
         ),
+        shared=build_shared_state(config, key),
     )
     if config.get("ACCOUNTS_FILE"):
         count = load_accounts(scorer, str(config["ACCOUNTS_FILE"]))

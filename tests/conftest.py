@@ -104,3 +104,15 @@ def redis_target() -> Iterator[RedisTarget]:
         for i in range(0, len(keys), 500):
             client.delete(*keys[i : i + 500])
         client.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+def state_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Service settings for each online state store: in memory, and the machine's Redis.
+
+    The Redis timeout is generous here: tests check answers, not latency, on a busy CI box.
+    """
+    if request.param == "memory":
+        return {}
+    target: RedisTarget = request.getfixturevalue("redis_target")
+    return {"STATE_URL": target.url, "STATE_PREFIX": target.prefix, "STATE_TIMEOUT_MS": 2000.0}

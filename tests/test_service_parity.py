@@ -39,12 +39,15 @@ def close(a: float | None, b: float) -> bool:
     return abs(a - b) <= 1e-9 + 1e-9 * abs(b)
 
 
-def test_replay_through_score_equals_offline(make_app: AppFactory, tmp_path: Path) -> None:
+def test_replay_through_score_equals_offline(
+    make_app: AppFactory, tmp_path: Path, state_config: dict[str, Any]
+) -> None:
+    """On every state store: in memory, and on Redis (shared, transactional)."""
     world = generate_world(**WORLD)  # type: ignore[arg-type]
     events = world.events.reset_index(drop=True)
     accounts_path = tmp_path / "accounts.parquet"
     world.accounts.to_parquet(accounts_path, index=False)
-    app = make_app(ACCOUNTS_FILE=str(accounts_path), MAX_LATENESS_SECONDS=10**9)
+    app = make_app(ACCOUNTS_FILE=str(accounts_path), MAX_LATENESS_SECONDS=10**9, **state_config)
     client = app.test_client()
     scorer = app.extensions["risk"]
 

@@ -132,14 +132,45 @@ def request_time_features(event: Mapping[str, Any]) -> np.ndarray:
     return np.fromiter(v.values(), dtype=np.float64, count=len(FEATURE_NAMES))
 
 
+def profile_from_row(account: Mapping[str, Any]) -> Profile:
+    """An accounts-table row (or a request's inline ``account``) as a ``Profile``."""
+    created = account.get("created_at")
+    hl, ho = _float(account.get("home_latitude")), _float(account.get("home_longitude"))
+    return Profile(
+        None if d.is_missing(created) else d.to_ms(created),
+        _float(account.get("kyc_level")),
+        _float(account.get("age")),
+        _float(account.get("monthly_income")),
+        _float(account.get("credit_limit")),
+        (hl, ho) if hl == hl and ho == ho else None,
+    )
+
+
 class OnlineFeatureEngine:
     """Feature vectors per event from per-entity state kept in a ``StateStore``."""
 
-    def __init__(self, store: StateStore | None = None) -> None:
+    def __init__(
+        self, store: StateStore | None = None, key_hash: Callable[[str], str] | None = None
+    ) -> None:
+        """``key_hash``: identifiers (state keys and distinct-set members) are kept as their
+        keyed hashes, so a store outside the process holds none in the clear. Hashing keeps
+        equality, so the features are the same."""
         self.store: StateStore = store if store is not None else MemoryStateStore()
+        self.key_hash = key_hash
         self._loaded: dict[tuple[str, Any], Any] = {}  # states read for the current event
 
     # -- reading ---------------------------------------------------------------------------
+    def _keys(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """Identifier column -> the entity key (None when missing), hashed if configured."""
+        keys = {c: _key(event.get(c)) for c in _KEY_COLS}
+        h = self.key_hash
+        if h is not None:
+            keys = {c: None if v is None else h(str(v)) for c, v in keys.items()}
+        return keys
+
+    def _id(self, value: Any) -> Any:
+        return value if self.key_hash is None else self.key_hash(str(value))
+
     def _state(self, kind: str, key: Any) -> EntityState | None:
         """The entity's state, loaded once per event (a remote store deserialises on get)."""
         if key is None:
@@ -200,7 +231,7 @@ class OnlineFeatureEngine:
         """The fraud feature vector (FEATURE_NAMES order) of ``event``; state is not updated."""
         self._loaded.clear()
         ms = d.to_ms(event["timestamp"])
-        keys = {c: _key(event.get(c)) for c in _KEY_COLS}
+        keys = self._keys(event)
         amount = float(event["amount"])
         v = _request_time(event, ms, amount)
         self._entity_features(_FRAUD_PLAN, keys, ms, v)
@@ -254,7 +285,7 @@ class OnlineFeatureEngine:
         for i, flag in enumerate(flags):
             if flag:
                 pv[2 * i], pv[2 * i + 1] = 1, minor
-        keys = {c: _key(event.get(c)) for c in _KEY_COLS}
+        keys = self._keys(event)
         store = self.store
         for kind in _KINDS:
             key = keys[ENTITY_KEYS[kind]]
@@ -306,23 +337,13 @@ class OnlineFeatureEngine:
 
     def ingest_profile(self, account: Mapping[str, Any]) -> None:
         """An accounts-table row into the profile store (replacing the previous one)."""
-        created = account.get("created_at")
-        hl, ho = _float(account.get("home_latitude")), _float(account.get("home_longitude"))
-        profile = Profile(
-            None if d.is_missing(created) else d.to_ms(created),
-            _float(account.get("kyc_level")),
-            _float(account.get("age")),
-            _float(account.get("monthly_income")),
-            _float(account.get("credit_limit")),
-            (hl, ho) if hl == hl and ho == ho else None,
-        )
-        self.store.put("profile", account["account_id"], profile)
+        self.store.put("profile", self._id(account["account_id"]), profile_from_row(account))
 
     def credit_features(self, application: Mapping[str, Any]) -> np.ndarray:
         """Credit features (CREDIT_FEATURE_NAMES order) of an application; no update."""
         self._loaded.clear()
         ms = d.to_ms(application["timestamp"])
-        account = application["account_id"]
+        account = self._id(application["account_id"])
         v = dict.fromkeys(CREDIT_FEATURE_NAMES, NAN)
         requested = float(application["requested_limit"])
         v["requested_limit"] = requested

@@ -1,0 +1,204 @@
+"""The request path on a shared store (Redis): optimistic transactions, retries and take-over.
+
+The in-memory path (``Scorer.score``) serialises events with a lock; here several
+processes score at once, so one event is one Redis transaction (redis_state.py):
+read, compute with the usual engine, commit atomically, start again on a
+conflict. Within one process transactions take turns (the scorer's lock, held
+for two Redis round trips), so conflicts only arise between processes. The
+reasons and the decision-log append follow, as in memory. Identifiers reach
+Redis only as keyed hashes (state keys and distinct-set members alike).
+
+A retry of an event whose transaction committed answers from the decision log.
+When the log has no record yet, the first request is still finishing (or died
+between its commit and its log append, e.g. a killed worker): the retry waits up
+to ``takeover_ms`` and then finishes the decision itself from the idempotency
+record (same response, reasons recomputed when the same model versions are
+loaded) and logs it, so an acknowledged decision is always logged.
+
+When Redis fails, times out or its breaker is open, or conflicts outlast the
+request deadline, the answer is degraded (request-time features and rules, the
+policy's fail mode) and the state is not updated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from risk_service.errors import Conflict
+from risk_service.features import CREDIT_FEATURE_NAMES, FEATURE_NAMES, OnlineFeatureEngine, codec
+from risk_service.features.spec import ENTITY_KEYS
+from risk_service.idempotency import IdempotencyEntry
+from risk_service.redis_state import (
+    LABEL_KINDS,
+    StoredDecision,
+    StoreUnavailable,
+    TransactionStore,
+    decode_stored,
+    encode_stored,
+    entity_ids,
+)
+from risk_service.requests import ScoreRequest
+
+if TYPE_CHECKING:
+    from risk_service.scoring import Scorer
+
+MAX_ATTEMPTS = 50
+POLL_S = 0.002
+# a label is remembered as applied for as long as it can still count in a feature
+LABEL_KEY_TTL_MS = max(codec.retention_ms(kind) for kind in LABEL_KINDS)
+
+
+def score_shared(scorer: Scorer, request: ScoreRequest, started: float, now_ms: int) -> Any:
+    """The response for one validated request, on the shared store."""
+    shared = scorer.shared
+    assert shared is not None
+    deadline = started + scorer.settings.deadline_ms / 1000.0
+    kinds = ("account",) if request.kind == "credit_application" else None
+    ids = {k: shared.hash(str(v)) for k, v in entity_ids(request.event, kinds).items()}
+    idem_key = shared.idempotency_key(request.event_id)
+    entry: IdempotencyEntry | None = None
+    for _ in range(MAX_ATTEMPTS):
+        # One transaction at a time per process: threads of one worker never conflict with
+        # each other (hot merchants, one busy account); only other processes can.
+        with scorer.lock:
+            try:
+                txn = shared.begin(idem_key, shared.hashed_keys_for(ids))
+            except StoreUnavailable:
+                break
+            if txn.existing is None:
+                engine = OnlineFeatureEngine(TransactionStore(shared, txn), shared.hash)
+                candidate = scorer._score_new(request, now_ms, engine, txn.watermark_ms)
+                record = encode_stored(_stored(candidate, ids))
+                try:
+                    outcome = shared.commit(
+                        txn, record, shared.idempotency_ttl_ms, request.timestamp_ms
+                    )
+                except StoreUnavailable:
+                    break
+        if txn.existing is not None:
+            return _replay(scorer, request, decode_stored(txn.existing), started)
+        if outcome == "OK":
+            entry = candidate
+            break
+        if time.perf_counter() > deadline:  # CONFLICT or EXISTS: try again while there is time
+            break
+    if entry is None:  # the store is down or too contended: degraded, no state update
+        entry = scorer._score_new(request, now_ms, None, None)
+    return _answer(scorer, entry, request, started)
+
+
+def _stored(entry: IdempotencyEntry, hashed_ids: dict[str, str]) -> StoredDecision:
+    return StoredDecision(
+        body_hash=entry.body_hash,
+        created_ms=entry.created_ms,
+        response=entry.response,
+        entities={k: hashed_ids[k] for k in LABEL_KINDS if k in hashed_ids},
+        x=None if entry.x is None else entry.x.tolist(),
+        credit_x=None if entry.credit_x is None else entry.credit_x.tolist(),
+    )
+
+
+def _answer(
+    scorer: Scorer, entry: IdempotencyEntry, request: ScoreRequest, started: float
+) -> dict[str, Any]:
+    """Reasons, the durable log append, then the response."""
+    scorer._finish(entry, request, started)
+    if entry.record is None:
+        raise RuntimeError(f"event {request.event_id!r} could not be scored")
+    scorer.log.append(entry.record)
+    response = dict(entry.response)
+    response["timing_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    return response
+
+
+def _replay(
+    scorer: Scorer, request: ScoreRequest, stored: StoredDecision, started: float
+) -> dict[str, Any]:
+    """A retry: the logged answer, or (when the first request never logged it) a take-over."""
+    if stored.body_hash != request.canonical_body_hash:
+        raise Conflict(
+            f"event_id {request.event_id!r} was already scored with a different body",
+            field="event_id",
+        )
+    takeover_at = time.perf_counter() + scorer.settings.takeover_ms / 1000.0
+    while True:
+        logged = scorer.log.get(request.event_id)
+        if logged is not None and logged.response is not None:
+            response = dict(logged.response)
+            if request.explain and response.get("fraud") and stored.x is not None:
+                x = np.asarray(stored.x, dtype=np.float64)
+                response = scorer._with_approval_reasons(response, x)
+            response["timing_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            return response
+        if time.perf_counter() >= takeover_at:
+            break
+        time.sleep(POLL_S)
+    return _answer(scorer, _takeover_entry(scorer, request, stored), request, started)
+
+
+def _takeover_entry(
+    scorer: Scorer, request: ScoreRequest, stored: StoredDecision
+) -> IdempotencyEntry:
+    """The committed decision rebuilt from its idempotency record, to be finished and logged."""
+    response = dict(stored.response)
+    x = None if stored.x is None else np.asarray(stored.x, dtype=np.float64)
+    credit_x = None if stored.credit_x is None else np.asarray(stored.credit_x, dtype=np.float64)
+    models = scorer.models
+    same_models = models.versions() == response.get("model_versions")
+    if x is not None:
+        features = _named(FEATURE_NAMES, x)
+    elif credit_x is not None:
+        features = _named(CREDIT_FEATURE_NAMES, credit_x)
+    else:
+        features = {}
+    complete = response.get("decision") != "approve" or request.explain
+    return IdempotencyEntry(
+        stored.body_hash,
+        response,
+        None,
+        dict(request.event),
+        stored.created_ms,
+        x=x if same_models else None,  # reasons only from the models that decided
+        reasons_complete=complete,
+        features=features,
+        models=models,
+        credit_x=credit_x if same_models else None,
+    )
+
+
+def _named(names: tuple[str, ...], x: np.ndarray) -> dict[str, float | None]:
+    from risk_service.scoring import _features_dict
+
+    return _features_dict(names, x)
+
+
+def ingest_label_shared(
+    scorer: Scorer, event_id: str, label_time: Any, hashed_entities: Mapping[str, str]
+) -> str:
+    """A fraud label into the shared state, once: the label's own key is the idempotency key
+    of its transaction. Entities come from the idempotency record, else from the log's hashes."""
+    shared = scorer.shared
+    assert shared is not None
+    stored = shared.stored_decision(event_id)
+    entities = stored.entities if stored is not None else dict(hashed_entities)
+    entities = {k: h for k, h in entities.items() if k in LABEL_KINDS and h}
+    if not entities:
+        return "unknown"
+    keys = shared.hashed_keys_for(entities)
+    as_event = {ENTITY_KEYS[kind]: h for kind, h in entities.items()}
+    label_key = shared.label_key(event_id, "is_fraud")
+    for _ in range(MAX_ATTEMPTS):
+        txn = shared.begin(label_key, keys)
+        if txn.existing is not None:
+            return "duplicate"
+        OnlineFeatureEngine(TransactionStore(shared, txn)).ingest_label(as_event, 1, label_time)
+        outcome = shared.commit(txn, b"1", LABEL_KEY_TTL_MS, None)
+        if outcome == "OK":
+            return "applied"
+        if outcome == "EXISTS":
+            return "duplicate"
+    raise StoreUnavailable(f"label of {event_id!r}: the state kept changing, try again")

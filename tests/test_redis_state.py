@@ -1,0 +1,245 @@
+"""Online state on Redis: exact counts under concurrency, TTLs, labels, take-over, degradation.
+
+Integration tests use the machine's Redis (a key prefix of their own) or, to stop and
+slow a Redis, a private redis-server behind a fault proxy (tests/servers.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from conftest import AppFactory, RedisTarget
+from flask import Flask
+from servers import FaultProxy, PrivateRedis
+from test_api import NOW, iso, payment
+
+from risk_service.features import codec
+from risk_service.features.aggregates import Profile
+from risk_service.features.online import OnlineFeatureEngine
+from risk_service.redis_state import decode_stored
+
+
+def shared_app(make_app: AppFactory, target: RedisTarget, **config: Any) -> Flask:
+    settings = {"STATE_URL": target.url, "STATE_PREFIX": target.prefix, "STATE_TIMEOUT_MS": 2000.0}
+    return make_app(**{**settings, **config})
+
+
+def features(app: Flask, event_id: str) -> Any:
+    return app.extensions["risk"].log.get(event_id).features
+
+
+# -- the codec (no server) -------------------------------------------------------------------
+def test_state_blobs_round_trip_exactly() -> None:
+    engine = OnlineFeatureEngine()
+    base = NOW - timedelta(days=3)
+    for i in range(200):
+        when = base + timedelta(minutes=37 * i)
+        engine.process(payment(f"k{i}", timestamp=iso(when), device_id=f"d{i % 7}", amount=1.5 + i))
+    engine.ingest_label(payment("k0"), 1, iso(base + timedelta(hours=5)))
+    store = engine.store._kinds  # type: ignore[attr-defined]
+    for kind in ("account", "device", "merchant"):
+        for state in store[kind].values():
+            back = codec.decode_state(kind, codec.encode_state(state))
+            assert codec.encode_state(back) == codec.encode_state(state)
+            assert (back.last_loc, back.last_ms) == (state.last_loc, state.last_ms)
+    profile = Profile(None, 2.0, math.nan, 900.0, math.nan, (1.5, -2.25))
+    back = codec.decode_profile(codec.encode_profile(profile))
+    assert back.created_ms is None and back.kyc == 2.0 and back.home == (1.5, -2.25)
+    assert math.isnan(back.age) and math.isnan(back.credit_limit)
+
+
+# -- the machine's Redis ---------------------------------------------------------------------
+@pytest.mark.integration
+def test_two_workers_many_threads_count_exactly(
+    make_app: AppFactory, redis_target: RedisTarget, tmp_path: Path
+) -> None:
+    """Two services (as two gunicorn workers) on one Redis and one log; every event sent twice
+    at once from 16 threads: the later event counts each earlier one exactly once."""
+    log_path = str(tmp_path / "shared.sqlite")
+    config = {"DECISION_LOG_PATH": log_path, "REQUEST_DEADLINE_MS": 30_000}  # exactness, not speed
+    apps = [shared_app(make_app, redis_target, **config) for _ in range(2)]
+    base = NOW - timedelta(hours=3)
+    bodies = [
+        payment(f"c{i}", timestamp=iso(base + timedelta(seconds=i)), amount=10.0 + i)
+        for i in range(60)
+    ]
+    jobs = [(apps[i % 2], b) for i, b in enumerate(bodies)]
+    jobs += [(apps[(i + 1) % 2], b) for i, b in enumerate(bodies)]  # retries on the other one
+
+    def send(job: tuple[Flask, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+        response = job[0].test_client().post("/score", json=job[1])
+        return response.status_code, response.get_json()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(send, jobs))
+    assert [code for code, _ in results] == [200] * 120
+    assert not any(body["degraded"] for _, body in results)
+    first, again = results[:60], results[60:]
+    for (_, a), (_, b) in zip(first, again, strict=True):
+        assert a["decision"] == b["decision"] and a["fraud"]["score"] == b["fraud"]["score"]
+    follow = payment("c-final", timestamp=iso(base + timedelta(minutes=5)))
+    assert apps[0].test_client().post("/score", json=follow).status_code == 200
+    assert features(apps[0], "c-final")["account_events_24h"] == 60
+    assert apps[1].extensions["risk"].log.count() == 61
+
+
+@pytest.mark.integration
+def test_keys_hold_no_identifier_and_all_expire(
+    make_app: AppFactory, redis_target: RedisTarget
+) -> None:
+    app = shared_app(make_app, redis_target, IDEMPOTENCY_TTL_SECONDS=3600)
+    body = payment("k-1", account_id="alice-account", device_id="alice-phone")
+    assert app.test_client().post("/score", json=body).status_code == 200
+    client = redis.Redis.from_url(redis_target.url)
+    keys = [k.decode() for k in client.scan_iter(match=redis_target.prefix + "*")]
+    kinds = {k.split(":")[-2] for k in keys if ":fs-" in k or k.count(":") >= 3}
+    assert {"account", "device", "merchant", "instrument", "ip", "profile"} <= kinds
+    for key in keys:
+        assert "alice" not in key
+        value = client.get(key)
+        assert value is not None and b"alice" not in value
+        ttl = client.pttl(key)
+        if key.endswith("watermark"):
+            continue
+        assert ttl > 0, key
+        if ":idem:" in key:
+            assert ttl <= 3600 * 1000
+        elif key.split(":")[-2] != "profile":
+            assert ttl <= codec.retention_ms(key.split(":")[-2])
+
+
+@pytest.mark.integration
+def test_fraud_labels_count_once_also_after_the_record_expired(
+    make_app: AppFactory, redis_target: RedisTarget
+) -> None:
+    app = shared_app(make_app, redis_target)
+    scorer = app.extensions["risk"]
+    client = app.test_client()
+    t0 = NOW - timedelta(days=2)
+    for i in range(2):
+        body = payment(f"l{i}", timestamp=iso(t0 + timedelta(minutes=i)), merchant_id="m-9")
+        assert client.post("/score", json=body).status_code == 200
+    label_time = iso(t0 + timedelta(hours=1))
+    assert scorer.ingest_label("l0", 1, label_time) == "applied"
+    assert scorer.ingest_label("l0", 1, label_time) == "duplicate"
+    assert scorer.ingest_label("l1", 0, label_time) == "ignored"
+    # l1's idempotency record expires: the label finds its entities through the log's hashes
+    redis.Redis.from_url(redis_target.url).delete(scorer.shared.idempotency_key("l1"))
+    logged_event = scorer.log.get("l1").request["event"]
+    hashed = {"merchant": logged_event["merchant_id"], "account": logged_event["account_id"]}
+    assert scorer.ingest_label("l1", 1, label_time, hashed) == "applied"
+    later = payment("l-later", timestamp=iso(t0 + timedelta(hours=2)), merchant_id="m-9")
+    client.post("/score", json=later)
+    assert features(app, "l-later")["merchant_known_frauds_30d"] == 2
+    assert features(app, "l-later")["account_known_frauds_90d"] == 2
+    assert scorer.ingest_label("unknown-event", 1, label_time) == "unknown"
+
+
+@pytest.mark.integration
+def test_a_retry_finishes_a_decision_whose_first_request_died_before_logging(
+    make_app: AppFactory, redis_target: RedisTarget
+) -> None:
+    """The state committed, the log append failed (as when a worker is killed): the retry waits
+    for the log, then takes over, logs the same decision, and nothing counts twice."""
+    app = shared_app(make_app, redis_target, TAKEOVER_MS=50)
+    scorer = app.extensions["risk"]
+    real_append = scorer.log.append
+    calls = {"n": 0}
+
+    def failing_once(record: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            from risk_service.decision_log import DecisionLogError
+
+            raise DecisionLogError("disk full")
+        real_append(record)
+
+    scorer.log.append = failing_once
+    client = app.test_client()
+    body = payment("t-1", amount=4000.0, device_id="new-device")
+    first = client.post("/score", json=body)
+    assert first.status_code == 503 and first.get_json()["error"] == "decision_log_unavailable"
+    stored = decode_stored(
+        redis.Redis.from_url(redis_target.url).get(f"{redis_target.prefix}idem:t-1")
+    )
+    again = client.post("/score", json=body)
+    assert again.status_code == 200
+    answer = again.get_json()
+    assert answer["decision"] == stored.response["decision"]
+    assert answer["fraud"]["probability"] == stored.response["fraud"]["probability"]
+    assert scorer.log.get("t-1").decision == answer["decision"]
+    third = client.post("/score", json=body).get_json()
+    third.pop("timing_ms"), answer.pop("timing_ms")
+    assert third == answer
+    later = payment("t-2", timestamp=iso(NOW - timedelta(minutes=30)))
+    client.post("/score", json=later)
+    assert features(app, "t-2")["account_events_24h"] == 1
+
+
+# -- a private Redis: stopped, slowed ---------------------------------------------------------
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[PrivateRedis, FaultProxy]]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    proxy = FaultProxy(server.port)
+    try:
+        yield server, proxy
+    finally:
+        proxy.close()
+        server.stop()
+
+
+@pytest.mark.integration
+def test_redis_down_or_slow_degrades_within_the_deadline_and_recovers(
+    make_app: AppFactory, private_redis: tuple[PrivateRedis, FaultProxy]
+) -> None:
+    server, proxy = private_redis
+    app = make_app(
+        STATE_URL=proxy.url,
+        STATE_TIMEOUT_MS=20.0,
+        BREAKER_FAILURES=2,
+        BREAKER_RESET_SECONDS=0.3,
+    )
+    scorer = app.extensions["risk"]
+    client = app.test_client()
+
+    def score(event_id: str) -> tuple[dict[str, Any], float]:
+        started = time.perf_counter()
+        response = client.post("/score", json=payment(event_id))
+        assert response.status_code == 200, response.get_json()
+        return response.get_json(), time.perf_counter() - started
+
+    assert score("r-ok")[0]["degraded"] is False
+    proxy.set_down(True)
+    answers = [score(f"r-down-{i}") for i in range(6)]
+    assert all(a["degraded"] and a["decision"] == "review" for a, _ in answers)  # fail closed
+    assert all(seconds < 0.5 for _, seconds in answers)
+    assert scorer.shared.breaker.state in ("open", "half_open")
+    assert max(seconds for _, seconds in answers[3:]) < 0.1  # breaker open: no waiting
+    for i in range(6):
+        assert scorer.log.get(f"r-down-{i}").degraded is True  # acknowledged and logged
+    proxy.set_down(False)
+    time.sleep(0.35)
+    assert score("r-back")[0]["degraded"] is False  # recovered by itself
+
+    proxy.delay_s = 0.05  # every Redis round trip now takes 50 ms: over the 20 ms timeout
+    slow = [score(f"r-slow-{i}") for i in range(4)]
+    assert all(a["degraded"] for a, _ in slow)
+    assert all(seconds < 0.5 for _, seconds in slow)
+    proxy.delay_s = 0.0
+    time.sleep(0.35)
+    assert score("r-fast")[0]["degraded"] is False
+
+    server.stop()  # the server itself goes away, then comes back (empty) on the same port
+    assert score("r-stopped")[0]["degraded"] is True
+    server.start()
+    time.sleep(0.35)
+    assert score("r-restarted")[0]["degraded"] is False
