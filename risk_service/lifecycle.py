@@ -382,6 +382,7 @@ class ChampionWatcher:
             old = previous.shadow if previous is not None else None
             if (
                 old is not None
+                and old.challengers == challenged
                 and _same_models(old.models, shadow_models)
                 and old.policy is shadow_policy
             ):
