@@ -106,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--quiet", action="store_true")
     serve.set_defaults(handler=_cmd_serve)
 
+    keys = sub.add_parser("keys", help="create API keys for the service")
+    keys_sub = keys.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    keys_create = keys_sub.add_parser("create", help="a new random key and its keys-file entry")
+    keys_create.add_argument("--id", required=True, help="the client's name (A-Z a-z 0-9 . _ -)")
+    keys_create.add_argument(
+        "--scopes", required=True, help="comma-separated: score, feedback, read, admin"
+    )
+    keys_create.add_argument("--format", choices=("toml", "json"), default="toml")
+    keys_create.add_argument("--quiet", action="store_true", help="print the key and entry only")
+    keys_create.set_defaults(handler=_cmd_keys_create)
+
     models = sub.add_parser("models", help="list, verify, promote, shadow or roll back models")
     models.add_argument(
         "action", choices=("list", "show", "verify", "promote", "rollback", "shadow", "audit")
@@ -240,12 +251,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     load_champions(Path(env.get("RISK_MODELS_DIR", "models")))
     load_policy(env.get("RISK_POLICY_FILE"))
+    _check_keys_or_loopback(args.host, env)
+    # prometheus_client multiprocess mode: each worker writes its metrics to files here
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="risk-metrics-")
+        env["RISK_METRICS_DIR_OWNED"] = "1"
     # One OpenMP thread: LightGBM's default thread pool inside web workers collapses throughput.
     env["OMP_NUM_THREADS"] = "1"
     command = [
         sys.executable,
         "-m",
         "gunicorn",
+        "--config",
+        "python:risk_service.gunicorn_conf",
         "--workers",
         str(args.workers),
         "--threads",
@@ -264,6 +284,55 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"serving on http://{args.host}:{args.port} (POST /score, GET /docs)", flush=True)
     os.execvpe(sys.executable, command, env)
     return 0  # pragma: no cover - execvpe does not return
+
+
+def _check_keys_or_loopback(host: str, env: dict[str, str]) -> None:
+    """With no API key configured, listen on a loopback address only; load the keys here (a
+    clear error beats a worker boot loop)."""
+    import json
+
+    from risk_service.auth import KeyConfigError, is_loopback_host, load_keys
+
+    settings: dict[str, object] = {}
+    for key in ("API_KEYS", "API_KEYS_FILE"):
+        text = env.get("RISK_" + key)
+        try:  # as Flask reads RISK_* variables: JSON where it parses
+            settings[key] = json.loads(text) if text else None
+        except ValueError:
+            settings[key] = text
+    try:
+        ring = load_keys(settings)
+    except KeyConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if len(ring) == 0 and not is_loopback_host(host):
+        raise UsageError(
+            f"--host {host}: no API keys are configured (RISK_API_KEYS or RISK_API_KEYS_FILE), "
+            "so the service listens only on a loopback address (127.0.0.1, ::1, localhost); "
+            "make keys with `risk keys create`"
+        )
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    """Print a new key once, and the keys-file entry (its SHA-256, never the key)."""
+    import json
+
+    from risk_service.auth import KeyConfigError, entry_toml, key_entry, new_key
+
+    key = new_key()
+    try:
+        entry = key_entry(args.id, key, args.scopes.split(","))
+    except KeyConfigError as exc:
+        raise UsageError(str(exc)) from None
+    text = entry_toml(entry) if args.format == "toml" else json.dumps(entry)
+    if args.quiet:
+        print(key)
+        print(text.rstrip("\n"))
+        return 0
+    print(f"API key for {args.id} (shown once: put it in the client's secret store):")
+    print(key)
+    print("Add this entry to the keys file (RISK_API_KEYS_FILE); it holds the key's hash only:")
+    print(text.rstrip("\n"))
+    return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

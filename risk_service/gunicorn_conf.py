@@ -1,0 +1,44 @@
+"""gunicorn hooks for `risk serve` (``-c python:risk_service.gunicorn_conf``): metric files.
+
+With several worker processes, prometheus_client writes each process's values to files in
+``PROMETHEUS_MULTIPROC_DIR`` and `/metrics` adds them up (`risk_service.metrics`). Files of a
+previous run would be added too, so the directory is cleared when gunicorn starts; a dead
+worker's live gauges are dropped; a directory `risk serve` created (``RISK_METRICS_DIR_OWNED``)
+is removed at exit. Settings are command-line flags; this module only holds hooks.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from typing import Any
+
+
+def _metrics_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def on_starting(server: Any) -> None:
+    """In the master, before any worker: forget the values of an earlier run."""
+    path = _metrics_dir()
+    if path is not None:
+        os.makedirs(path, exist_ok=True)
+        for name in glob.glob(os.path.join(path, "*.db")):
+            os.remove(name)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """In the master, when a worker has exited: its live gauges no longer count."""
+    path = _metrics_dir()
+    if path is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, path)
+
+
+def on_exit(server: Any) -> None:
+    """In the master, at shutdown: remove the metrics directory if `risk serve` made it."""
+    path = _metrics_dir()
+    if path is not None and os.environ.get("RISK_METRICS_DIR_OWNED") == "1":
+        shutil.rmtree(path, ignore_errors=True)

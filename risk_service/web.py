@@ -1,0 +1,241 @@
+"""The edge of every request: request id, API key and scope, access log, metrics, /metrics.
+
+`init_app(app)` loads the keys (hashed), configures the logs, and registers one before- and
+one after-request hook and the ``/metrics`` route. Everything the hooks need is prepared at
+init; per request they cost a few microseconds (docs/benchmarks.md).
+
+Refusals answer the usual JSON error body ``{"error", "field": "Authorization", "message"}``:
+401 (no key, or not a known key) with ``WWW-Authenticate: Bearer``, 403 (the key lacks the
+route's scope, or no keys are configured and the client is not on this machine), 429 with
+``Retry-After`` (the client address failed too often; `auth.FailureLimiter`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+import orjson
+from flask import Flask, Response, current_app, g, request
+
+from risk_service import auth, logs, metrics
+
+log = logging.getLogger("risk_service.auth")
+access_log = logging.getLogger(logs.ACCESS_LOGGER)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}").fullmatch
+_UNMATCHED = "unmatched"
+_REALM = 'Bearer realm="risk-service"'
+
+
+@dataclass
+class EdgeState:
+    """What the hooks read per request, prepared at init (`app.extensions["risk_web"]`)."""
+
+    keys: auth.KeyRing
+    open_endpoints: frozenset[str]
+    limiter: auth.FailureLimiter
+    client_key: bytes
+    requirements: dict[str | None, str | None] = field(default_factory=dict)
+
+    def requirement(self, rule: str | None) -> str | None:
+        """What `rule` needs (memoised: rules are few and fixed)."""
+        try:
+            return self.requirements[rule]
+        except KeyError:
+            need = auth.requirement(rule, self.open_endpoints)
+            self.requirements[rule] = need
+            return need
+
+    def client(self, address: str) -> str:
+        """A client address as logs may show it: a keyed hash (12 hex digits)."""
+        return hmac.new(self.client_key, address.encode(), hashlib.sha256).hexdigest()[:12]
+
+
+def init_app(app: Flask) -> None:
+    """Keys, logs, the request hooks and /metrics on `app`; a second call does nothing."""
+    if "risk_web" in app.extensions:
+        return
+    config = app.config
+    logs.configure(app)
+    state = EdgeState(
+        keys=auth.load_keys(config),
+        open_endpoints=auth.parse_open_endpoints(config.get("OPEN_ENDPOINTS")),
+        limiter=auth.FailureLimiter(
+            int(config.get("AUTH_FAILURE_LIMIT", 20)),
+            float(config.get("AUTH_FAILURE_WINDOW_SECONDS", 60)),
+            float(config.get("AUTH_BLOCK_SECONDS", 60)),
+            int(config.get("AUTH_TRACKED_CLIENTS", 10_000)),
+        ),
+        client_key=os.urandom(32),
+    )
+    app.extensions["risk_web"] = state
+    if config.get("API_KEYS"):  # held hashed from here on; the clear text leaves the config
+        config["API_KEYS"] = None
+    if len(state.keys) == 0:
+        log.warning(
+            "no API keys configured (RISK_API_KEYS, RISK_API_KEYS_FILE): every endpoint is "
+            "open, to clients on this machine only; other addresses get 403"
+        )
+    scorer = app.extensions.get("risk")
+    if scorer is not None and hasattr(scorer, "models") and hasattr(scorer, "policy"):
+        metrics.set_versions(scorer.models.versions(), scorer.policy.version)
+    app.before_request_funcs.setdefault(None, []).insert(0, _before)
+    app.after_request_funcs.setdefault(None, []).append(_after)
+    app.teardown_request_funcs.setdefault(None, []).append(_teardown)
+    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
+
+
+def metrics_view() -> Response:
+    """GET /metrics: Prometheus exposition text."""
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)
+
+
+# -- hooks -----------------------------------------------------------------------------------
+def _before() -> Response | None:
+    g.risk_t0 = time.perf_counter()
+    incoming = request.headers.get(REQUEST_ID_HEADER)
+    request_id = incoming if incoming and _SAFE_REQUEST_ID(incoming) else os.urandom(8).hex()
+    g.risk_request_id = request_id
+    g.risk_token = logs.REQUEST_ID.set(request_id)
+    g.risk_key_id = None
+    state: EdgeState = _state()
+    rule = request.url_rule
+    need = state.requirement(None if rule is None else rule.rule)
+    address = request.remote_addr or ""
+    if len(state.keys) == 0:
+        if auth.is_loopback_client(address):
+            return None
+        log.warning("refused a client on another machine: no API keys are configured")
+        return _refuse(
+            403,
+            "forbidden",
+            "not_loopback",
+            "no API keys are configured: this service answers clients on its own machine only",
+        )
+    if need is None:
+        return None
+    wait = state.limiter.blocked_for(address)
+    if wait:
+        return _refuse(
+            429,
+            "too_many_requests",
+            "blocked",
+            "too many failed authentication attempts from this address; retry later",
+            {"Retry-After": str(int(wait) + 1)},
+        )
+    header = request.headers.get("Authorization")
+    token = auth.bearer_token(header)
+    if token is None:
+        reason = "missing" if not header else "malformed"
+        _failed(state, address, reason, None)
+        return _refuse(
+            401,
+            "unauthorized",
+            reason,
+            "an API key is required: Authorization: Bearer <key>"
+            if reason == "missing"
+            else "the Authorization header must be: Bearer <key>",
+            {"WWW-Authenticate": _REALM},
+        )
+    key = state.keys.authenticate(token)
+    if key is None:
+        _failed(state, address, "unknown", token)
+        return _refuse(
+            401,
+            "unauthorized",
+            "unknown",
+            "the API key is not valid",
+            {"WWW-Authenticate": _REALM + ', error="invalid_token"'},
+        )
+    g.risk_key_id = key.id
+    if need != auth.ANY_KEY and need not in key.scopes:
+        log.warning(
+            "API key lacks the scope",
+            extra={"reason": "scope", "key_id": key.id, "scope": need, "path": _path()},
+        )
+        return _refuse(
+            403,
+            "forbidden",
+            "scope",
+            f"the API key lacks the {need!r} scope",
+            {"WWW-Authenticate": _REALM + f', error="insufficient_scope", scope="{need}"'},
+        )
+    return None
+
+
+def _after(response: Response) -> Response:
+    started = g.get("risk_t0")
+    if started is None:  # a request that failed before our first hook
+        return response
+    seconds = time.perf_counter() - started
+    request_id = g.risk_request_id
+    response.headers[REQUEST_ID_HEADER] = request_id
+    path = _path()
+    status = response.status_code
+    metrics.observe_request(path, request.method, status, seconds)
+    access_log.info(
+        "request",
+        extra={
+            "method": request.method,
+            "path": path,
+            "status": status,
+            "latency_ms": round(seconds * 1000, 3),
+            "key_id": g.risk_key_id,
+        },
+    )
+    return response
+
+
+def _teardown(_exc: BaseException | None) -> None:
+    token = g.pop("risk_token", None)
+    if token is not None:
+        logs.REQUEST_ID.reset(token)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _state() -> EdgeState:
+    state: EdgeState = current_app.extensions["risk_web"]
+    return state
+
+
+def _path() -> str:
+    rule = request.url_rule
+    return _UNMATCHED if rule is None else rule.rule
+
+
+def _failed(state: EdgeState, address: str, reason: str, token: str | None) -> None:
+    """Log one failed attempt (a fingerprint of the key, never the key) and count it."""
+    log.warning(
+        "authentication failed",
+        extra={
+            "reason": reason,
+            "key_fingerprint": None if token is None else auth.fingerprint(token),
+            "path": _path(),
+        },
+    )
+    if state.limiter.failure(address):
+        log.warning(
+            "client blocked after repeated authentication failures",
+            extra={
+                "client": state.client(address),
+                "failures": state.limiter.limit,
+                "window_s": state.limiter.window,
+                "blocked_s": state.limiter.block,
+            },
+        )
+
+
+def _refuse(
+    status: int, error: str, reason: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    metrics.auth_failure(reason)
+    body = orjson.dumps({"error": error, "field": "Authorization", "message": message})
+    return Response(body, status=status, mimetype="application/json", headers=headers)
