@@ -17,7 +17,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the service: defaults, RISK_* environment, then `test_config`; routes and errors."""
     from flask import Flask
 
-    from risk_service import api, service
+    from risk_service import api, api_admin, service, web
     from risk_service.config import DEFAULTS
 
     app = Flask(__name__)
@@ -27,11 +27,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.from_mapping(test_config)
     # Refuse oversized bodies before they are read; the API parser checks again.
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_BODY_BYTES"])
-    app.extensions["risk"] = service.build_scorer(app.config)
+    scorer, watcher = service.build_scorer(app.config)
+    app.extensions["risk"] = scorer
+    app.extensions["risk_watcher"] = watcher
     app.register_blueprint(api.bp)
+    app.register_blueprint(api_admin.bp)
     if app.config["BENCH_EMPTY_ENDPOINT"]:
         app.add_url_rule("/_empty", "empty", api.empty, methods=["GET", "POST"])
     api.register_errors(app)
+    web.init_app(app)  # keys and scopes, request ids, JSON logs, /metrics
     if app.config["GC_TUNING"]:
         service.tune_gc()
+    watcher.start()
     return app

@@ -10,11 +10,14 @@ from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from risk_service.decision_log import DecisionLogError
-from risk_service.errors import ApiError
-from risk_service.redis_state import StoreUnavailable
+from risk_service.errors import ApiError, InvalidField, NotFound
+from risk_service.features.spec import ENTITY_KEYS
+from risk_service.feedback import parse_feedback
 from risk_service.openapi import docs_page, openapi_document
+from risk_service.redis_state import LABEL_KINDS, StoreUnavailable
 from risk_service.requests import parse_json_body, validate_score_request
 from risk_service.scoring import Scorer
+from risk_service.timeutil import iso_ms, ms_to_datetime
 
 bp = Blueprint("risk", __name__)
 
@@ -48,6 +51,88 @@ def score() -> Response:
         max_amount=float(config["MAX_AMOUNT"]),
     )
     return _json(_scorer().score(validated))
+
+
+@bp.post("/feedback")
+def feedback() -> Response:
+    """A label for a scored event: stored beside its decision, fed to the online state."""
+    config = current_app.config
+    body = parse_json_body(
+        request.get_data(cache=False),
+        request.content_type,
+        int(config["MAX_BODY_BYTES"]),
+        int(config["MAX_JSON_DEPTH"]),
+    )
+    label = parse_feedback(
+        body,
+        now_ms=int(time.time() * 1000),
+        max_future_ms=int(config["MAX_FUTURE_SECONDS"]) * 1000,
+    )
+    scorer = _scorer()
+    record = scorer.log.get(label.event_id)
+    if record is None:
+        raise NotFound(f"no decision is logged for event_id {label.event_id!r}", field="event_id")
+    event = record.request.get("event", {})
+    if label.label_time_ms < int(event.get("timestamp_ms", 0)):
+        raise InvalidField("label_time is before the event itself", field="label_time")
+    scorer.log.add_label(label)  # durable first: the training set must not miss it
+    hashed = {kind: event.get(ENTITY_KEYS[kind]) for kind in LABEL_KINDS}
+    state = scorer.ingest_label(
+        label.event_id,
+        label.value if label.label == "is_fraud" else 0,
+        ms_to_datetime(label.label_time_ms),
+        {k: v for k, v in hashed.items() if isinstance(v, str)},
+    )
+    return _json(
+        {
+            "event_id": label.event_id,
+            "label": label.label,
+            "value": label.value,
+            "label_time": iso_ms(label.label_time_ms),
+            "source": label.source,
+            "stored": True,
+            "online_state": state,
+        }
+    )
+
+
+@bp.get("/decisions/<event_id>")
+def decision(event_id: str) -> Response:
+    """The logged decision: features by name, reasons, versions, shadow result and labels."""
+    scorer = _scorer()
+    record = scorer.log.get(event_id)
+    if record is None:
+        raise NotFound(f"no decision is logged for event_id {event_id!r}", field="event_id")
+    return _json(
+        {
+            "event_id": record.event_id,
+            "decision": record.decision,
+            "created_at": None if record.created_at_ms is None else iso_ms(record.created_at_ms),
+            "fraud_probability": record.fraud_probability,
+            "fraud_score": record.fraud_score,
+            "credit_probability_of_default": record.credit_pd,
+            "rules_fired": list(record.rules_fired),
+            "reasons": list(record.reasons),
+            "features": dict(record.features),
+            "model_versions": dict(record.model_versions),
+            "policy_version": record.policy_version,
+            "degraded": record.degraded,
+            "latency_ms": record.latency_ms,
+            "shadow": record.shadow,
+            "request": record.request,  # identifiers as their keyed hashes
+            "response": record.response,
+            "labels": [
+                {
+                    "label": x.label,
+                    "value": x.value,
+                    "label_time": iso_ms(x.label_time_ms),
+                    "source": x.source,
+                    "received_at": iso_ms(x.received_at_ms),
+                }
+                for x in scorer.log.labels(event_id)
+            ],
+        }
+    )
 
 
 @bp.get("/health")

@@ -12,12 +12,21 @@ from typing import Any
 DEFAULTS: dict[str, Any] = {
     # where the champion bundles and registry live
     "MODELS_DIR": "models",
+    # how often each worker re-reads the registry for new champions, challengers and policy
+    # (0: never; the swap happens only after full verification)
+    "RELOAD_INTERVAL_SECONDS": 2.0,
     # the policy file (TOML); None means the packaged default policy
     "POLICY_FILE": None,
     # embedded decision log (SQLite, WAL). NORMAL: an acknowledged decision survives a crash of
     # the process; FULL: also of the OS or the power, at an fsync per group commit (~1-3 ms here)
     "DECISION_LOG_PATH": "var/decisions.sqlite",
     "DECISION_LOG_SYNC": "NORMAL",
+    # the decision log on PostgreSQL (postgresql://...); None: SQLite at DECISION_LOG_PATH.
+    # A decision PostgreSQL cannot take within the timeout is made durable in a local spool
+    # (SQLite, one file per process, in DECISION_LOG_SPOOL_DIR) and flushed when it is back.
+    "DECISION_LOG_URL": None,
+    "DECISION_LOG_SPOOL_DIR": None,
+    "DECISION_LOG_TIMEOUT_MS": 200,
     # key for pseudonymising identifiers in the log; None: a random key kept in HASH_KEY_FILE
     "HASH_KEY": None,
     "HASH_KEY_FILE": "var/hash.key",

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from risk_service.policy import SEVERITY, Policy
 from risk_service.redis_state import RedisState, StoreUnavailable
 from risk_service.requests import ScoreRequest
 from risk_service.scores import decide, fraud_band, fraud_score
+
+if TYPE_CHECKING:
+    from risk_service.lifecycle import Shadow
 
 log = logging.getLogger("risk_service.scoring")
 _FRAUD_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -110,6 +113,7 @@ class Scorer:
     ) -> None:
         self.engine = engine
         self.shared = shared
+        self.shadow: Shadow | None = None  # challengers scored beside the champion, never acting
         self.models = models
         self.policy = policy
         self.log = log
@@ -237,6 +241,7 @@ class Scorer:
                 latency_ms=(time.perf_counter() - started) * 1000,
                 created_at_ms=entry.created_ms,
                 response=body,
+                shadow=None if self.shadow is None else self._shadow(self.shadow, request, entry),
             )
         finally:
             entry.ready.set()
@@ -296,6 +301,50 @@ class Scorer:
             "degraded": degraded,
         }
         return body, _features_dict(FEATURE_NAMES, x), x, complete
+
+    def _shadow(
+        self, shadow: Shadow, request: ScoreRequest, entry: IdempotencyEntry
+    ) -> dict[str, Any]:
+        """What the challengers would have decided on the same features; logged, never acted on.
+
+        Fraud or credit model and policy as the champions do, without the pay-later
+        limit check (it does not depend on a model or a policy)."""
+        try:
+            models, policy = shadow.models, shadow.policy
+            degraded = bool(entry.response.get("degraded"))
+            result: dict[str, Any] = {
+                "challengers": dict(shadow.challengers),
+                "model_versions": models.versions(),
+                "policy_version": policy.version,
+            }
+            model_decision = None
+            view: FeatureView
+            if request.kind == "credit_application":
+                xc = np.array(
+                    [np.nan if entry.features.get(n) is None else entry.features[n]
+                     for n in CREDIT_FEATURE_NAMES],
+                    dtype=np.float64,
+                )  # fmt: skip
+                view = FeatureView(xc, _CREDIT_INDEX)
+                if models.credit is not None and not degraded:
+                    pd_ = float(models.credit.predict_pd(xc.reshape(1, -1))[0])
+                    result["credit_pd"] = pd_
+                    model_decision = credit_decision(pd_, self.settings)
+            else:
+                x = entry.x
+                view = FeatureView(x, _FRAUD_INDEX)
+                if models.fraud is not None and not degraded:
+                    p = float(models.fraud.predict_proba(x.reshape(1, -1))[0])
+                    result["fraud_probability"] = p
+                    result["fraud_score"] = fraud_score(p)
+                    model_decision = decide(p, models.fraud.thresholds)
+            outcome = policy.evaluate(request.event, view, model_decision)
+            result["decision"] = outcome.decision
+            result["rules_fired"] = [rule["name"] for rule in outcome.rules_fired]
+            return result
+        except Exception as exc:  # a challenger never affects the answer
+            log.exception("shadow scoring failed for event %s", request.event_id)
+            return {"error": type(exc).__name__}
 
     def _fraud_reasons(self, model: FraudModel | None, x: np.ndarray) -> list[dict[str, Any]]:
         if model is None:

@@ -17,8 +17,9 @@ import redis
 from risk_service import features as fs
 from risk_service import lifecycle
 from risk_service.breaker import CircuitBreaker
-from risk_service.decision_log import SQLiteDecisionLog
+from risk_service.decision_log import open_decision_log
 from risk_service.idempotency import MemoryIdempotencyStore
+from risk_service.lifecycle import ChampionWatcher
 from risk_service.policy import Policy
 from risk_service.redis_state import RedisState
 from risk_service.scoring import LoadedModels, Scorer, ScoringSettings
@@ -115,15 +116,29 @@ def build_shared_state(config: Mapping[str, Any], key: bytes) -> RedisState | No
     return shared
 
 
-def build_scorer(config: Mapping[str, Any]) -> Scorer:
+def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
+    """The scorer on its verified champions, and the watcher that keeps them current."""
     log_path = Path(config["DECISION_LOG_PATH"])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     key = hash_key(config)
+    watcher = ChampionWatcher(
+        Path(config["MODELS_DIR"]),
+        policy_file=config.get("POLICY_FILE"),
+        interval=float(config["RELOAD_INTERVAL_SECONDS"]),
+    )
+    serving = watcher.load()
     scorer = Scorer(
         engine=fs.OnlineFeatureEngine(),
-        models=load_champions(Path(config["MODELS_DIR"])),
-        policy=load_policy(config.get("POLICY_FILE")),
-        log=SQLiteDecisionLog(log_path, key, synchronous=str(config["DECISION_LOG_SYNC"])),
+        models=serving.models,
+        policy=serving.policy,
+        log=open_decision_log(
+            config.get("DECISION_LOG_URL"),
+            path=log_path,
+            hash_key=key,
+            synchronous=str(config["DECISION_LOG_SYNC"]),
+            spool_dir=config.get("DECISION_LOG_SPOOL_DIR"),
+            timeout_ms=int(config["DECISION_LOG_TIMEOUT_MS"]),
+        ),
         idempotency=MemoryIdempotencyStore(int(config["IDEMPOTENCY_TTL_SECONDS"]) * 1000),
         settings=ScoringSettings(
             max_lateness_ms=int(config["MAX_LATENESS_SECONDS"]) * 1000,
@@ -134,7 +149,8 @@ def build_scorer(config: Mapping[str, Any]) -> Scorer:
         ),
         shared=build_shared_state(config, key),
     )
+    watcher.attach(scorer)  # models, policy and shadow, now and on every swap
     if config.get("ACCOUNTS_FILE"):
         count = load_accounts(scorer, str(config["ACCOUNTS_FILE"]))
         log.info("loaded %d account profiles from %s", count, config["ACCOUNTS_FILE"])
-    return scorer
+    return scorer, watcher

@@ -5,7 +5,7 @@ A time without a zone is UTC, on the command line and in requests alike.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 
@@ -50,3 +50,13 @@ def to_millis(value: object) -> int:
             value = value.replace(tzinfo=UTC)
         return int(pd.Timestamp(value).value // 1_000_000)
     raise TypeError(f"cannot read an instant from {type(value).__name__}")
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    """Milliseconds since the epoch as an aware UTC datetime (exact: no float on the way)."""
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(ms))
+
+
+def iso_ms(ms: int) -> str:
+    """Milliseconds since the epoch as ISO 8601 UTC with milliseconds: 2026-11-25T13:00:00.000Z."""
+    return ms_to_datetime(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -42,7 +42,11 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
 
     yield build
     for app in apps:
-        app.extensions["risk"].log.close()
+        app.extensions["risk_watcher"].stop()
+        scorer = app.extensions["risk"]
+        scorer.log.close()
+        if scorer.shared is not None:
+            scorer.shared.close()
 
 
 @pytest.fixture

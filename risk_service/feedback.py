@@ -1,0 +1,77 @@
+"""POST /feedback bodies: one label for one scored event, validated field by field.
+
+``{"event_id", "is_fraud" | "defaulted", "label_time", "source"}``. Exactly one of
+``is_fraud`` and ``defaulted`` (0/1 or false/true). ``label_time`` is when the
+outcome became known (a chargeback's date, not the payment's): it may not be in
+the future, and it decides from when the label counts, in features and in
+training sets. Every error names its field.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from risk_service.errors import InvalidField, MissingField, NotAnObject, UnknownField
+from risk_service.labels import LABEL_NAMES, LABEL_SOURCES, LabelRecord
+from risk_service.timeutil import parse_instant
+
+FEEDBACK_FIELDS: tuple[str, ...] = ("event_id", *LABEL_NAMES, "label_time", "source")
+MAX_ID_LENGTH = 128
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def parse_feedback(body: Any, *, now_ms: int, max_future_ms: int) -> LabelRecord:
+    """The label a feedback body carries; raises an ApiError (400) naming the field at fault."""
+    if not isinstance(body, dict):
+        raise NotAnObject("the body must be a JSON object", field=None)
+    for name in body:
+        if name not in FEEDBACK_FIELDS:
+            raise UnknownField(
+                f"unknown field {name!r}; expected {', '.join(FEEDBACK_FIELDS)}", field=name
+            )
+    event_id = body.get("event_id")
+    if event_id is None:
+        raise MissingField("event_id is required", field="event_id")
+    if type(event_id) is not str or not 0 < len(event_id) <= MAX_ID_LENGTH:
+        raise InvalidField(
+            f"event_id must be a non-empty string of at most {MAX_ID_LENGTH} characters",
+            field="event_id",
+        )
+    given = [name for name in LABEL_NAMES if body.get(name) is not None]
+    if len(given) != 1:
+        raise MissingField(
+            "exactly one of is_fraud and defaulted is required",
+            field=given[1] if given else "is_fraud",
+        )
+    label = given[0]
+    value = body[label]
+    if type(value) is bool:
+        value = int(value)
+    if type(value) is not int or value not in (0, 1):
+        raise InvalidField(f"{label} must be 0, 1, false or true", field=label)
+    source = body.get("source")
+    if source is None:
+        raise MissingField("source is required", field="source")
+    if source not in LABEL_SOURCES:
+        raise InvalidField(f"source must be one of {', '.join(LABEL_SOURCES)}", field="source")
+    raw_time = body.get("label_time")
+    if raw_time is None:
+        raise MissingField(
+            "label_time is required (when the outcome became known)", field="label_time"
+        )
+    if type(raw_time) is not str or len(raw_time) > 64:
+        raise InvalidField("label_time must be an ISO 8601 date-time string", field="label_time")
+    try:
+        label_ms = (parse_instant(raw_time) - _EPOCH) // _MS
+    except (ValueError, OverflowError):
+        raise InvalidField(
+            "label_time is not an ISO 8601 date-time (e.g. 2026-11-25T13:00:00Z)",
+            field="label_time",
+        ) from None
+    if label_ms < 0:
+        raise InvalidField("label_time is before 1970", field="label_time")
+    if label_ms - now_ms > max_future_ms:
+        raise InvalidField("label_time is in the future", field="label_time")
+    return LabelRecord(event_id, label, value, int(label_ms), str(source), now_ms)
