@@ -404,24 +404,22 @@ class ChampionWatcher:
             return  # logged already: no log line per interval for the same bad version
         refusal = Refusal(slot[0], slot[1], version, reason, _now(), stamp)
         self.errors[slot] = self.last_error = refusal
-        log.error(
-            "refused %s %s %s: %s; the previous one keeps serving",
-            slot[0],
-            slot[1],
-            version,
-            reason,
-        )
+        what = "registry.json" if slot[0] == "registry" else f"{slot[0]} {slot[1]} {version}"
+        log.error("refused %s: %s; the previous one keeps serving", what, reason)
 
     # -- reporting --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """What this process serves, what it refused, and when it last looked."""
-        serving = self.serving
+        """What this process serves, what it refused, and when it last looked.
+
+        Never waits for a check in progress: it reads a snapshot (a dict copy is atomic).
+        """
+        serving, errors = self.serving, dict(self.errors)
         return {
             "models_dir": str(self.models_dir),
             "interval_seconds": self.interval,
             "running": self._thread is not None and self._thread.is_alive(),
             "serving": None if serving is None else _describe(serving),
-            "errors": [r.as_dict() for r in self.errors.values()],
+            "errors": [r.as_dict() for r in errors.values()],
             "last_error": None if self.last_error is None else self.last_error.as_dict(),
             "last_check": self.last_check,
             "last_swap": self.last_swap,
@@ -548,6 +546,16 @@ def add_policy(models_dir: Path, source: Path, actor: str) -> dict[str, Any]:
         return None
 
     return _audited(registry, "policy_add", POLICY_KIND, None, actor, None, act, result)
+
+
+def add_policy_bytes(
+    models_dir: Path, data: bytes, actor: str, name: str = "upload.toml"
+) -> dict[str, Any]:
+    """`add_policy` for a policy received as bytes (an HTTP upload)."""
+    with tempfile.TemporaryDirectory(prefix="risk-policy-") as tmp:
+        source = Path(tmp) / (Path(name).name or "upload.toml")
+        source.write_bytes(data)
+        return add_policy(models_dir, source, actor)
 
 
 def _write_policy_bundle(registry: Registry, source: Path, policy: Policy) -> bool:

@@ -177,7 +177,11 @@ def test_a_tampered_bundle_is_refused_logged_once_and_the_old_one_serves(
     with caplog.at_level(logging.INFO, logger="risk_service.lifecycle"):
         for _ in range(3):
             assert not watcher.check_now()
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    errors = [
+        r
+        for r in caplog.records
+        if r.name == "risk_service.lifecycle" and r.levelno >= logging.ERROR
+    ]
     assert len(errors) == 1
     assert bad in errors[0].getMessage() and "SHA-256" in errors[0].getMessage()
     assert watcher.last_error is not None and watcher.last_error.version == bad
@@ -214,7 +218,7 @@ def test_a_partial_bundle_and_a_broken_registry_are_refused(
         assert "unreadable registry" in (watcher.last_error.reason if watcher.last_error else "")
         registry.write_text(good.replace(partial, first))
         assert not watcher.check_now()
-    assert len(caplog.records) == 2
+    assert len([r for r in caplog.records if r.name == "risk_service.lifecycle"]) == 2
     assert watcher.status()["errors"] == []
     assert app.extensions["risk"].models.fraud.version == first
 
@@ -338,6 +342,9 @@ def test_policy_add_is_validated_and_never_overwrites(models_dir: Path, tmp_path
     )
     with pytest.raises(BundleError, match="unknown field 'ammount'"):
         lifecycle.add_policy(models_dir, bad, actor="ana")
+    same = policy_file(tmp_path, "policy-test-2").read_bytes()  # `other` overwrote the file
+    upload = lifecycle.add_policy_bytes(models_dir, same, actor="key-1")
+    assert upload["version"] == "policy-test-2" and not upload["created"]
     assert Registry(models_dir).versions("policy") == [DEFAULT_POLICY, "policy-test-2"]
     outcomes = [(e["action"], e["version"], e["outcome"]) for e in audit.read(models_dir)]
     assert outcomes == [
@@ -345,6 +352,7 @@ def test_policy_add_is_validated_and_never_overwrites(models_dir: Path, tmp_path
         ("policy_add", "policy-test-2", "ok"),
         ("policy_add", "policy-test-2", "refused"),
         ("policy_add", None, "refused"),
+        ("policy_add", "policy-test-2", "ok"),
     ]
 
 
