@@ -28,5 +28,7 @@ VOLUME ["/var/lib/risk"]
 HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=1)"]
 
-# One worker: the embedded in-memory state is per process. 0.0.0.0 inside the container.
+# One worker on the embedded in-memory state (it is per process); with RISK_STATE_URL (Redis)
+# pass --workers N, as docker-compose.yml does. Off loopback, API keys are required
+# (RISK_API_KEYS_FILE). The decision-log spool lives under /var/lib/risk.
 CMD ["risk", "serve", "--host", "0.0.0.0", "--port", "8000", "--models", "/app/models"]
