@@ -1,0 +1,475 @@
+"""The decision log on PostgreSQL, shared by every worker, with a local spool for outages.
+
+**Durability.** ``append`` (and ``add_label``) returns only once the row is
+committed in PostgreSQL (with the server's ``synchronous_commit``, on by default),
+or, when PostgreSQL fails or does not answer within ``timeout_ms``, once it is
+committed in this process's spool file (SQLite, ``synchronous=FULL``; see
+``decision_log_spool``). A background thread moves spooled rows to PostgreSQL
+when it answers again (``ON CONFLICT (event_id) DO NOTHING``, then deleted from
+the spool, so a crash between the two only repeats a no-op) and, at start and
+every ``adopt_interval_s``, adopts spool files left by dead processes.
+
+**Time bounds.** A hung server cannot hold a request: the server cancels a
+statement after ``timeout_ms`` (``-c statement_timeout``), connecting gives up after
+``connect_timeout`` (libpq's minimum is 2 s, so reconnection happens in the
+background thread, never on the request path), and a watchdog shuts the socket
+down when a call outlives ``timeout_ms`` (a stopped server or a lost network,
+where no statement timeout can fire). A commit whose answer was lost that way
+may be in PostgreSQL *and* in the spool until the next flush (counted twice
+meanwhile, never lost, never duplicated in PostgreSQL).
+
+**Circuit breaker.** After ``breaker_failures`` consecutive failures appends go
+straight to the spool for ``breaker_cooldown_s``; then one reconnection is tried,
+and the next batch's success closes the breaker.
+
+**Group commit.** Leader/follower as in ``SQLiteDecisionLog``: concurrent appends
+share one statement (``INSERT ... SELECT FROM unnest(arrays)``: one round trip and
+one commit per batch). Measured on this machine's PostgreSQL 15 (local socket over
+TCP, fsync on, 2 CPUs, ``bench`` in tests/test_decision_log_pg.py):
+single thread about 0.9 ms per append (about 1,100/s); 8 threads about 5,000
+appends/s in total, mean latency about 1.6 ms, batches of 5-8.
+
+**Conflicts** are as in SQLite: the same event_id with another body hash raises
+``Conflict`` (409), with the same body it is a no-op. A spooled decision can only
+meet a different body in PostgreSQL when it is flushed; it is then kept in
+``decision_conflicts`` (and logged) rather than dropped.
+
+**Reads.** ``get`` and ``labels`` look in the spool, then in PostgreSQL; ``count``
+adds both (it raises ``DecisionLogError`` when PostgreSQL cannot be counted within
+the timeout: readiness should rather look at ``status()``, whose spool keeps the
+service answering while PostgreSQL is away).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+
+from risk_service.decision_log import _Pending
+from risk_service.decision_log_pg_conn import Watchdog, describe, first_line, pg_conninfo
+from risk_service.decision_log_pg_sql import (
+    BODY_HASHES,
+    COUNT,
+    INSERT_CONFLICTS,
+    INSERT_DECISIONS,
+    INSERT_LABELS,
+    SELECT_DECISION,
+    SELECT_LABELS,
+    decision_arrays,
+    label_arrays,
+    prepare_schema,
+)
+from risk_service.decision_log_spool import SpoolDir
+from risk_service.decision_records import (
+    DECISION,
+    LABEL,
+    DecisionLogError,
+    DecisionRecord,
+    Pseudonymiser,
+    decision_row,
+    label_from_row,
+    label_row,
+    record_from_row,
+)
+from risk_service.errors import Conflict
+from risk_service.labels import LabelRecord, sort_labels
+
+log = logging.getLogger("risk_service.decision_log")
+T = TypeVar("T")
+Row = tuple[Any, ...]
+MIGRATION_TIMEOUT_S = 60.0
+_FAILURES = (psycopg.Error, OSError)
+
+
+class PostgresDecisionLog:
+    """The decision log in PostgreSQL (psycopg 3), spooling locally when it is away."""
+
+    def __init__(
+        self,
+        url: str,
+        hash_key: bytes,
+        *,
+        spool_path: str | Path,
+        timeout_ms: int = 2000,
+        max_batch: int = 512,
+        breaker_failures: int = 3,
+        breaker_cooldown_s: float = 5.0,
+        flush_interval_s: float = 0.5,
+        flush_batch: int = 500,
+        adopt_interval_s: float = 30.0,
+    ) -> None:
+        if timeout_ms <= 0 or max_batch < 1 or breaker_failures < 1 or flush_batch < 1:
+            raise ValueError(
+                "timeout_ms, max_batch, breaker_failures and flush_batch must be positive"
+            )
+        self.pseudonymise = Pseudonymiser(hash_key)
+        self.url = describe(url)
+        self._key = hash_key
+        self._conninfo = pg_conninfo(url, timeout_ms)
+        self._timeout_s = timeout_ms / 1000
+        self._max_batch = max_batch
+        self._breaker_failures = breaker_failures
+        self._cooldown_s = breaker_cooldown_s
+        self._flush_interval_s = flush_interval_s
+        self._flush_batch = flush_batch
+        self._adopt_interval_s = adopt_interval_s
+        self._cond = threading.Condition()  # the write queue, and the breaker's state below
+        self._queue: list[_Pending] = []
+        self._writing = False
+        self._closed = False
+        self._failures = 0
+        self._open_until = 0.0
+        self.last_error: str | None = None
+        self.fatal: str | None = None  # another key or a newer schema: never write there
+        self._conn: psycopg.Connection[Any] | None = None
+        self._read_lock = threading.Lock()
+        self._reader: psycopg.Connection[Any] | None = None
+        self._flush_lock = threading.Lock()  # a flush step is atomic for count()
+        self._flush_conn: psycopg.Connection[Any] | None = None
+        self._kick = threading.Event()
+        self._stopping = False
+        self.spool = SpoolDir(spool_path, hash_key)
+        self._watchdog = Watchdog(tick_s=max(0.005, self._timeout_s / 4))
+        try:
+            self.spool.adopt_orphans()
+            self._conn = self._connect(prepare=True)
+        except DecisionLogError:
+            self._watchdog.close()
+            self.spool.close()
+            raise
+        except _FAILURES as exc:
+            self._note_failure(exc)
+            log.warning("decision log %s unreachable at start, spooling: %s", self.url, exc)
+        self._flusher = threading.Thread(
+            target=self._run_flusher, name="decision-log-flusher", daemon=True
+        )
+        self._flusher.start()
+
+    # -- connections and the breaker -----------------------------------------------------------
+    def _connect(self, *, prepare: bool) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self._conninfo, autocommit=True)
+        if prepare:
+            try:
+                with self._watchdog.guard(conn, MIGRATION_TIMEOUT_S):
+                    prepare_schema(conn, self._key, MIGRATION_TIMEOUT_S, where=self.url)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    def _note_failure(self, exc: BaseException) -> None:
+        with self._cond:
+            self._failures += 1
+            self.last_error = first_line(exc)
+            if self._failures >= self._breaker_failures:
+                self._open_until = time.monotonic() + self._cooldown_s
+
+    def _breaker_open(self) -> bool:
+        return time.monotonic() < self._open_until
+
+    def _drop_writer(self, conn: psycopg.Connection[Any], exc: BaseException) -> None:
+        with self._cond:
+            if self._conn is conn:
+                self._conn = None
+        conn.close()
+        self._note_failure(exc)
+        log.warning("decision log %s failed, spooling: %s", self.url, first_line(exc))
+        self._kick.set()
+
+    # -- writing -------------------------------------------------------------------------------
+    def append(self, record: DecisionRecord) -> None:
+        """Log one decision; returns once it is committed in PostgreSQL or in the spool."""
+        self._submit(_Pending(decision_row(self.pseudonymise, record)))
+
+    def add_label(self, label: LabelRecord) -> None:
+        """Keep one label; durable on return; a label already kept is a no-op."""
+        self._submit(_Pending(label_row(label), LABEL))
+
+    def _submit(self, pending: _Pending) -> None:
+        with self._cond:
+            if self._closed:
+                raise DecisionLogError("the decision log is closed")
+            self._queue.append(pending)
+        while True:
+            with self._cond:
+                while not pending.done and self._writing:
+                    self._cond.wait()
+                if pending.done:
+                    break
+                self._writing = True
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+            try:
+                self._commit(batch)
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+        if pending.error is not None:
+            raise pending.error
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        """PostgreSQL if it is there, else the spool; marks every pending done."""
+        try:
+            conn = self._conn
+            if conn is not None and self.fatal is None and not self._breaker_open():
+                try:
+                    with self._watchdog.guard(conn, self._timeout_s):
+                        self._write(conn, batch)
+                except _FAILURES as exc:
+                    for p in batch:
+                        p.error = None
+                    self._drop_writer(conn, exc)
+                else:
+                    with self._cond:
+                        self._failures = 0
+                    return
+            errors = self.spool.own.log.submit_rows([(p.kind, p.row) for p in batch])
+            for p, error in zip(batch, errors, strict=True):
+                p.error = error
+            self._kick.set()
+        except BaseException:
+            for p in batch:
+                p.error = DecisionLogError("decision log write interrupted")
+            raise
+        finally:
+            for p in batch:
+                p.done = True
+
+    def _write(self, conn: psycopg.Connection[Any], batch: list[_Pending]) -> None:
+        """One statement per kind (one transaction when both); then 409s for other bodies."""
+        decisions = [p for p in batch if p.kind == DECISION]
+        labels = [p.row for p in batch if p.kind == LABEL]
+        inserted: set[str] = set()
+        with conn.transaction() if decisions and labels else _nothing():
+            if decisions:
+                cur = conn.execute(INSERT_DECISIONS, decision_arrays([p.row for p in decisions]))
+                inserted = {r[0] for r in cur.fetchall()}
+            if labels:
+                conn.execute(INSERT_LABELS, label_arrays(labels))
+        first: set[str] = set()
+        check: list[_Pending] = []
+        for p in decisions:  # an event_id twice in one batch: the later one is not inserted
+            eid = p.row[0]
+            if eid in inserted and eid not in first:
+                first.add(eid)
+            else:
+                check.append(p)
+        if check:
+            stored = dict(conn.execute(BODY_HASHES, ([p.row[0] for p in check],)).fetchall())
+            for p in check:
+                if stored.get(p.row[0], p.row[3]) != p.row[3]:
+                    p.error = Conflict(
+                        f"event_id {p.row[0]!r} is already logged with a different body",
+                        field="event_id",
+                    )
+
+    # -- the background flusher ----------------------------------------------------------------
+    def _run_flusher(self) -> None:
+        next_adopt = time.monotonic() + self._adopt_interval_s
+        while True:
+            self._kick.wait(self._flush_interval_s)
+            self._kick.clear()
+            stopping = self._stopping
+            try:
+                if not stopping:
+                    self._reconnect_if_due()
+                self._flush(stopping)
+                if not stopping and time.monotonic() >= next_adopt:
+                    next_adopt = time.monotonic() + self._adopt_interval_s
+                    self.spool.adopt_orphans()
+            except Exception:  # the flusher must outlive any one failure; it retries
+                log.exception("decision log flusher")
+            if stopping:
+                return
+
+    def _reconnect_if_due(self) -> None:
+        if self._conn is not None or self.fatal is not None or self._breaker_open():
+            return
+        try:
+            conn = self._connect(prepare=True)
+        except DecisionLogError as exc:
+            self.fatal = str(exc)
+            log.error("decision log %s refused, everything stays in the spool: %s", self.url, exc)
+            return
+        except _FAILURES as exc:
+            self._note_failure(exc)
+            return
+        with self._cond:
+            if self._conn is None and not self._closed:
+                self._conn, conn = conn, None  # type: ignore[assignment]
+        if conn is not None:
+            conn.close()
+        log.info("decision log %s reachable again", self.url)
+
+    def _flush_connection(self, stopping: bool) -> psycopg.Connection[Any] | None:
+        if self._flush_conn is None and not stopping and self._conn is not None:
+            try:
+                self._flush_conn = self._connect(prepare=False)
+            except _FAILURES as exc:
+                self.last_error = first_line(exc)
+        return self._flush_conn
+
+    def _flush(self, stopping: bool) -> None:
+        """Move every spool file's rows to PostgreSQL, chunk by chunk; retire emptied orphans."""
+        deadline = time.monotonic() + 2 * self._timeout_s  # bounds the final flush in close()
+        for spool in self.spool.files():
+            while True:
+                decisions, labels = spool.log.oldest(self._flush_batch)
+                if not decisions and not labels:
+                    if spool is not self.spool.own:
+                        self.spool.retire(spool)
+                    break
+                conn = self._flush_connection(stopping)
+                if (
+                    conn is None
+                    or self.fatal is not None
+                    or (stopping and time.monotonic() > deadline)
+                ):
+                    return
+                try:
+                    with self._flush_lock:
+                        with self._watchdog.guard(conn, self._timeout_s):
+                            self._move(conn, [r for _, r in decisions], [r for _, r in labels])
+                        spool.log.forget([s for s, _ in decisions], [s for s, _ in labels])
+                except _FAILURES as exc:
+                    self._flush_conn = None
+                    conn.close()
+                    self.last_error = first_line(exc)
+                    return
+
+    def _move(self, conn: psycopg.Connection[Any], decisions: list[Row], labels: list[Row]) -> None:
+        """One transaction: insert (no-op when there), keep other bodies aside, labels."""
+        with conn.transaction():
+            if decisions:
+                cur = conn.execute(INSERT_DECISIONS, decision_arrays(decisions))
+                inserted = {r[0] for r in cur.fetchall()}
+                rest = [r for r in decisions if r[0] not in inserted]
+                if rest:
+                    stored = dict(conn.execute(BODY_HASHES, ([r[0] for r in rest],)).fetchall())
+                    other = [r for r in rest if stored.get(r[0], r[3]) != r[3]]
+                    if other:
+                        conn.execute(INSERT_CONFLICTS, decision_arrays(other))
+                        log.error(
+                            "%d spooled decisions met another body for their event_id in %s; "
+                            "kept in decision_conflicts: %s",
+                            len(other),
+                            self.url,
+                            [r[0] for r in other][:10],
+                        )
+            if labels:
+                conn.execute(INSERT_LABELS, label_arrays(labels))
+
+    # -- reading -------------------------------------------------------------------------------
+    def _read(self, query: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run a query on the reader connection within the timeout, or raise DecisionLogError."""
+        if self.fatal is not None:
+            raise DecisionLogError(self.fatal)
+        if self._breaker_open():
+            raise DecisionLogError(
+                f"decision log {self.url} unavailable (circuit breaker open): {self.last_error}"
+            )
+        if not self._read_lock.acquire(timeout=self._timeout_s):
+            raise DecisionLogError(f"decision log {self.url}: reader busy beyond the timeout")
+        try:
+            if self._reader is None:
+                self._reader = self._connect(prepare=False)
+            with self._watchdog.guard(self._reader, self._timeout_s):
+                return query(self._reader)
+        except _FAILURES as exc:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            raise DecisionLogError(f"decision log {self.url} read failed: {exc}") from exc
+        finally:
+            self._read_lock.release()
+
+    def get(self, event_id: str) -> DecisionRecord | None:
+        """The logged record (identifiers as their hashes), or None; spool first, then PG."""
+        found = self.spool.get(event_id)
+        if found is not None:
+            return found
+        row = self._read(lambda c: c.execute(SELECT_DECISION, (event_id,)).fetchone())
+        return None if row is None else record_from_row(row)
+
+    def labels(self, event_id: str) -> list[LabelRecord]:
+        """Every label kept for the event (PostgreSQL and spool), by label then receipt time."""
+        rows = self._read(lambda c: c.execute(SELECT_LABELS, (event_id,)).fetchall())
+        merged: dict[tuple[str, str, int, int, str], LabelRecord] = {}
+        for label in [label_from_row(r) for r in rows] + self.spool.labels(event_id):
+            kept = merged.get(label.key())
+            if kept is None or label.received_at_ms < kept.received_at_ms:
+                merged[label.key()] = label
+        return sort_labels(merged.values())
+
+    def count(self) -> int:
+        """Decisions in PostgreSQL plus in the spool; raises DecisionLogError past the timeout."""
+        if not self._flush_lock.acquire(timeout=self._timeout_s):
+            raise DecisionLogError(f"decision log {self.url}: a flush step outlived the timeout")
+        try:
+            row = self._read(lambda c: c.execute(COUNT).fetchone())
+            return self.spool.count() + (int(row[0]) if row is not None else 0)
+        finally:
+            self._flush_lock.release()
+
+    def status(self) -> dict[str, Any]:
+        """For /ready and metrics: connected, breaker state, rows waiting in the spool."""
+        with self._cond:
+            failures, connected = self._failures, self._conn is not None
+        if self._breaker_open():
+            breaker = "open"
+        elif failures >= self._breaker_failures:
+            breaker = "half_open"
+        else:
+            breaker = "closed"
+        return {
+            "backend": "postgresql",
+            "url": self.url,
+            "connected": connected,
+            "breaker": breaker,
+            "consecutive_failures": failures,
+            "spooled": self.spool.spooled(),
+            "spool_files": len(self.spool.files()),
+            "last_error": self.last_error,
+            "error": self.fatal,
+        }
+
+    def close(self) -> None:
+        """Refuse new rows, finish the commit in progress, flush what can be, release all."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            while self._writing or self._queue:
+                self._cond.wait()
+        self._stopping = True
+        self._kick.set()
+        self._flusher.join()
+        with self._read_lock:
+            for conn in (self._conn, self._reader, self._flush_conn):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._reader = self._flush_conn = None
+        self._watchdog.close()
+        self.spool.close()
+
+    def __enter__(self) -> PostgresDecisionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+__all__ = ["PostgresDecisionLog"]

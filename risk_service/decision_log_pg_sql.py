@@ -1,0 +1,177 @@
+"""The PostgreSQL decision log's schema, migrations and statements.
+
+The same versions and columns as the SQLite log (``decision_log._MIGRATIONS``),
+in PostgreSQL types: jsonb for JSON, double precision, bigint milliseconds,
+boolean. Rows travel as ``decision_records`` tuples and are inserted a batch at a
+time as one ``INSERT ... SELECT FROM unnest(arrays)`` statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from risk_service.decision_log import SCHEMA_VERSION
+from risk_service.decision_records import (
+    DECISION_COLUMNS,
+    JSON_COLUMNS,
+    LABEL_COLUMNS,
+    DecisionLogError,
+    key_check,
+)
+
+_DECISIONS_V1 = """(
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id text NOT NULL {unique},
+    created_at_ms bigint NOT NULL,
+    account_hash text,
+    body_hash text NOT NULL,
+    decision text NOT NULL,
+    fraud_probability double precision,
+    fraud_score integer,
+    credit_pd double precision,
+    degraded boolean NOT NULL,
+    latency_ms double precision NOT NULL,
+    policy_version text NOT NULL,
+    model_versions jsonb NOT NULL,
+    rules_fired jsonb NOT NULL,
+    reasons jsonb NOT NULL,
+    features jsonb NOT NULL,
+    request jsonb NOT NULL,
+    response jsonb
+)"""
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "CREATE TABLE decisions " + _DECISIONS_V1.format(unique="UNIQUE"),
+        "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
+    ),
+    2: (
+        "ALTER TABLE decisions ADD COLUMN shadow jsonb",
+        """CREATE TABLE labels (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            event_id text NOT NULL,
+            label text NOT NULL,
+            value smallint NOT NULL,
+            label_time_ms bigint NOT NULL,
+            source text NOT NULL,
+            received_at_ms bigint NOT NULL,
+            UNIQUE (event_id, label, value, label_time_ms, source)
+        )""",
+        # Spooled decisions that met another body for their event_id when flushed (only
+        # possible if PostgreSQL was away at append time): kept for a human, never dropped.
+        "CREATE TABLE decision_conflicts " + _DECISIONS_V1.format(unique=""),
+        "ALTER TABLE decision_conflicts ADD COLUMN shadow jsonb",
+        "ALTER TABLE decision_conflicts ADD COLUMN detected_at timestamptz NOT NULL DEFAULT now()",
+    ),
+}
+
+_TYPES = {
+    "event_id": "text",
+    "created_at_ms": "bigint",
+    "account_hash": "text",
+    "body_hash": "text",
+    "decision": "text",
+    "fraud_probability": "float8",
+    "fraud_score": "int",
+    "credit_pd": "float8",
+    "degraded": "bool",
+    "latency_ms": "float8",
+    "policy_version": "text",
+    **{c: "jsonb" for c in JSON_COLUMNS},
+}
+_LABEL_TYPES = ("text", "text", "smallint", "bigint", "text", "bigint")
+_COLS = ", ".join(DECISION_COLUMNS)
+_UNNEST = "unnest(" + ", ".join(f"%s::{_TYPES[c]}[]" for c in DECISION_COLUMNS) + ")"
+INSERT_DECISIONS = (
+    f"INSERT INTO decisions ({_COLS}) SELECT * FROM {_UNNEST} "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+)
+INSERT_CONFLICTS = f"INSERT INTO decision_conflicts ({_COLS}) SELECT * FROM {_UNNEST}"
+INSERT_LABELS = (
+    f"INSERT INTO labels ({', '.join(LABEL_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"%s::{t}[]" for t in _LABEL_TYPES)
+    + ") ON CONFLICT DO NOTHING"
+)
+# Read back in the SQLite row shape: JSON as text, the flag as 0/1.
+_READ_COLS = ", ".join(
+    f"{c}::text" if c in JSON_COLUMNS else "degraded::int" if c == "degraded" else c
+    for c in DECISION_COLUMNS
+)
+SELECT_DECISION = f"SELECT {_READ_COLS} FROM decisions WHERE event_id = %s"
+SELECT_DECISIONS_FROM = (
+    f"SELECT seq, {_READ_COLS} FROM decisions WHERE seq > %s ORDER BY seq LIMIT %s"
+)
+BODY_HASHES = "SELECT event_id, body_hash FROM decisions WHERE event_id = ANY(%s)"
+SELECT_LABELS = (
+    f"SELECT {', '.join(LABEL_COLUMNS)} FROM labels WHERE event_id = %s "
+    "ORDER BY label_time_ms, received_at_ms, seq"
+)
+SELECT_ALL_LABELS = f"SELECT {', '.join(LABEL_COLUMNS)} FROM labels ORDER BY seq"
+COUNT = "SELECT count(*) FROM decisions"
+_LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.risk_decision_log'))"
+
+
+def decision_arrays(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows (DECISION_COLUMNS order) as one array per column; the flag as a boolean."""
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    flag = DECISION_COLUMNS.index("degraded")
+    columns[flag] = [bool(v) for v in columns[flag]]
+    return columns
+
+
+def label_arrays(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    return [list(c) for c in zip(*rows, strict=True)]
+
+
+def prepare_schema(
+    conn: psycopg.Connection[Any], hash_key: bytes, timeout_s: float, *, where: str
+) -> None:
+    """Create or migrate the schema and check the key, in one transaction.
+
+    An advisory lock serialises workers starting together; the schema version
+    table is created under it, so none of them races another's DDL.
+    """
+    with conn.transaction():
+        conn.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+        conn.execute(_LOCK)
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        version = int(row[0] or 0) if row is not None else 0
+        if version > SCHEMA_VERSION:
+            raise DecisionLogError(
+                f"decision log {where}: schema version {version} is newer than this code "
+                f"({SCHEMA_VERSION}); upgrade risk-service"
+            )
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[v]:
+                conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (v,))
+        check = key_check(hash_key)
+        stored = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+        if stored is None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', %s)", (check,))
+        elif stored[0] != check:
+            raise DecisionLogError(
+                f"decision log {where}: hash_key differs from the key this log was written with"
+            )
+
+
+__all__ = [
+    "BODY_HASHES",
+    "COUNT",
+    "INSERT_CONFLICTS",
+    "INSERT_DECISIONS",
+    "INSERT_LABELS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SELECT_ALL_LABELS",
+    "SELECT_DECISION",
+    "SELECT_DECISIONS_FROM",
+    "SELECT_LABELS",
+    "decision_arrays",
+    "label_arrays",
+    "prepare_schema",
+]

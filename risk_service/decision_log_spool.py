@@ -1,0 +1,188 @@
+"""The PostgreSQL decision log's local spool: durable SQLite files, one per live process.
+
+When PostgreSQL fails or does not answer in time, decisions and labels are
+committed here instead (SQLite, WAL, ``synchronous=FULL``), and moved to
+PostgreSQL later. Several worker processes may share one spool directory, so:
+
+- every process writes only its own file, ``spool-<pid>-<random>.sqlite``, and
+  holds an exclusive ``flock`` on it for as long as it lives (the kernel drops the
+  lock when the process dies, however it dies);
+- a file whose lock can be taken belongs to no live process: it is an orphan,
+  and the process that takes the lock adopts it (flushes it, then deletes it);
+- a new file is created and locked under a hidden name and only then renamed
+  into place, so no other process can adopt it in between.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from risk_service.decision_log import SQLiteDecisionLog
+from risk_service.decision_records import DecisionLogError, DecisionRecord
+from risk_service.labels import LabelRecord
+
+log = logging.getLogger("risk_service.decision_log")
+PATTERN = "spool-*.sqlite"
+
+
+class SpoolFile:
+    """One spool file, open and exclusively locked by this process."""
+
+    def __init__(self, path: Path, fd: int, spool: SQLiteDecisionLog) -> None:
+        self.path = path
+        self.fd = fd
+        self.log = spool
+
+    def is_empty(self) -> bool:
+        return self.log.count() == 0 and self.log.count_labels() == 0
+
+    def close(self, *, delete: bool) -> None:
+        """Close the database; delete its files first if asked; then release the lock."""
+        try:
+            self.log.close()
+            if delete:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+
+
+def _lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class SpoolDir:
+    """This process's spool file plus the orphans it adopted; reads look in all of them."""
+
+    def __init__(self, directory: str | Path, hash_key: bytes) -> None:
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DecisionLogError(
+                f"decision log spool directory {self.directory} cannot be created: {exc}; "
+                "set DECISION_LOG_SPOOL_DIR to a writable local directory"
+            ) from exc
+        self._key = hash_key
+        self._lock = threading.RLock()
+        self._refused: set[Path] = set()
+        self.own = self._create()
+        self.adopted: list[SpoolFile] = []
+
+    def _create(self) -> SpoolFile:
+        name = f"spool-{os.getpid()}-{secrets.token_hex(4)}.sqlite"
+        hidden = self.directory / f".{name}.creating"
+        fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if not _lock(fd):  # nobody else can know the hidden name
+                raise DecisionLogError(f"cannot lock the new spool file {hidden}")
+            path = self.directory / name
+            hidden.rename(path)  # same inode: the lock moves with it
+            return SpoolFile(path, fd, SQLiteDecisionLog(path, self._key, synchronous="FULL"))
+        except BaseException:
+            os.close(fd)
+            hidden.unlink(missing_ok=True)
+            raise
+
+    def adopt_orphans(self) -> list[Path]:
+        """Take every spool file no live process holds; returns the paths adopted now."""
+        adopted: list[Path] = []
+        with self._lock:
+            known = {self.own.path, *(f.path for f in self.adopted), *self._refused}
+            for path in sorted(self.directory.glob(PATTERN)):
+                if path in known:
+                    continue
+                found = self._try_adopt(path)
+                if found is not None:
+                    self.adopted.append(found)
+                    adopted.append(path)
+        for path in adopted:
+            log.info("adopted the orphan decision log spool %s", path)
+        return adopted
+
+    def _try_adopt(self, path: Path) -> SpoolFile | None:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        try:
+            if not _lock(fd):
+                os.close(fd)  # its process is alive
+                return None
+            # The file may have been retired (deleted) between our open and our lock.
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                os.close(fd)
+                return None
+            return SpoolFile(path, fd, SQLiteDecisionLog(path, self._key, synchronous="FULL"))
+        except FileNotFoundError:
+            os.close(fd)
+            return None
+        except DecisionLogError as exc:  # another key or a newer schema: leave it for a human
+            os.close(fd)
+            self._refused.add(path)
+            log.error("decision log spool %s not adopted: %s", path, exc)
+            return None
+
+    def files(self) -> list[SpoolFile]:
+        with self._lock:
+            return [self.own, *self.adopted]
+
+    def retire(self, spool: SpoolFile) -> None:
+        """An adopted file that is now empty: delete it and release its lock."""
+        with self._lock:
+            if spool in self.adopted and spool.is_empty():
+                self.adopted.remove(spool)
+                spool.close(delete=True)
+                log.info("decision log spool %s flushed and removed", spool.path)
+
+    @contextmanager
+    def reading(self) -> Iterator[list[SpoolFile]]:
+        """The files, held open for the duration (retire waits)."""
+        with self._lock:
+            yield [self.own, *self.adopted]
+
+    def get(self, event_id: str) -> DecisionRecord | None:
+        with self.reading() as files:
+            for spool in files:
+                found = spool.log.get(event_id)
+                if found is not None:
+                    return found
+        return None
+
+    def labels(self, event_id: str) -> list[LabelRecord]:
+        with self.reading() as files:
+            return [label for spool in files for label in spool.log.labels(event_id)]
+
+    def count(self) -> int:
+        """Decisions waiting in the spool."""
+        with self.reading() as files:
+            return sum(spool.log.count() for spool in files)
+
+    def spooled(self) -> int:
+        """Rows (decisions and labels) waiting in the spool."""
+        with self.reading() as files:
+            return sum(spool.log.count() + spool.log.count_labels() for spool in files)
+
+    def close(self) -> None:
+        """Release every file; an empty one is deleted, a non-empty one stays for adoption."""
+        with self._lock:
+            for spool in [self.own, *self.adopted]:
+                try:
+                    spool.close(delete=spool.is_empty())
+                except Exception:  # one bad file must not keep the others locked
+                    log.exception("closing decision log spool %s failed", spool.path)
+            self.adopted = []
+
+
+__all__ = ["PATTERN", "SpoolDir", "SpoolFile"]
