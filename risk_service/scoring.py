@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from risk_service import explain
+from risk_service.backlog import Backlog
 from risk_service.credit_model import CreditModel, recommended_limit, score_from_pd
 from risk_service.decision_log import DecisionLog, DecisionRecord
 from risk_service.errors import Conflict
@@ -114,6 +115,7 @@ class Scorer:
         self.engine = engine
         self.shared = shared
         self.shadow: Shadow | None = None  # challengers scored beside the champion, never acting
+        self.backlog = Backlog(self._apply_degraded)  # degraded events waiting for Redis
         self.models = models
         self.policy = policy
         self.log = log
@@ -415,6 +417,11 @@ class Scorer:
             "degraded": degraded,
         }
         return body, _features_dict(CREDIT_FEATURE_NAMES, xc), None, True
+
+    def _apply_degraded(self, request: ScoreRequest, record: bytes, ids: dict[str, str]) -> str:
+        from risk_service.scoring_shared import apply_degraded
+
+        return apply_degraded(self, request, record, ids)
 
     # -- feeding the online state ----------------------------------------------------------
     def ingest_label(

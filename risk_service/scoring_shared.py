@@ -60,6 +60,15 @@ def score_shared(scorer: Scorer, request: ScoreRequest, started: float, now_ms: 
     kinds = ("account",) if request.kind == "credit_application" else None
     ids = {k: shared.hash(str(v)) for k, v in entity_ids(request.event, kinds).items()}
     idem_key = shared.idempotency_key(request.event_id)
+    if scorer.backlog.pending(request.event_id):  # answered degraded, not yet in Redis
+        logged = scorer.log.get(request.event_id)
+        if logged is not None and logged.response is not None:
+            if logged.body_hash != request.canonical_body_hash:
+                raise Conflict(
+                    f"event_id {request.event_id!r} was already scored with a different body",
+                    field="event_id",
+                )
+            return {**logged.response, "timing_ms": _ms_since(started)}
     entry: IdempotencyEntry | None = None
     for _ in range(MAX_ATTEMPTS):
         # One transaction at a time per process: threads of one worker never conflict with
@@ -86,9 +95,38 @@ def score_shared(scorer: Scorer, request: ScoreRequest, started: float, now_ms: 
             break
         if time.perf_counter() > deadline:  # CONFLICT or EXISTS: try again while there is time
             break
-    if entry is None:  # the store is down or too contended: degraded, no state update
+    if entry is None:  # the store is down or too contended: degraded, no state update now
         entry = scorer._score_new(request, now_ms, None, None)
+        response = _answer(scorer, entry, request, started)
+        # logged and answered: its state update follows when Redis is back (backlog.py)
+        scorer.backlog.add(request, encode_stored(_stored(entry, ids)), ids)
+        return response
     return _answer(scorer, entry, request, started)
+
+
+def apply_degraded(
+    scorer: Scorer, request: ScoreRequest, record: bytes, ids: dict[str, str]
+) -> str:
+    """The state update of an event answered degraded, once Redis is back: 'OK', or 'EXISTS'
+    when a retry was scored meanwhile. Its idempotency record holds the degraded answer, so a
+    later retry answers what was logged. Raises StoreUnavailable while Redis is still down."""
+    shared = scorer.shared
+    assert shared is not None
+    idem_key = shared.idempotency_key(request.event_id)
+    for _ in range(MAX_ATTEMPTS):
+        with scorer.lock:
+            txn = shared.begin(idem_key, shared.hashed_keys_for(ids))
+            if txn.existing is not None:
+                return "EXISTS"
+            engine = OnlineFeatureEngine(TransactionStore(shared, txn), shared.hash)
+            if request.account is not None:
+                engine.ingest_profile(request.account)
+            if request.kind != "credit_application":
+                engine.update(request.event)
+            outcome = shared.commit(txn, record, shared.idempotency_ttl_ms, request.timestamp_ms)
+        if outcome != "CONFLICT":
+            return "OK" if outcome == "OK" else "EXISTS"
+    raise StoreUnavailable(f"event {request.event_id!r}: the state kept changing")
 
 
 def _stored(entry: IdempotencyEntry, hashed_ids: dict[str, str]) -> StoredDecision:
@@ -111,7 +149,7 @@ def _answer(
         raise RuntimeError(f"event {request.event_id!r} could not be scored")
     scorer.log.append(entry.record)
     response = dict(entry.response)
-    response["timing_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    response["timing_ms"] = _ms_since(started)
     return response
 
 
@@ -132,7 +170,7 @@ def _replay(
             if request.explain and response.get("fraud") and stored.x is not None:
                 x = np.asarray(stored.x, dtype=np.float64)
                 response = scorer._with_approval_reasons(response, x)
-            response["timing_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            response["timing_ms"] = _ms_since(started)
             return response
         if time.perf_counter() >= takeover_at:
             break
@@ -202,3 +240,7 @@ def ingest_label_shared(
         if outcome == "EXISTS":
             return "duplicate"
     raise StoreUnavailable(f"label of {event_id!r}: the state kept changing, try again")
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

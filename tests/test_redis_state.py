@@ -243,3 +243,37 @@ def test_redis_down_or_slow_degrades_within_the_deadline_and_recovers(
     server.start()
     time.sleep(0.35)
     assert score("r-restarted")[0]["degraded"] is False
+
+
+@pytest.mark.integration
+def test_events_answered_degraded_reach_the_state_once_redis_is_back(
+    make_app: AppFactory, private_redis: tuple[PrivateRedis, FaultProxy]
+) -> None:
+    _, proxy = private_redis
+    app = make_app(
+        STATE_URL=proxy.url, STATE_TIMEOUT_MS=50.0, BREAKER_FAILURES=1, BREAKER_RESET_SECONDS=0.2
+    )
+    scorer = app.extensions["risk"]
+    client = app.test_client()
+    base = NOW - timedelta(hours=2)
+
+    def body(i: int) -> dict[str, Any]:
+        return payment(f"b{i}", timestamp=iso(base + timedelta(minutes=i)))
+
+    for i in range(3):
+        assert client.post("/score", json=body(i)).get_json()["degraded"] is False
+    proxy.set_down(True)
+    degraded = [client.post("/score", json=body(i)).get_json() for i in range(3, 7)]
+    assert all(answer["degraded"] for answer in degraded)
+    retried = client.post("/score", json=body(4)).get_json()  # while Redis is still down
+    assert retried["decision"] == degraded[1]["decision"] and retried["degraded"] is True
+    assert len(scorer.backlog) == 4
+    proxy.set_down(False)
+    assert scorer.backlog.drain(timeout=10.0)
+    assert scorer.backlog.applied == 4
+    again = client.post("/score", json=body(5)).get_json()  # answers what was logged
+    assert again["degraded"] is True and again["decision"] == degraded[2]["decision"]
+    final = payment("b-final", timestamp=iso(base + timedelta(minutes=30)))
+    assert client.post("/score", json=final).get_json()["degraded"] is False
+    assert features(app, "b-final")["account_events_24h"] == 7  # none lost, none twice
+    assert scorer.log.count() == 8
