@@ -105,13 +105,13 @@ POLICY_INFO = Gauge(
 _DECISION = {(k, d): DECISIONS_TOTAL.labels(k, d) for k in KINDS for d in DECISIONS}
 _DEGRADED = {k: DEGRADED.labels(k) for k in KINDS}
 _AUTH = {r: AUTH_FAILURES.labels(r) for r in AUTH_FAILURE_REASONS}
-_bound: dict[tuple[str, ...], Any] = {}
+_bound: dict[tuple[Any, ...], Any] = {}
 _versions: dict[str, str | None] = {}
 _versions_lock = threading.Lock()
 
 
 def _child(metric: Any, *labels: str) -> Any:
-    key = (str(id(metric)), *labels)
+    key = (id(metric), *labels)
     child = _bound.get(key)
     if child is None:
         child = _bound.setdefault(key, metric.labels(*labels))

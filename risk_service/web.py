@@ -12,26 +12,42 @@ route's scope, or no keys are configured and the client is not on this machine),
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
 import os
 import re
 import time
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
 import orjson
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, request
 
 from risk_service import auth, logs, metrics
 
 log = logging.getLogger("risk_service.auth")
-access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}").fullmatch
 _UNMATCHED = "unmatched"
 _REALM = 'Bearer realm="risk-service"'
+
+
+class _Request:
+    """What the hooks keep about the request being served (one per request)."""
+
+    __slots__ = ("key_id", "request_id", "started", "token")
+
+    def __init__(self, started: float, request_id: str, token: Token[str | None]) -> None:
+        self.started = started
+        self.request_id = request_id
+        self.token = token
+        self.key_id: str | None = None
+
+
+_CURRENT: ContextVar[_Request | None] = ContextVar("risk_edge_request", default=None)
 
 
 @dataclass
@@ -86,7 +102,7 @@ def init_app(app: Flask) -> None:
     scorer = app.extensions.get("risk")
     if scorer is not None and hasattr(scorer, "models") and hasattr(scorer, "policy"):
         metrics.set_versions(scorer.models.versions(), scorer.policy.version)
-    app.before_request_funcs.setdefault(None, []).insert(0, _before)
+    app.before_request_funcs.setdefault(None, []).insert(0, functools.partial(_before, state))
     app.after_request_funcs.setdefault(None, []).append(_after)
     app.teardown_request_funcs.setdefault(None, []).append(_teardown)
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
@@ -99,18 +115,18 @@ def metrics_view() -> Response:
 
 
 # -- hooks -----------------------------------------------------------------------------------
-def _before() -> Response | None:
-    g.risk_t0 = time.perf_counter()
-    incoming = request.headers.get(REQUEST_ID_HEADER)
+def _before(state: EdgeState) -> Response | None:
+    started = time.perf_counter()
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    environ = req.environ
+    incoming = environ.get("HTTP_X_REQUEST_ID")
     request_id = incoming if incoming and _SAFE_REQUEST_ID(incoming) else os.urandom(8).hex()
-    g.risk_request_id = request_id
-    g.risk_token = logs.REQUEST_ID.set(request_id)
-    g.risk_key_id = None
-    state: EdgeState = _state()
-    rule = request.url_rule
+    current = _Request(started, request_id, logs.REQUEST_ID.set(request_id))
+    _CURRENT.set(current)
+    rule = req.url_rule
     need = state.requirement(None if rule is None else rule.rule)
-    address = request.remote_addr or ""
-    if len(state.keys) == 0:
+    address = environ.get("REMOTE_ADDR") or ""
+    if not state.keys.keys:
         if auth.is_loopback_client(address):
             return None
         log.warning("refused a client on another machine: no API keys are configured")
@@ -131,7 +147,7 @@ def _before() -> Response | None:
             "too many failed authentication attempts from this address; retry later",
             {"Retry-After": str(int(wait) + 1)},
         )
-    header = request.headers.get("Authorization")
+    header = environ.get("HTTP_AUTHORIZATION")
     token = auth.bearer_token(header)
     if token is None:
         reason = "missing" if not header else "malformed"
@@ -155,7 +171,7 @@ def _before() -> Response | None:
             "the API key is not valid",
             {"WWW-Authenticate": _REALM + ', error="invalid_token"'},
         )
-    g.risk_key_id = key.id
+    current.key_id = key.id
     if need != auth.ANY_KEY and need not in key.scopes:
         log.warning(
             "API key lacks the scope",
@@ -172,40 +188,36 @@ def _before() -> Response | None:
 
 
 def _after(response: Response) -> Response:
-    started = g.get("risk_t0")
-    if started is None:  # a request that failed before our first hook
+    current = _CURRENT.get()
+    if current is None:  # the request failed before our first hook
         return response
-    seconds = time.perf_counter() - started
-    request_id = g.risk_request_id
-    response.headers[REQUEST_ID_HEADER] = request_id
-    path = _path()
+    seconds = time.perf_counter() - current.started
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    rule = req.url_rule
+    path = _UNMATCHED if rule is None else rule.rule
     status = response.status_code
-    metrics.observe_request(path, request.method, status, seconds)
-    access_log.info(
-        "request",
-        extra={
-            "method": request.method,
+    response.headers[REQUEST_ID_HEADER] = current.request_id
+    metrics.observe_request(path, req.method, status, seconds)
+    logs.access(
+        {
+            "method": req.method,
             "path": path,
             "status": status,
             "latency_ms": round(seconds * 1000, 3),
-            "key_id": g.risk_key_id,
-        },
+            "key_id": current.key_id,
+        }
     )
     return response
 
 
 def _teardown(_exc: BaseException | None) -> None:
-    token = g.pop("risk_token", None)
-    if token is not None:
-        logs.REQUEST_ID.reset(token)
+    current = _CURRENT.get()
+    if current is not None:
+        _CURRENT.set(None)
+        logs.REQUEST_ID.reset(current.token)
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _state() -> EdgeState:
-    state: EdgeState = current_app.extensions["risk_web"]
-    return state
-
-
 def _path() -> str:
     rule = request.url_rule
     return _UNMATCHED if rule is None else rule.rule

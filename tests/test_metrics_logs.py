@@ -18,7 +18,7 @@ from conftest import AppFactory
 from flask import Flask, jsonify
 from prometheus_client.parser import text_string_to_metric_families
 
-from risk_service import auth, gunicorn_conf, metrics, web
+from risk_service import auth, gunicorn_conf, logs, metrics, web
 from risk_service.logs import REQUEST_ID
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,6 +294,23 @@ def test_every_log_line_is_json_with_the_request_id(
     assert logged_inside["request_id"] == ids[2] == inside.get_json()["request_id"]
     assert logged_inside["step"] == 2 and logged_inside["logger"] == "risk_service.scoring"
     assert REQUEST_ID.get() is None  # reset after the request
+
+
+def test_the_direct_access_line_equals_the_logging_one(
+    edge: Callable[..., Flask], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone on the chain (production) the access line skips `logging`; same line either way."""
+    client = edge().test_client()
+    capsys.readouterr()
+    client.get("/health", headers={"X-Request-ID": "via-logging"})
+    monkeypatch.setattr(logging.root, "handlers", [])  # pytest's capture handlers: gone
+    monkeypatch.setattr(logs._access_logger, "info", None)  # the direct path does not call it
+    client.get("/health", headers={"X-Request-ID": "direct"})
+    first, second = json_lines(capsys.readouterr().err)
+    assert list(first) == list(second)
+    for key in ("ts", "request_id", "latency_ms"):
+        first.pop(key), second.pop(key)
+    assert first == second
 
 
 @pytest.mark.parametrize(
