@@ -397,7 +397,7 @@ def captured(
 def test_no_personal_data_in_any_log_line(
     edge: Callable[..., Flask], captured: Callable[[], list[str]]
 ) -> None:
-    app = edge(API_KEYS=f"{KEY}:score+read", LOG_LEVEL="DEBUG", AUTH_FAILURE_LIMIT=3)
+    app = edge(API_KEYS=KEY, LOG_LEVEL="DEBUG", AUTH_FAILURE_LIMIT=3)  # every scope
     client = app.test_client()
     client.environ_base["REMOTE_ADDR"] = CLIENT_ADDRESS
     good = {"Authorization": f"Bearer {KEY}"}
@@ -426,6 +426,8 @@ def test_no_personal_data_in_any_log_line(
         ("GET", f"/decisions/{EVENT_IDS[0]}", {}, good),
         ("GET", f"/decisions/{EVENT_IDS[2]}", {}, good),
         ("POST", "/feedback", {"json": {"event_id": EVENT_IDS[0], **SECRETS}}, good),
+        ("POST", "/feedback", {"json": {"event_id": EVENT_IDS[0], "is_fraud": 1}}, good),
+        ("GET", "/admin/status", {}, good),
         ("GET", f"/nope/{SECRETS['account_id']}", {}, good),
         ("POST", "/score", {"json": full}, {"Authorization": f"Bearer {WRONG_KEY}"}),
         ("POST", "/score", {"json": full}, {"Authorization": f"Basic {WRONG_KEY}"}),
