@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train the fraud and credit models into a bundle")
     train.add_argument("--data", type=Path, help="directory with events/accounts/credit tables")
+    train.add_argument(
+        "--from-log",
+        default=None,
+        metavar="URL",
+        help="train the fraud model from a decision log and its labels "
+        "(sqlite:///PATH or postgresql://...)",
+    )
     train.add_argument("--models", type=Path, default=Path("models"))
     train.add_argument("--reports", type=Path, default=Path("reports"))
     train.add_argument("--seed", type=int, default=0)
@@ -192,6 +199,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from training.train import run_training
 
+    if args.from_log is not None:
+        return _train_from_log(args)
     if args.data is None and args.credit_data is None:
         raise UsageError("--data is required (or --credit-data with --target)")
     if args.credit_data is not None and args.target is None:
@@ -207,6 +216,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config_path=args.config,
         promote=args.promote,
         progress=_show_progress(args),
+        log=None if args.quiet else print,
+    )
+    if not args.quiet:
+        for line in summary:
+            print(line)
+    return 0
+
+
+def _train_from_log(args: argparse.Namespace) -> int:
+    """`risk train --from-log URL`: the fraud model from logged decisions and feedback."""
+    from training.from_log import run_training_from_log
+
+    if args.data is not None or args.credit_data is not None:
+        raise UsageError("--from-log trains from the log alone: drop --data and --credit-data")
+    summary = run_training_from_log(
+        url=args.from_log,
+        models_dir=args.models,
+        reports_dir=args.reports,
+        seed=args.seed,
+        train_until=args.train_until,
+        config_path=args.config,
+        promote=args.promote,
         log=None if args.quiet else print,
     )
     if not args.quiet:
