@@ -34,10 +34,17 @@ appends/s in total, mean latency about 1.6 ms, batches of 5-8.
 meet a different body in PostgreSQL when it is flushed; it is then kept in
 ``decision_conflicts`` (and logged) rather than dropped.
 
-**Reads.** ``get`` and ``labels`` look in the spool, then in PostgreSQL; ``count``
-adds both (it raises ``DecisionLogError`` when PostgreSQL cannot be counted within
-the timeout: readiness should rather look at ``status()``, whose spool keeps the
-service answering while PostgreSQL is away).
+**Reads.** ``get`` and ``labels`` look in this process's spool, then in PostgreSQL
+(another worker's spooled rows become visible once that worker flushes them);
+``count`` adds both. When PostgreSQL cannot answer within the timeout they raise
+``DecisionLogError`` rather than give half an answer (``get`` still answers from
+the spool). Readiness should look at ``status()``: with the spool the service
+keeps answering, durably, while PostgreSQL is away.
+
+**Start.** The schema is created or migrated under an advisory lock. A server
+that is unreachable at start is not fatal (the log starts on its spool and
+connects later); another key or a newer schema is (``DecisionLogError``). Open
+the log in each worker after the fork (the flock and the threads are per process).
 """
 
 from __future__ import annotations

@@ -23,7 +23,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 def pg_conninfo(url: str, timeout_ms: int) -> str:
     """The URL with the time bounds added (keeping any ``options`` it already has)."""
-    params = conninfo_to_dict(url)
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"DECISION_LOG_URL is not a PostgreSQL URL or DSN: {exc}") from None
     options = str(params.get("options") or "")
     bounds = (
         f"-c statement_timeout={int(timeout_ms)} "

@@ -449,3 +449,50 @@ def test_two_processes_never_adopt_the_same_orphan(spool: Path) -> None:
         first.close()
         second.close()
     assert orphan.exists()  # not empty: left for the next adopter
+
+
+def measure_appends(url: str, spool_dir: Path, threads: int, total: int) -> dict[str, float]:
+    """Appends per second and latency percentiles (ms) with `threads` appending at once."""
+    latencies: list[float] = []
+    with PostgresDecisionLog(url, KEY, spool_path=spool_dir) as log:
+        per = total // threads
+        tag = f"bench-{threads}-{time.time_ns()}"
+
+        def work(t: int) -> None:
+            for i in range(per):
+                started = time.perf_counter()
+                log.append(record(f"{tag}-{t}-{i}"))
+                latencies.append(time.perf_counter() - started)
+
+        pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        started = time.perf_counter()
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join()
+        elapsed = time.perf_counter() - started
+        assert log.status()["spooled"] == 0
+    latencies.sort()
+    return {
+        "appends_per_s": per * threads / elapsed,
+        "mean_ms": 1000 * sum(latencies) / len(latencies),
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+    }
+
+
+if __name__ == "__main__":  # python tests/test_decision_log_pg.py [URL]: the docstring's numbers
+    import tempfile
+    import uuid
+
+    base = sys.argv[1] if len(sys.argv) > 1 else "postgresql://127.0.0.1:5432/test"
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            url = f"{base}?options=-csearch_path%3D{schema}"
+            for n in (1, 8):
+                figures = measure_appends(url, Path(tempfile.mkdtemp()), n, 4000)
+                print(n, "threads:", {k: round(v, 2) for k, v in figures.items()})
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
