@@ -193,12 +193,15 @@ class SQLiteDecisionLog:
     # -- opening -----------------------------------------------------------------------------
     def _connect(self, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise DecisionLogError(f"{self.path}: cannot switch to WAL mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+        except BaseException:
             conn.close()
-            raise DecisionLogError(f"{self.path}: cannot switch to WAL mode (got {mode})")
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
+            raise
         return conn
 
     def _migrate(self, hash_key: bytes) -> None:

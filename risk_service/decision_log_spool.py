@@ -19,6 +19,7 @@ import fcntl
 import logging
 import os
 import secrets
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,8 +129,8 @@ class SpoolDir:
         except FileNotFoundError:
             os.close(fd)
             return None
-        except DecisionLogError as exc:  # another key or a newer schema: leave it for a human
-            os.close(fd)
+        except (DecisionLogError, sqlite3.Error) as exc:  # another key, newer, or damaged
+            os.close(fd)  # leave it for a human, and keep starting
             self._refused.add(path)
             log.error("decision log spool %s not adopted: %s", path, exc)
             return None

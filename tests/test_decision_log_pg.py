@@ -496,3 +496,18 @@ if __name__ == "__main__":  # python tests/test_decision_log_pg.py [URL]: the do
                 print(n, "threads:", {k: round(v, 2) for k, v in figures.items()})
         finally:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_a_damaged_or_foreign_orphan_is_left_alone(spool: Path) -> None:
+    spool.mkdir()
+    (spool / "spool-1-garbage.sqlite").write_bytes(b"not a database" * 100)
+    with SQLiteDecisionLog(spool / "spool-2-otherkey.sqlite", b"another-key-0123456789") as other:
+        other.append(record("x"))
+    dirs = SpoolDir(spool, KEY)
+    try:
+        assert dirs.adopt_orphans() == []
+        assert dirs.adopt_orphans() == []  # refused once, not retried every scan
+    finally:
+        dirs.close()
+    assert (spool / "spool-1-garbage.sqlite").exists()
+    assert (spool / "spool-2-otherkey.sqlite").exists()
