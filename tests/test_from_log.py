@@ -149,6 +149,18 @@ def test_bad_log_urls_name_the_forms(tmp_path: Path) -> None:
         read_log(f"sqlite:///{tmp_path / 'missing.db'}")
 
 
+def test_a_log_from_before_labels_reads_with_a_note(tmp_path: Path) -> None:
+    from test_decision_log import record, write_v1_log
+
+    path = tmp_path / "v1.db"
+    write_v1_log(path, [record("old-1"), record("old-2")])
+    contents = read_log(str(path))  # a plain path works too
+    assert list(contents.decisions["event_id"]) == ["old-1", "old-2"]
+    assert len(contents.labels) == 0
+    assert contents.notes == ["the log predates labels (schema version 1): no feedback"]
+    assert not contents.complete.any()  # the sample records hold three features only
+
+
 # -- end to end: score a world, feed back its labels, train from the log ----------------------
 def event_body(row: dict[str, Any]) -> dict[str, Any]:
     body = {}

@@ -33,17 +33,12 @@ EVENT_FIELDS = (
     "channel",
 )
 _QUERY = (
-    "SELECT event_id, decision, {degraded}, fraud_probability, {features}, {request}, "
-    "{versions} FROM decisions ORDER BY seq"
+    "SELECT event_id, decision, {degraded}, fraud_probability, {features}, {request} "
+    "FROM decisions ORDER BY seq"
 )
-_SQLITE_QUERY = _QUERY.format(
-    degraded="degraded", features="features", request="request", versions="model_versions"
-)
+_SQLITE_QUERY = _QUERY.format(degraded="degraded", features="features", request="request")
 _PG_QUERY = _QUERY.format(
-    degraded="degraded::int",
-    features="features::text",
-    request="request::text",
-    versions="model_versions::text",
+    degraded="degraded::int", features="features::text", request="request::text"
 )
 _LABELS_QUERY = f"SELECT {', '.join(LABEL_COLUMNS)} FROM labels ORDER BY seq"
 
@@ -52,7 +47,7 @@ _LABELS_QUERY = f"SELECT {', '.join(LABEL_COLUMNS)} FROM labels ORDER BY seq"
 class LogContents:
     """Decisions in log order, their fraud feature vectors, and every label."""
 
-    decisions: pd.DataFrame  # event_id, decision, degraded, fraud_probability, fraud_version, ...
+    decisions: pd.DataFrame  # event_id, decision, degraded, fraud_probability, EVENT_FIELDS
     features: np.ndarray  # (n, len(FEATURE_NAMES)) float64, NaN where the log holds null
     complete: np.ndarray  # bool per row: every FEATURE_NAMES entry was logged
     labels: pd.DataFrame  # LABEL_COLUMNS
@@ -144,16 +139,15 @@ def _collect(rows: Iterable[tuple[Any, ...]], *, source: str) -> LogContents:
     records: list[tuple[Any, ...]] = []
     vectors: list[list[Any]] = []
     complete: list[bool] = []
-    for eid, decision, degraded, fp, features, request, versions in rows:
+    for eid, decision, degraded, fp, features, request in rows:
         feats = orjson.loads(features)
         req = orjson.loads(request)
         event = req.get("event", req) if isinstance(req, dict) else {}
         vectors.append([feats.get(n) for n in names])
         complete.append(all(n in feats for n in names))
-        fraud_version = (orjson.loads(versions) or {}).get("fraud")
         fields = [event.get(f) for f in EVENT_FIELDS]
-        records.append((eid, decision, bool(degraded), fp, fraud_version, *fields))
-    columns = ["event_id", "decision", "degraded", "fraud_probability", "fraud_version"]
+        records.append((eid, decision, bool(degraded), fp, *fields))
+    columns = ["event_id", "decision", "degraded", "fraud_probability"]
     frame = pd.DataFrame.from_records(records, columns=columns + list(EVENT_FIELDS))
     matrix = np.array(vectors, dtype=np.float64).reshape(len(vectors), len(names))
     return LogContents(
