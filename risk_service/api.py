@@ -9,6 +9,7 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from risk_service import metrics
 from risk_service.decision_log import DecisionLogError
 from risk_service.errors import ApiError, InvalidField, NotFound
 from risk_service.features.spec import ENTITY_KEYS
@@ -50,7 +51,9 @@ def score() -> Response:
         max_future_ms=int(config["MAX_FUTURE_SECONDS"]) * 1000,
         max_amount=float(config["MAX_AMOUNT"]),
     )
-    return _json(_scorer().score(validated))
+    response, replayed = _scorer().score_request(validated)
+    metrics.observe_score(response, kind=validated.kind, replayed=replayed)
+    return _json(response)
 
 
 @bp.post("/feedback")

@@ -127,6 +127,10 @@ class Scorer:
     # -- the request path ------------------------------------------------------------------
     def score(self, request: ScoreRequest) -> dict[str, Any]:
         """The response for one validated request; raises Conflict (409) on a reused event_id."""
+        return self.score_request(request)[0]
+
+    def score_request(self, request: ScoreRequest) -> tuple[dict[str, Any], bool]:
+        """The response, and whether it is a replay (the event_id was scored before)."""
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         event_id = request.event_id
@@ -162,7 +166,7 @@ class Scorer:
         if request.explain and not entry.reasons_complete and entry.x is not None:
             response = self._with_approval_reasons(response, entry.x)
         response["timing_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        return response
+        return response, not created
 
     def _score_new(
         self,

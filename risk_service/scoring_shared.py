@@ -52,8 +52,10 @@ POLL_S = 0.002
 LABEL_KEY_TTL_MS = max(codec.retention_ms(kind) for kind in LABEL_KINDS)
 
 
-def score_shared(scorer: Scorer, request: ScoreRequest, started: float, now_ms: int) -> Any:
-    """The response for one validated request, on the shared store."""
+def score_shared(
+    scorer: Scorer, request: ScoreRequest, started: float, now_ms: int
+) -> tuple[dict[str, Any], bool]:
+    """The response for one validated request on the shared store, and whether it is a replay."""
     shared = scorer.shared
     assert shared is not None
     deadline = started + scorer.settings.deadline_ms / 1000.0
@@ -68,7 +70,7 @@ def score_shared(scorer: Scorer, request: ScoreRequest, started: float, now_ms: 
                     f"event_id {request.event_id!r} was already scored with a different body",
                     field="event_id",
                 )
-            return {**logged.response, "timing_ms": _ms_since(started)}
+            return {**logged.response, "timing_ms": _ms_since(started)}, True
     entry: IdempotencyEntry | None = None
     for _ in range(MAX_ATTEMPTS):
         # One transaction at a time per process: threads of one worker never conflict with
@@ -89,7 +91,7 @@ def score_shared(scorer: Scorer, request: ScoreRequest, started: float, now_ms: 
                 except StoreUnavailable:
                     break
         if txn.existing is not None:
-            return _replay(scorer, request, decode_stored(txn.existing), started)
+            return _replay(scorer, request, decode_stored(txn.existing), started), True
         if outcome == "OK":
             entry = candidate
             break
@@ -100,8 +102,8 @@ def score_shared(scorer: Scorer, request: ScoreRequest, started: float, now_ms: 
         response = _answer(scorer, entry, request, started)
         # logged and answered: its state update follows when Redis is back (backlog.py)
         scorer.backlog.add(request, encode_stored(_stored(entry, ids)), ids)
-        return response
-    return _answer(scorer, entry, request, started)
+        return response, False
+    return _answer(scorer, entry, request, started), False
 
 
 def apply_degraded(

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from risk_service import features as fs
-from risk_service import lifecycle
+from risk_service import lifecycle, metrics
 from risk_service.breaker import CircuitBreaker
 from risk_service.decision_log import open_decision_log
 from risk_service.idempotency import MemoryIdempotencyStore
@@ -93,6 +93,12 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100_000)
 
 
+def _observe_store(store: str, op: str, seconds: float, ok: bool) -> None:
+    metrics.observe_store(store, op, seconds)
+    if not ok:
+        metrics.store_error(store, op)
+
+
 def build_shared_state(config: Mapping[str, Any], key: bytes) -> RedisState | None:
     """The Redis state store when STATE_URL is set (checked reachable at start), else None."""
     url = config.get("STATE_URL")
@@ -108,6 +114,7 @@ def build_shared_state(config: Mapping[str, Any], key: bytes) -> RedisState | No
         breaker=CircuitBreaker(
             "redis", int(config["BREAKER_FAILURES"]), float(config["BREAKER_RESET_SECONDS"])
         ),
+        observe=_observe_store,
     )
     try:
         shared.client.ping()  # at start a slow first connection is fine; requests are strict

@@ -190,11 +190,6 @@ def test_auth_failures_are_counted_by_reason(edge: Callable[..., Flask]) -> None
         assert delta(before, after, "risk_auth_failures_total", reason=reason) == 1, reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api.score does not call metrics.observe_score yet (the integrator wires it; then "
-    "remove this marker)",
-)
 def test_scored_requests_move_the_decision_metrics(edge: Callable[..., Flask]) -> None:
     client = edge().test_client()
     before = scrape(client)
