@@ -2,7 +2,11 @@
 
 `init_app(app)` loads the keys (hashed), configures the logs, and registers one before- and
 one after-request hook and the ``/metrics`` route. Everything the hooks need is prepared at
-init; per request they cost a few microseconds (docs/benchmarks.md).
+init. Measured on a busy 2-core box: the two hooks take about 10 µs per request (12.5 µs with
+10 keys to compare), the request id to the access line; through the Flask test client a
+request costs about 25 µs more than without them. The after hook runs first among the app's
+after-request functions registered before `init_app`, and forgets the request id: lines
+logged after it (teardown functions) carry none.
 
 Refusals answer the usual JSON error body ``{"error", "field": "Authorization", "message"}``:
 401 (no key, or not a known key) with ``WWW-Authenticate: Bearer``, 403 (the key lacks the
@@ -12,7 +16,6 @@ route's scope, or no keys are configured and the client is not on this machine),
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import logging
@@ -102,9 +105,12 @@ def init_app(app: Flask) -> None:
     scorer = app.extensions.get("risk")
     if scorer is not None and hasattr(scorer, "models") and hasattr(scorer, "policy"):
         metrics.set_versions(scorer.models.versions(), scorer.policy.version)
-    app.before_request_funcs.setdefault(None, []).insert(0, functools.partial(_before, state))
+
+    def before() -> Response | None:  # a plain function: Flask inspects each hook per request
+        return _before(state)
+
+    app.before_request_funcs.setdefault(None, []).insert(0, before)
     app.after_request_funcs.setdefault(None, []).append(_after)
-    app.teardown_request_funcs.setdefault(None, []).append(_teardown)
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
 
 
@@ -188,33 +194,32 @@ def _before(state: EdgeState) -> Response | None:
 
 
 def _after(response: Response) -> Response:
+    """Time, count and log the request, then forget it (lines logged after this, in teardown
+    functions, have no request id)."""
     current = _CURRENT.get()
     if current is None:  # the request failed before our first hook
         return response
-    seconds = time.perf_counter() - current.started
-    req = request._get_current_object()  # type: ignore[attr-defined]
-    rule = req.url_rule
-    path = _UNMATCHED if rule is None else rule.rule
-    status = response.status_code
-    response.headers[REQUEST_ID_HEADER] = current.request_id
-    metrics.observe_request(path, req.method, status, seconds)
-    logs.access(
-        {
-            "method": req.method,
-            "path": path,
-            "status": status,
-            "latency_ms": round(seconds * 1000, 3),
-            "key_id": current.key_id,
-        }
-    )
-    return response
-
-
-def _teardown(_exc: BaseException | None) -> None:
-    current = _CURRENT.get()
-    if current is not None:
+    try:
+        seconds = time.perf_counter() - current.started
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        rule = req.url_rule
+        path = _UNMATCHED if rule is None else rule.rule
+        status = response.status_code
+        response.headers[REQUEST_ID_HEADER] = current.request_id
+        metrics.observe_request(path, req.method, status, seconds)
+        logs.access(
+            {
+                "method": req.method,
+                "path": path,
+                "status": status,
+                "latency_ms": int(seconds * 1e6) / 1000,
+                "key_id": current.key_id,
+            }
+        )
+    finally:
         _CURRENT.set(None)
         logs.REQUEST_ID.reset(current.token)
+    return response
 
 
 # -- helpers ---------------------------------------------------------------------------------
