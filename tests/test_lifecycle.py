@@ -73,11 +73,12 @@ def policy_file(tmp_path: Path, version: str, extra: str = "") -> Path:
     return path
 
 
-def watched(make_app: AppFactory, models_dir: Path, **kwargs: Any) -> tuple[Flask, ChampionWatcher]:
-    app = make_app(MODELS_DIR=str(models_dir))
-    watcher = ChampionWatcher(models_dir, **kwargs)
-    watcher.load()
-    watcher.attach(app.extensions["risk"])
+def watched(
+    make_app: AppFactory, models_dir: Path, interval: float = 0.0, **config: Any
+) -> tuple[Flask, ChampionWatcher]:
+    """An app on `models_dir` and its own watcher; interval 0: no thread, check_now() only."""
+    app = make_app(MODELS_DIR=str(models_dir), RELOAD_INTERVAL_SECONDS=interval, **config)
+    watcher: ChampionWatcher = app.extensions["risk_watcher"]
     return app, watcher
 
 
@@ -146,8 +147,7 @@ def test_promote_and_rollback_while_serving_from_several_threads(
 
 def test_the_watcher_thread_picks_up_a_promotion(make_app: AppFactory, models_dir: Path) -> None:
     second = clone_fraud(models_dir, "b")
-    app, watcher = watched(make_app, models_dir, interval=0.05)
-    watcher.start()
+    app, watcher = watched(make_app, models_dir, interval=0.05)  # create_app starts it
     try:
         assert watcher.status()["running"]
         lifecycle.promote(models_dir, "fraud", second, actor="test")
@@ -238,7 +238,7 @@ def test_policy_hot_swap_and_an_explicit_policy_file_wins(
     assert score(app, "rolled-back")["policy_version"] == DEFAULT_POLICY
 
     pinned = policy_file(tmp_path, "policy-pinned")
-    app, watcher = watched(make_app, models_dir, policy_file=str(pinned))
+    app, watcher = watched(make_app, models_dir, POLICY_FILE=str(pinned))
     assert score(app, "pinned")["policy_version"] == "policy-pinned"
     lifecycle.promote(models_dir, "policy", "policy-test-2", actor="test")
     assert not watcher.check_now()
