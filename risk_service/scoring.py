@@ -250,6 +250,7 @@ class Scorer:
                 shadow=None if self.shadow is None else self._shadow(self.shadow, request, entry),
             )
         finally:
+            entry.models = None  # a swapped-out model must not live on in idempotency records
             entry.ready.set()
 
     def _payment(
@@ -359,10 +360,12 @@ class Scorer:
         return explain.top_reasons(FEATURE_NAMES, x, contributions)
 
     def _with_approval_reasons(self, response: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
-        """An approval asked for its reasons (`explain: true`) on a retry."""
-        if response.get("fraud") is not None:
+        """An approval asked for its reasons (`explain: true`) on a retry: from the model that
+        scored it, if it still serves here (after a swap, the answer goes without them)."""
+        models = self.models
+        if response.get("fraud") is not None and models.versions() == response["model_versions"]:
             response["fraud"] = dict(response["fraud"])
-            response["fraud"]["reasons"] = self._fraud_reasons(self.models.fraud, x)
+            response["fraud"]["reasons"] = self._fraud_reasons(models.fraud, x)
         return response
 
     def _credit_for_payment(

@@ -280,8 +280,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
     from risk_service.service import load_champions, load_policy
 
-    load_champions(Path(env.get("RISK_MODELS_DIR", "models")))
-    load_policy(env.get("RISK_POLICY_FILE"))
+    models_dir = Path(env.get("RISK_MODELS_DIR", "models"))
+    load_champions(models_dir)
+    load_policy(env.get("RISK_POLICY_FILE"), models_dir)
     _check_keys_or_loopback(args.host, env)
     # prometheus_client multiprocess mode: each worker writes its metrics to files here
     if not env.get("PROMETHEUS_MULTIPROC_DIR"):
