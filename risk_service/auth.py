@@ -10,8 +10,9 @@ per-address failure limiter.
   ``KEY`` (every scope) or ``KEY:scope1+scope2``. Their ids are ``env-1``, ``env-2``, … in
   order. A key is a b64token (letters, digits, ``-._~+/``, trailing ``=``) of 32 to 512
   characters. They are hashed as soon as they are read; the clear text is not kept.
-* ``API_KEYS_FILE`` (``RISK_API_KEYS_FILE``): a TOML file (``.toml``) or JSON file (any other
-  name) of entries ``{id, sha256, scopes}``, the SHA-256 of the key in hex; the file never
+* ``API_KEYS_FILE`` (``RISK_API_KEYS_FILE``): a TOML or JSON file (by its ``.toml`` or
+  ``.json`` name; a name without either, such as a mounted secret, is read as whichever it
+  is) of entries ``{id, sha256, scopes}``, the SHA-256 of the key in hex; the file never
   holds a key. ``risk keys create --id NAME --scopes score,read`` makes a key and its entry::
 
       [[keys]]
@@ -172,10 +173,7 @@ def load_keys_file(path: str | Path) -> list[ApiKey]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise KeyConfigError(f"RISK_API_KEYS_FILE {path}: {exc.strerror or exc}") from None
-    try:
-        data: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise KeyConfigError(f"RISK_API_KEYS_FILE {path}: not valid: {exc}") from None
+    data = _parse_keys_text(text, path)
     entries = data.get("keys") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise KeyConfigError(f"RISK_API_KEYS_FILE {path}: expected a list of keys under 'keys'")
@@ -196,6 +194,18 @@ def load_keys_file(path: str | Path) -> list[ApiKey]:
             raise KeyConfigError(f"{where} ({key_id}): scopes must be a list of strings")
         keys.append(ApiKey(key_id, bytes.fromhex(digest), _scopes(scopes, f"{where} ({key_id})")))
     return keys
+
+
+def _parse_keys_text(text: str, path: Path) -> Any:
+    suffix = path.suffix.lower()
+    kinds = ["toml"] if suffix == ".toml" else ["json"] if suffix == ".json" else ["toml", "json"]
+    problems = []
+    for kind in kinds:
+        try:
+            return tomllib.loads(text) if kind == "toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            problems.append(f"{kind.upper()}: {exc}")
+    raise KeyConfigError(f"RISK_API_KEYS_FILE {path}: not valid {' nor '.join(problems)}")
 
 
 def load_keys(config: Mapping[str, Any]) -> KeyRing:
@@ -317,12 +327,14 @@ class FailureLimiter:
     """Counts authentication failures per client address; too many in a window blocks it.
 
     After `limit` failures within `window` seconds (counted from the first), the address is
-    blocked for `block` seconds: every request of it that needs a key is answered 429, a
-    valid key included (so a guess that hits learns nothing). At most `max_clients` addresses
-    are tracked; the least recently failing ones are forgotten first. `limit` 0 disables it.
+    blocked for `block` seconds (`risk_service.web` then answers its requests 429). At most
+    `max_clients` addresses are tracked; the least recently failing ones are forgotten first.
+    `limit` 0 disables it. Cheap: `blocked_for` is one dict lookup, without a lock.
 
-    Behind a proxy every client has the proxy's address: make the proxy's X-Forwarded-For
-    the remote address (werkzeug's ProxyFix) or one noisy client blocks them all.
+    Behind a load balancer, NAT or Docker's port proxy many clients share one address, which
+    is why, by default, a blocked address is refused only requests without a valid key
+    (``AUTH_BLOCK_VALID_KEYS`` refuses its valid keys too), and why ``TRUSTED_PROXIES`` takes
+    the client address from X-Forwarded-For.
     """
 
     def __init__(self, limit: int, window: float, block: float, max_clients: int = 10_000) -> None:

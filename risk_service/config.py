@@ -70,12 +70,19 @@ DEFAULTS: dict[str, Any] = {
     # endpoints answered without a key (health, ready, metrics, openapi, docs); leave one out
     # and it needs a valid key
     "OPEN_ENDPOINTS": ["health", "ready", "metrics", "openapi", "docs"],
-    # after this many failed authentications within the window, an address gets 429 for
-    # AUTH_BLOCK_SECONDS (0 disables); at most AUTH_TRACKED_CLIENTS addresses are remembered
+    # after this many failed authentications within the window, an address is blocked for
+    # AUTH_BLOCK_SECONDS (limit 0: never): its requests without a valid key get 429, and with
+    # AUTH_BLOCK_VALID_KEYS its valid keys too (only where each client has its own address:
+    # behind a load balancer, NAT or Docker's port proxy one noisy client would block all).
+    # At most AUTH_TRACKED_CLIENTS addresses are remembered.
     "AUTH_FAILURE_LIMIT": 20,
     "AUTH_FAILURE_WINDOW_SECONDS": 60,
     "AUTH_BLOCK_SECONDS": 60,
+    "AUTH_BLOCK_VALID_KEYS": False,
     "AUTH_TRACKED_CLIENTS": 10_000,
+    # proxies in front of the service whose X-Forwarded-For names the client address (rate
+    # limits, loopback check); 0: the TCP peer is the client
+    "TRUSTED_PROXIES": 0,
     # logs on stderr: "json" (one object per line) or "text" (for people); one access-log line
     # per request unless ACCESS_LOG is false
     "LOG_FORMAT": "json",

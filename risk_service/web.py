@@ -11,7 +11,10 @@ logged after it (teardown functions) carry none.
 Refusals answer the usual JSON error body ``{"error", "field": "Authorization", "message"}``:
 401 (no key, or not a known key) with ``WWW-Authenticate: Bearer``, 403 (the key lacks the
 route's scope, or no keys are configured and the client is not on this machine), 429 with
-``Retry-After`` (the client address failed too often; `auth.FailureLimiter`).
+``Retry-After`` (the client address failed too often, `auth.FailureLimiter`: its requests
+without a valid key are refused for a while, not counted or logged one by one; with
+``AUTH_BLOCK_VALID_KEYS`` its valid keys too). ``TRUSTED_PROXIES`` > 0 takes the client
+address from X-Forwarded-For (werkzeug's ProxyFix).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from flask import Flask, Response, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from risk_service import auth, logs, metrics
 
@@ -36,6 +40,11 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}").fullmatch
 _UNMATCHED = "unmatched"
 _REALM = 'Bearer realm="risk-service"'
+_UNAUTHORIZED = {
+    "missing": "an API key is required: Authorization: Bearer <key>",
+    "malformed": "the Authorization header must be: Bearer <key>",
+    "unknown": "the API key is not valid",
+}
 
 
 class _Request:
@@ -60,6 +69,7 @@ class EdgeState:
     keys: auth.KeyRing
     open_endpoints: frozenset[str]
     limiter: auth.FailureLimiter
+    block_valid_keys: bool
     client_key: bytes
     requirements: dict[str | None, str | None] = field(default_factory=dict)
 
@@ -92,8 +102,12 @@ def init_app(app: Flask) -> None:
             float(config.get("AUTH_BLOCK_SECONDS", 60)),
             int(config.get("AUTH_TRACKED_CLIENTS", 10_000)),
         ),
+        block_valid_keys=bool(config.get("AUTH_BLOCK_VALID_KEYS", False)),
         client_key=os.urandom(32),
     )
+    proxies = int(config.get("TRUSTED_PROXIES", 0))
+    if proxies > 0:  # the client address from the last `proxies` X-Forwarded-For entries
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=0)  # type: ignore[method-assign]
     app.extensions["risk_web"] = state
     if config.get("API_KEYS"):  # held hashed from here on; the clear text leaves the config
         config["API_KEYS"] = None
@@ -144,8 +158,11 @@ def _before(state: EdgeState) -> Response | None:
         )
     if need is None:
         return None
+    header = environ.get("HTTP_AUTHORIZATION")
+    token = auth.bearer_token(header)
+    key = None if token is None else state.keys.authenticate(token)
     wait = state.limiter.blocked_for(address)
-    if wait:
+    if wait and (key is None or state.block_valid_keys):
         return _refuse(
             429,
             "too_many_requests",
@@ -153,29 +170,15 @@ def _before(state: EdgeState) -> Response | None:
             "too many failed authentication attempts from this address; retry later",
             {"Retry-After": str(int(wait) + 1)},
         )
-    header = environ.get("HTTP_AUTHORIZATION")
-    token = auth.bearer_token(header)
-    if token is None:
-        reason = "missing" if not header else "malformed"
-        _failed(state, address, reason, None)
+    if key is None:
+        reason = "missing" if not header else "malformed" if token is None else "unknown"
+        _failed(state, address, reason, token)
         return _refuse(
             401,
             "unauthorized",
             reason,
-            "an API key is required: Authorization: Bearer <key>"
-            if reason == "missing"
-            else "the Authorization header must be: Bearer <key>",
-            {"WWW-Authenticate": _REALM},
-        )
-    key = state.keys.authenticate(token)
-    if key is None:
-        _failed(state, address, "unknown", token)
-        return _refuse(
-            401,
-            "unauthorized",
-            "unknown",
-            "the API key is not valid",
-            {"WWW-Authenticate": _REALM + ', error="invalid_token"'},
+            _UNAUTHORIZED[reason],
+            {"WWW-Authenticate": _REALM + (', error="invalid_token"' if token else "")},
         )
     current.key_id = key.id
     if need != auth.ANY_KEY and need not in key.scopes:

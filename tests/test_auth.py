@@ -229,6 +229,21 @@ def test_keys_file_holds_hashes_made_by_risk_keys_create(
     assert client.post("/score", json=payment("f-2"), headers=bearer(admin_key)).status_code == 403
 
 
+@pytest.mark.parametrize("fmt", ["toml", "json"])
+def test_a_keys_file_without_extension_is_read_as_what_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    key, entry = _created(capsys, "--id", "mounted", "--scopes", "score", "--format", fmt)
+    path = tmp_path / "risk_api_keys"  # as Docker mounts a secret
+    path.write_text(entry if fmt == "toml" else json.dumps({"keys": [json.loads(entry)]}))
+    ring = auth.load_keys({"API_KEYS_FILE": str(path)})
+    found = ring.authenticate(key)
+    assert found is not None and found.id == "mounted"
+    path.write_text("id = ")
+    with pytest.raises(auth.KeyConfigError, match=r"not valid TOML.* nor JSON"):
+        auth.load_keys({"API_KEYS_FILE": str(path)})
+
+
 def test_keys_are_held_hashed_and_the_clear_text_is_dropped(edge: Callable[..., Flask]) -> None:
     app = keyed_app(edge)
     ring: auth.KeyRing = app.extensions["risk_web"].keys
@@ -308,28 +323,75 @@ def test_failed_attempts_are_rate_limited_per_address(
     guesses = [auth.new_key() for _ in range(3)]
     for guess in guesses:
         assert attacker.post("/score", json=payment("r"), headers=bearer(guess)).status_code == 401
-    blocked = attacker.post("/score", json=payment("r-1"), headers=bearer(KEYS["score"]))
-    assert blocked.status_code == 429
-    assert 1 <= int(blocked.headers["Retry-After"]) <= 31
-    assert blocked.get_json()["field"] == "Authorization"
+    caplog.clear()
+    for headers in (bearer(auth.new_key()), {}, {"Authorization": "Basic x"}):
+        blocked = attacker.post("/score", json=payment("r-1"), headers=headers)
+        assert blocked.status_code == 429
+        assert 1 <= int(blocked.headers["Retry-After"]) <= 31
+        assert blocked.get_json()["field"] == "Authorization"
+    # refused quietly: no failure lines, only the access lines
+    assert [r.name for r in caplog.records] == ["risk_service.access"] * 3
+    # a valid key from the same address is still served: behind a NAT, a load balancer or
+    # Docker's port proxy that address is every client's
+    served = attacker.post("/score", json=payment("r-2"), headers=bearer(KEYS["score"]))
+    assert served.status_code == 200
     assert attacker.get("/health").status_code == 200  # open endpoints stay open
-    ok = neighbour.post("/score", json=payment("r-2"), headers=bearer(KEYS["score"]))
+    ok = neighbour.post("/score", json=payment("r-3"), headers=bearer(KEYS["score"]))
     assert ok.status_code == 200
-    # the failures are logged with a fingerprint, never the key or the address
+    later = auth.time.monotonic() + 31
+    monkeypatch.setattr(auth.time, "monotonic", lambda: later)
+    again = attacker.post("/score", json=payment("r-4"), headers=bearer(auth.new_key()))
+    assert again.status_code == 401
+
+
+def test_failures_are_logged_with_a_fingerprint_never_the_key_or_address(
+    edge: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    attacker = client_at(keyed_app(edge, AUTH_FAILURE_LIMIT=3), "198.51.100.9")
+    guesses = [auth.new_key() for _ in range(3)]
+    for guess in guesses:
+        attacker.post("/score", json=payment("l"), headers=bearer(guess))
     failures = [r for r in caplog.records if r.getMessage() == "authentication failed"]
     assert [getattr(r, "key_fingerprint", None) for r in failures] == [
         auth.fingerprint(g) for g in guesses
     ]
-    assert any("client blocked" in r.getMessage() for r in caplog.records)
+    assert auth.fingerprint(guesses[0]) == auth.key_digest(guesses[0]).hex()[:12]
+    blocked = [r for r in caplog.records if "client blocked" in r.getMessage()]
+    assert len(blocked) == 1 and len(getattr(blocked[0], "client", "")) == 12
     assert not any(
         g in r.getMessage() or g in str(vars(r)) or "198.51.100" in str(vars(r))
         for r in caplog.records
         for g in guesses
     )
-    later = auth.time.monotonic() + 31
-    monkeypatch.setattr(auth.time, "monotonic", lambda: later)
-    again = attacker.post("/score", json=payment("r-3"), headers=bearer(KEYS["score"]))
-    assert again.status_code == 200
+
+
+def test_a_blocked_address_can_lose_its_valid_keys_too(edge: Callable[..., Flask]) -> None:
+    app = keyed_app(edge, AUTH_FAILURE_LIMIT=2, AUTH_BLOCK_VALID_KEYS=True)
+    attacker = client_at(app, "198.51.100.9")
+    for _ in range(2):
+        attacker.post("/score", json=payment("v"), headers=bearer(auth.new_key()))
+    blocked = attacker.post("/score", json=payment("v-1"), headers=bearer(KEYS["score"]))
+    assert blocked.status_code == 429
+
+
+def test_trusted_proxies_name_the_client_address(edge: Callable[..., Flask]) -> None:
+    app = keyed_app(edge, AUTH_FAILURE_LIMIT=2, TRUSTED_PROXIES=1)
+    proxy = client_at(app, "10.0.0.2")
+
+    def via(client_address: str, key: str) -> int:
+        headers = {**bearer(key), "X-Forwarded-For": f"127.0.0.1, {client_address}"}
+        return int(proxy.post("/score", json=payment("p"), headers=headers).status_code)
+
+    assert [via("203.0.113.1", auth.new_key()) for _ in range(3)] == [401, 401, 429]
+    assert via("203.0.113.2", auth.new_key()) == 401  # another client behind the same proxy
+    # with no keys, the forwarded address is what must be on this machine (spoofing the
+    # first X-Forwarded-For entry does not help)
+    open_app = edge(TRUSTED_PROXIES=1)
+    local_proxy = open_app.test_client()
+    forwarded = {"X-Forwarded-For": "127.0.0.1, 203.0.113.1"}
+    assert local_proxy.get("/health", headers=forwarded).status_code == 403
+    assert local_proxy.get("/health", headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 200
 
 
 def test_the_failure_limiter_is_bounded_and_forgets_old_failures() -> None:
