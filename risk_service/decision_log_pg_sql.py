@@ -159,6 +159,32 @@ def prepare_schema(
             )
 
 
+def move_rows(
+    conn: psycopg.Connection[Any],
+    decisions: Sequence[tuple[Any, ...]],
+    labels: Sequence[tuple[Any, ...]],
+) -> list[str]:
+    """Spooled rows into PostgreSQL in one transaction; returns the event_ids kept aside.
+
+    A decision already there with the same body is a no-op (a flush repeated after a
+    crash); one there with another body goes to ``decision_conflicts``, never lost.
+    """
+    other: list[tuple[Any, ...]] = []
+    with conn.transaction():
+        if decisions:
+            cur = conn.execute(INSERT_DECISIONS, decision_arrays(decisions))
+            inserted = {r[0] for r in cur.fetchall()}
+            rest = [r for r in decisions if r[0] not in inserted]
+            if rest:
+                stored = dict(conn.execute(BODY_HASHES, ([r[0] for r in rest],)).fetchall())
+                other = [r for r in rest if stored.get(r[0], r[3]) != r[3]]
+                if other:
+                    conn.execute(INSERT_CONFLICTS, decision_arrays(other))
+        if labels:
+            conn.execute(INSERT_LABELS, label_arrays(labels))
+    return [r[0] for r in other]
+
+
 __all__ = [
     "BODY_HASHES",
     "COUNT",
@@ -173,5 +199,6 @@ __all__ = [
     "SELECT_LABELS",
     "decision_arrays",
     "label_arrays",
+    "move_rows",
     "prepare_schema",
 ]

@@ -511,3 +511,19 @@ def test_a_damaged_or_foreign_orphan_is_left_alone(spool: Path) -> None:
         dirs.close()
     assert (spool / "spool-1-garbage.sqlite").exists()
     assert (spool / "spool-2-otherkey.sqlite").exists()
+
+
+def test_a_spooled_decision_meeting_another_body_is_kept_aside(pg_url: str, spool: Path) -> None:
+    dead = pg_url.replace("127.0.0.1:5432", "127.0.0.1:1")
+    with PostgresDecisionLog(dead, KEY, spool_path=spool, **FAST) as away:  # type: ignore[arg-type]
+        away.append(record("c1"))  # answered while PostgreSQL was away
+        away.append(record("c2"))
+    with PostgresDecisionLog(pg_url, KEY, spool_path=spool / "other", **FAST) as elsewhere:  # type: ignore[arg-type]
+        elsewhere.append(record("c1", body_hash="c" * 64))  # another worker, another body
+    with PostgresDecisionLog(pg_url, KEY, spool_path=spool, **FAST) as back:  # type: ignore[arg-type]
+        wait_for(lambda: back.status()["spooled"] == 0, "the orphan spool to flush")
+        assert back.get("c1").body_hash == "c" * 64  # type: ignore[union-attr]
+        assert back.count() == 2
+    assert rows_in_pg(pg_url, "SELECT event_id, body_hash FROM decision_conflicts") == [
+        ("c1", "b" * 64)
+    ]
