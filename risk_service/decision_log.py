@@ -403,7 +403,7 @@ def open_decision_log(
     hash_key: bytes,
     synchronous: str = "FULL",
     spool_dir: str | Path | None = None,
-    timeout_ms: int = 2000,
+    timeout_ms: int = 1000,
 ) -> DecisionLog:
     """The log a configuration names (DECISION_LOG_URL, _PATH, _SYNC, _SPOOL_DIR, _TIMEOUT_MS).
 

@@ -113,7 +113,7 @@ class PostgresDecisionLog:
         hash_key: bytes,
         *,
         spool_path: str | Path,
-        timeout_ms: int = 2000,
+        timeout_ms: int = 1000,
         max_batch: int = 512,
         breaker_failures: int = 3,
         breaker_cooldown_s: float = 5.0,
