@@ -146,17 +146,35 @@ def health() -> Response:
 
 @bp.get("/ready")
 def ready() -> Response:
-    """Ready: models loaded and verified, decision log reachable."""
+    """Ready to take traffic: models loaded and verified, and decisions can be made durable.
+
+    A slow or absent Redis, or a PostgreSQL whose decisions go to the local spool,
+    leaves the service ready (it answers, degraded where it must, and loses nothing);
+    the details say so, for dashboards. Not ready: no fraud model, or a log that
+    cannot store anything (e.g. it refused its schema or key).
+    """
     scorer = _scorer()
-    checks = {"fraud_model": scorer.models.fraud is not None}
+    checks: dict[str, Any] = {"fraud_model": scorer.models.fraud is not None}
     try:
-        scorer.log.count()
-        checks["decision_log"] = True
-    except Exception:  # any store failure means not ready; the detail goes to the log
-        current_app.logger.exception("decision log not reachable")
+        log_status = scorer.log.status()
+        checks["decision_log"] = not log_status.get("error")
+    except Exception:  # any failure here means not ready; the detail goes to the log
+        current_app.logger.exception("decision log status failed")
+        log_status = {"error": "status failed"}
         checks["decision_log"] = False
+    details: dict[str, Any] = {"decision_log": log_status}
+    if scorer.shared is not None:
+        details["state_store"] = {
+            "backend": "redis",
+            "breaker": scorer.shared.breaker.state,
+            "backlog": len(scorer.backlog),
+        }
+    watcher = current_app.extensions.get("risk_watcher")
+    if watcher is not None and watcher.last_error is not None:
+        details["refused_versions"] = [r.as_dict() for r in watcher.errors.values()]
     ok = all(checks.values())
-    return _json({"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503)
+    body = {"status": "ready" if ok else "not_ready", "checks": checks, "details": details}
+    return _json(body, 200 if ok else 503)
 
 
 @bp.get("/models")

@@ -1,0 +1,93 @@
+"""The production configuration end to end: Redis state, PostgreSQL decision log, keys."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import AppFactory, RedisTarget
+from flask import Flask
+from test_api import NOW, iso, payment
+
+KEY = "k" * 40
+READER = "r" * 40
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def production(make_app: AppFactory, redis_target: RedisTarget, pg_url: str) -> Flask:
+    return make_app(
+        STATE_URL=redis_target.url,
+        STATE_PREFIX=redis_target.prefix,
+        STATE_TIMEOUT_MS=2000.0,
+        DECISION_LOG_URL=pg_url,
+        API_KEYS=f"{KEY},{READER}:read",
+        REQUEST_DEADLINE_MS=30_000,
+    )
+
+
+def test_scoring_feedback_and_reads_on_redis_and_postgresql(production: Flask, pg_url: str) -> None:
+    client = production.test_client()
+    base = NOW - timedelta(hours=3)
+    bodies = [
+        payment(
+            f"p{i}",
+            timestamp=iso(base + timedelta(seconds=i)),
+            account_id="carol-account",
+            merchant_id="m-5",
+        )
+        for i in range(30)
+    ]
+
+    def send(body: dict[str, Any]) -> int:
+        return production.test_client().post("/score", json=body, headers=AUTH).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = list(pool.map(send, bodies + bodies))  # each event twice, concurrently
+    assert codes == [200] * 60
+    assert client.post("/score", json=payment("p-x")).status_code == 401  # no key
+    reader = {"Authorization": f"Bearer {READER}"}
+    assert client.post("/score", json=payment("p-x"), headers=reader).status_code == 403
+
+    label = {
+        "event_id": "p0",
+        "is_fraud": 1,
+        "label_time": iso(base + timedelta(minutes=2)),
+        "source": "chargeback",
+    }
+    answer = client.post("/feedback", json=label, headers=AUTH)
+    assert answer.status_code == 200 and answer.get_json()["online_state"] == "applied"
+    final = payment(
+        "p-final",
+        timestamp=iso(base + timedelta(minutes=10)),
+        account_id="carol-account",
+        merchant_id="m-5",
+    )
+    assert client.post("/score", json=final, headers=AUTH).status_code == 200
+    record = client.get("/decisions/p-final", headers=reader).get_json()
+    assert record["features"]["account_events_24h"] == 30
+    assert record["features"]["merchant_known_frauds_30d"] == 1
+    assert client.get("/decisions/p0", headers=reader).get_json()["labels"][0]["source"] == (
+        "chargeback"
+    )
+
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM decisions").fetchone() == (31,)
+        assert conn.execute("SELECT count(*) FROM labels").fetchone() == (1,)
+        dump = conn.execute("SELECT d::text FROM decisions d").fetchall()
+    assert not any("carol" in row[0] for row in dump)  # identifiers only as keyed hashes
+
+    ready = client.get("/ready").get_json()
+    assert ready["status"] == "ready"
+    assert ready["details"]["decision_log"]["backend"] == "postgresql"
+    assert ready["details"]["decision_log"]["connected"] is True
+    assert ready["details"]["state_store"] == {
+        "backend": "redis",
+        "breaker": "closed",
+        "backlog": 0,
+    }
