@@ -68,6 +68,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from risk_service import metrics
 from risk_service.decision_log import _Pending
 from risk_service.decision_log_pg_conn import Watchdog, describe, first_line, pg_conninfo
 from risk_service.decision_log_pg_sql import (
@@ -236,18 +237,23 @@ class PostgresDecisionLog:
         try:
             conn = self._conn
             if conn is not None and self.fatal is None and not self._breaker_open():
+                started = time.perf_counter()
                 try:
                     with self._watchdog.guard(conn, self._timeout_s):
                         self._write(conn, batch)
                 except _FAILURES as exc:
+                    metrics.store_error("postgres", "commit")
                     for p in batch:
                         p.error = None
                     self._drop_writer(conn, exc)
                 else:
+                    metrics.observe_store("postgres", "commit", time.perf_counter() - started)
                     with self._cond:
                         self._failures = 0
                     return
+            started = time.perf_counter()
             errors = self.spool.own.log.submit_rows([(p.kind, p.row) for p in batch])
+            metrics.observe_store("spool", "commit", time.perf_counter() - started)
             for p, error in zip(batch, errors, strict=True):
                 p.error = error
             self._kick.set()
