@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -10,6 +11,7 @@ import psycopg
 import pytest
 from conftest import AppFactory, RedisTarget
 from flask import Flask
+from servers import FaultProxy
 from test_api import NOW, iso, payment
 
 KEY = "k" * 40
@@ -91,3 +93,37 @@ def test_scoring_feedback_and_reads_on_redis_and_postgresql(production: Flask, p
         "breaker": "closed",
         "backlog": 0,
     }
+
+
+def test_postgresql_down_spools_decisions_and_flushes_them_when_back(
+    make_app: AppFactory, pg_url: str
+) -> None:
+    """A fault proxy in front of PostgreSQL cuts it off: /score keeps answering (decisions go
+    to the local durable spool), and when PostgreSQL is back every decision lands once."""
+    proxy = FaultProxy(5432)
+    try:
+        proxied = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        app = make_app(DECISION_LOG_URL=proxied, DECISION_LOG_TIMEOUT_MS=300)
+        client = app.test_client()
+        for i in range(3):
+            assert client.post("/score", json=payment(f"g{i}")).status_code == 200
+        proxy.set_down(True)
+        for i in range(3, 8):
+            started = time.perf_counter()
+            response = client.post("/score", json=payment(f"g{i}"))
+            assert response.status_code == 200 and response.get_json()["degraded"] is False
+            assert time.perf_counter() - started < 1.5
+        status = client.get("/ready").get_json()
+        assert status["status"] == "ready" and status["details"]["decision_log"]["spooled"] >= 5
+        proxy.set_down(False)
+        deadline = time.monotonic() + 30
+        rows: list[tuple[str]] = []
+        while time.monotonic() < deadline:
+            with psycopg.connect(pg_url) as conn:
+                rows = conn.execute("SELECT event_id FROM decisions ORDER BY event_id").fetchall()
+            if len(rows) == 8:
+                break
+            time.sleep(0.2)
+        assert [r[0] for r in rows] == [f"g{i}" for i in range(8)]  # all, each once
+    finally:
+        proxy.close()
