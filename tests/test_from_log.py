@@ -194,6 +194,7 @@ def fill_log(app: Flask, world: World, log: DecisionLog | None = None) -> dict[s
     if log is not None:
         scorer.log.close()
         scorer.log = log
+    client = app.test_client()
     decisions: dict[str, str] = {}
     for row in world.events.to_dict(orient="records"):
         request = validate_score_request(event_body(row), now_ms=int(time.time() * 1000))
@@ -205,8 +206,14 @@ def fill_log(app: Flask, world: World, log: DecisionLog | None = None) -> dict[s
         if declined and i % 2:
             continue
         source = "analyst" if declined else "chargeback"
-        when = int(row["label_time"].value // 1_000_000)
-        scorer.log.add_label(LabelRecord(row["event_id"], "is_fraud", 1, when, source, when))
+        label = {
+            "event_id": row["event_id"],
+            "is_fraud": 1,
+            "label_time": row["label_time"].strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "source": source,
+        }
+        answer = client.post("/feedback", json=label)  # the HTTP path, as clients send it
+        assert answer.status_code == 200, answer.get_json()
         counts[source] += 1
     return counts
 
