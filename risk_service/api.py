@@ -36,15 +36,21 @@ def _scorer() -> Scorer:
     return scorer
 
 
-@bp.post("/score")
-def score() -> Response:
+def read_json_body() -> Any:
+    """The request's JSON body within the configured size and depth limits (else a 4xx)."""
     config = current_app.config
-    body = parse_json_body(
+    return parse_json_body(
         request.get_data(cache=False),
         request.content_type,
         int(config["MAX_BODY_BYTES"]),
         int(config["MAX_JSON_DEPTH"]),
     )
+
+
+@bp.post("/score")
+def score() -> Response:
+    config = current_app.config
+    body = read_json_body()
     validated = validate_score_request(
         body,
         now_ms=int(time.time() * 1000),
@@ -60,12 +66,7 @@ def score() -> Response:
 def feedback() -> Response:
     """A label for a scored event: stored beside its decision, fed to the online state."""
     config = current_app.config
-    body = parse_json_body(
-        request.get_data(cache=False),
-        request.content_type,
-        int(config["MAX_BODY_BYTES"]),
-        int(config["MAX_JSON_DEPTH"]),
-    )
+    body = read_json_body()
     label = parse_feedback(
         body,
         now_ms=int(time.time() * 1000),

@@ -15,9 +15,9 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 
 from risk_service import lifecycle
+from risk_service.api import read_json_body
 from risk_service.bundles import KINDS, BundleError
 from risk_service.errors import ApiError, InvalidField, MissingField, NotAnObject
-from risk_service.requests import parse_json_body
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -48,13 +48,7 @@ def _actor() -> str:
 
 
 def _body(*required: str) -> dict[str, Any]:
-    config = current_app.config
-    body = parse_json_body(
-        request.get_data(cache=False),
-        request.content_type,
-        int(config["MAX_BODY_BYTES"]),
-        int(config["MAX_JSON_DEPTH"]),
-    )
+    body = read_json_body()
     if not isinstance(body, dict):
         raise NotAnObject("the body must be a JSON object")
     for name in required:
