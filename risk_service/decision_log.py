@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from risk_service.decision_records import (
-    DECISION,
     DECISION_COLUMNS,
     LABEL,
     LABEL_COLUMNS,
@@ -62,6 +61,7 @@ from risk_service.decision_records import (
     record_from_row,
 )
 from risk_service.errors import Conflict
+from risk_service.group_commit import GroupCommit, Pending
 from risk_service.labels import LabelRecord, sort_labels
 
 SCHEMA_VERSION = 2
@@ -144,18 +144,6 @@ _SELECT_LABELS = (
 )
 
 
-class _Pending:
-    """One row (a decision or a label) waiting for its batch to commit."""
-
-    __slots__ = ("done", "error", "kind", "row")
-
-    def __init__(self, row: tuple[Any, ...], kind: str = DECISION) -> None:
-        self.row = row
-        self.kind = kind
-        self.done = False
-        self.error: Exception | None = None
-
-
 class SQLiteDecisionLog:
     """The decision log in one SQLite file (WAL, group commit); safe to share across threads.
 
@@ -176,11 +164,11 @@ class SQLiteDecisionLog:
             raise ValueError(f"synchronous must be FULL, EXTRA or NORMAL, got {synchronous!r}")
         self.path = Path(path)
         self.pseudonymise = Pseudonymiser(hash_key)
-        self._max_batch = max_batch
-        self._cond = threading.Condition()
-        self._queue: list[_Pending] = []
-        self._writing = False
-        self._closed = False
+        self._group = GroupCommit(
+            lambda batch: self._commit(batch),  # late-bound: tests count batches
+            max_batch=max_batch,
+            closed_error=lambda: DecisionLogError("the decision log is closed"),
+        )
         self._read_lock = threading.Lock()
         self._writer = self._connect(synchronous, busy_timeout_ms)
         try:
@@ -241,50 +229,29 @@ class SQLiteDecisionLog:
 
     def append(self, record: DecisionRecord) -> None:
         """Log one decision; returns once it is committed (see the module docstring)."""
-        pending = _Pending(self._row(record))
+        pending = Pending(self._row(record))
         self._submit([pending])
         if pending.error is not None:
             raise pending.error
 
     def add_label(self, label: LabelRecord) -> None:
         """Keep one label; returns once it is committed. A label already kept is a no-op."""
-        pending = _Pending(label_row(label), LABEL)
+        pending = Pending(label_row(label), LABEL)
         self._submit([pending])
         if pending.error is not None:
             raise pending.error
 
     def submit_rows(self, rows: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Exception | None]:
         """Commit prebuilt ``(DECISION | LABEL, row)`` pairs; the error of each (None: kept)."""
-        pendings = [_Pending(row, kind) for kind, row in rows]
+        pendings = [Pending(row, kind) for kind, row in rows]
         self._submit(pendings)
         return [p.error for p in pendings]
 
-    def _submit(self, pendings: list[_Pending]) -> None:
-        """Queue rows and wait until their batches have committed (leader/follower)."""
-        if not pendings:
-            return
-        last = pendings[-1]  # batches are taken oldest first: the last done means all done
-        with self._cond:
-            if self._closed:
-                raise DecisionLogError("the decision log is closed")
-            self._queue.extend(pendings)
-        while True:
-            with self._cond:
-                while not last.done and self._writing:
-                    self._cond.wait()
-                if last.done:
-                    break
-                self._writing = True  # the leader: commit what is queued, oldest first
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-            try:
-                self._commit(batch)
-            finally:
-                with self._cond:
-                    self._writing = False
-                    self._cond.notify_all()
+    def _submit(self, pendings: list[Pending]) -> None:
+        """Queue rows and wait until their batches have committed (group_commit.py)."""
+        self._group.submit(pendings)
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[Pending]) -> None:
         """One transaction, one fsync, for the whole batch; marks each pending done or failed."""
         conn = self._writer
         try:
@@ -319,12 +286,8 @@ class SQLiteDecisionLog:
 
     def forget(self, decision_seqs: Sequence[int], label_seqs: Sequence[int]) -> None:
         """Delete rows by seq (the spool, once they are safe elsewhere); waits for the writer."""
-        with self._cond:
-            while self._writing:
-                self._cond.wait()
-            self._writing = True
-        conn = self._writer
-        try:
+        with self._group.exclusive():
+            conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for table, seqs in (("decisions", decision_seqs), ("labels", label_seqs)):
@@ -334,10 +297,6 @@ class SQLiteDecisionLog:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
 
     # -- reading -----------------------------------------------------------------------------
     def get(self, event_id: str) -> DecisionRecord | None:
@@ -379,12 +338,8 @@ class SQLiteDecisionLog:
 
     def close(self) -> None:
         """Refuse new appends, let a commit in progress finish, checkpoint and close."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            while self._writing or self._queue:
-                self._cond.wait()
+        if not self._group.close():
+            return
         with self._read_lock:
             self._reader.close()
         self._writer.close()

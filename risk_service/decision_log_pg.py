@@ -69,7 +69,6 @@ from typing import Any, TypeVar
 import psycopg
 
 from risk_service import metrics
-from risk_service.decision_log import _Pending
 from risk_service.decision_log_pg_conn import Watchdog, describe, first_line, pg_conninfo
 from risk_service.decision_log_pg_sql import (
     BODY_HASHES,
@@ -96,6 +95,7 @@ from risk_service.decision_records import (
     record_from_row,
 )
 from risk_service.errors import Conflict
+from risk_service.group_commit import GroupCommit, Pending
 from risk_service.labels import LabelRecord, sort_labels
 
 log = logging.getLogger("risk_service.decision_log")
@@ -131,16 +131,18 @@ class PostgresDecisionLog:
         self._key = hash_key
         self._conninfo = pg_conninfo(url, timeout_ms)
         self._timeout_s = timeout_ms / 1000
-        self._max_batch = max_batch
         self._breaker_failures = breaker_failures
         self._cooldown_s = breaker_cooldown_s
         self._flush_interval_s = flush_interval_s
         self._flush_batch = flush_batch
         self._adopt_interval_s = adopt_interval_s
         self._cond = threading.Condition()  # the write queue, and the breaker's state below
-        self._queue: list[_Pending] = []
-        self._writing = False
-        self._closed = False
+        self._group = GroupCommit(
+            lambda batch: self._commit(batch),  # late-bound: tests count batches
+            max_batch=max_batch,
+            closed_error=lambda: DecisionLogError("the decision log is closed"),
+            cond=self._cond,
+        )
         self._failures = 0
         self._open_until = 0.0
         self.last_error: str | None = None
@@ -203,36 +205,18 @@ class PostgresDecisionLog:
     # -- writing -------------------------------------------------------------------------------
     def append(self, record: DecisionRecord) -> None:
         """Log one decision; returns once it is committed in PostgreSQL or in the spool."""
-        self._submit(_Pending(decision_row(self.pseudonymise, record)))
+        self._submit(Pending(decision_row(self.pseudonymise, record)))
 
     def add_label(self, label: LabelRecord) -> None:
         """Keep one label; durable on return; a label already kept is a no-op."""
-        self._submit(_Pending(label_row(label), LABEL))
+        self._submit(Pending(label_row(label), LABEL))
 
-    def _submit(self, pending: _Pending) -> None:
-        with self._cond:
-            if self._closed:
-                raise DecisionLogError("the decision log is closed")
-            self._queue.append(pending)
-        while True:
-            with self._cond:
-                while not pending.done and self._writing:
-                    self._cond.wait()
-                if pending.done:
-                    break
-                self._writing = True
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-            try:
-                self._commit(batch)
-            finally:
-                with self._cond:
-                    self._writing = False
-                    self._cond.notify_all()
+    def _submit(self, pending: Pending) -> None:
+        self._group.submit([pending])
         if pending.error is not None:
             raise pending.error
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[Pending]) -> None:
         """PostgreSQL if it is there, else the spool; marks every pending done."""
         try:
             conn = self._conn
@@ -265,7 +249,7 @@ class PostgresDecisionLog:
             for p in batch:
                 p.done = True
 
-    def _write(self, conn: psycopg.Connection[Any], batch: list[_Pending]) -> None:
+    def _write(self, conn: psycopg.Connection[Any], batch: list[Pending]) -> None:
         """One statement per kind (one transaction when both); then 409s for other bodies."""
         decisions = [p for p in batch if p.kind == DECISION]
         labels = [p.row for p in batch if p.kind == LABEL]
@@ -277,7 +261,7 @@ class PostgresDecisionLog:
             if labels:
                 conn.execute(INSERT_LABELS, label_arrays(labels))
         first: set[str] = set()
-        check: list[_Pending] = []
+        check: list[Pending] = []
         for p in decisions:  # an event_id twice in one batch: the later one is not inserted
             eid = p.row[0]
             if eid in inserted and eid not in first:
@@ -325,7 +309,7 @@ class PostgresDecisionLog:
             self._note_failure(exc)
             return
         with self._cond:
-            if self._conn is None and not self._closed:
+            if self._conn is None and not self._group.closed:
                 self._conn, conn = conn, None  # type: ignore[assignment]
         if conn is not None:
             conn.close()
@@ -453,12 +437,8 @@ class PostgresDecisionLog:
 
     def close(self) -> None:
         """Refuse new rows, finish the commit in progress, flush what can be, release all."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            while self._writing or self._queue:
-                self._cond.wait()
+        if not self._group.close():
+            return
         self._stopping = True
         self._kick.set()
         self._flusher.join()

@@ -184,14 +184,14 @@ def test_conflict_and_same_body(pg_log: PostgresDecisionLog) -> None:
 
 
 def test_one_batch_with_the_same_event_twice(pg_log: PostgresDecisionLog) -> None:
-    from risk_service.decision_log import _Pending
+    from risk_service.group_commit import Pending
 
     p = pg_log.pseudonymise
     batch = [
-        _Pending(decision_row(p, record("d1"))),
-        _Pending(decision_row(p, record("d1"))),
-        _Pending(decision_row(p, record("d1", body_hash="c" * 64))),
-        _Pending(decision_row(p, record("d2"))),
+        Pending(decision_row(p, record("d1"))),
+        Pending(decision_row(p, record("d1"))),
+        Pending(decision_row(p, record("d1", body_hash="c" * 64))),
+        Pending(decision_row(p, record("d2"))),
     ]
     pg_log._commit(batch)
     assert [type(b.error).__name__ if b.error else None for b in batch] == [
