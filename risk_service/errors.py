@@ -125,5 +125,18 @@ ERROR_CODES: tuple[str, ...] = (
     PayloadTooLarge.error,
     Conflict.error,
     NotFound.error,
+    # the edge (web.py): missing or unknown key, missing scope, too many failures
+    "unauthorized",
+    "forbidden",
+    "too_many_requests",
+    # admin (api_admin.py): the registry refused the change
+    "refused",
+    # a store could not take the decision or the label: retry with the same body
+    "decision_log_unavailable",
+    "store_unavailable",
+    # werkzeug's own errors, by name (api.register_errors)
+    "not_found",
+    "method_not_allowed",
+    "request_entity_too_large",
 )
-"""Every ``error`` code this module defines (the OpenAPI error schema lists them)."""
+"""Every ``error`` code the service answers with (the OpenAPI error schema lists them)."""

@@ -19,7 +19,7 @@ from risk_service import lifecycle, metrics
 from risk_service.breaker import CircuitBreaker
 from risk_service.decision_log import open_decision_log
 from risk_service.idempotency import MemoryIdempotencyStore
-from risk_service.lifecycle import ChampionWatcher
+from risk_service.lifecycle import ChampionWatcher, Serving
 from risk_service.policy import Policy
 from risk_service.redis_state import RedisState
 from risk_service.scoring import LoadedModels, Scorer, ScoringSettings
@@ -123,6 +123,11 @@ def build_shared_state(config: Mapping[str, Any], key: bytes) -> RedisState | No
     return shared
 
 
+def _publish_versions(serving: Serving) -> None:
+    """The version gauges follow a hot swap at once, not at the next /score."""
+    metrics.set_versions(serving.models.versions(), serving.policy.version)
+
+
 def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
     """The scorer on its verified champions, and the watcher that keeps them current."""
     log_path = Path(config["DECISION_LOG_PATH"])
@@ -132,8 +137,10 @@ def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
         Path(config["MODELS_DIR"]),
         policy_file=config.get("POLICY_FILE"),
         interval=float(config["RELOAD_INTERVAL_SECONDS"]),
+        on_swap=_publish_versions,
     )
     serving = watcher.load()
+    _publish_versions(serving)
     scorer = Scorer(
         engine=fs.OnlineFeatureEngine(),
         models=serving.models,
