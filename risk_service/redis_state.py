@@ -206,6 +206,20 @@ class RedisState:
     def ping(self) -> bool:
         return bool(self._call("ping", self.client.ping))
 
+    def check_key(self) -> None:
+        """Refuse a Redis whose states were written under another hash key: hashed ids would
+        not match, and every velocity would silently restart from zero. Every replica must be
+        configured with the same key (HASH_KEY or HASH_KEY_FILE)."""
+        stamp = self.hash("risk-service state key check")[:16]
+        key = f"{self.prefix}key_check"
+        self.client.set(key, stamp, nx=True)
+        stored = self.client.get(key)
+        if stored is not None and stored != stamp.encode():
+            raise RuntimeError(
+                f"the state store at prefix {self.prefix!r} was written with another hash key; "
+                "give every replica the same HASH_KEY / HASH_KEY_FILE (or another STATE_PREFIX)"
+            )
+
     def hashed_keys_for(self, hashed: Mapping[str, str]) -> dict[tuple[str, Any], str]:
         """(kind, hashed id) -> Redis key: entities named by the decision log's hashes."""
         return {(kind, h): self.hashed_key(kind, h) for kind, h in hashed.items()}

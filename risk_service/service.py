@@ -116,8 +116,8 @@ def build_shared_state(config: Mapping[str, Any], key: bytes) -> RedisState | No
         ),
         observe=_observe_store,
     )
-    try:
-        shared.client.ping()  # at start a slow first connection is fine; requests are strict
+    try:  # at start a slow first connection is fine; requests are strict
+        shared.check_key()
     except redis.RedisError as exc:
         log.warning("state store %s not reachable at start (%s): answers degrade", url, exc)
     return shared
