@@ -173,22 +173,7 @@ def train_fraud(
     )
     bar.update()
     bar.set_postfix_str("thresholds")
-    costs = Costs.from_config(config)
-    budgets = config["budgets"]
-    amount = scope["amount"].to_numpy(np.float64)
-    valid_days = max((split.valid_end - split.valid_start) / DAY, 1e-9)
-    p_valid = model.predict_proba(X[valid_mask])
-    per_day = valid_mask.sum() / valid_days
-    choice = choose_thresholds(
-        p_valid,
-        y_valid,
-        amount[valid_mask],
-        costs,
-        days=valid_days,
-        reviews_per_day=budgets["reviews_per_day_per_10k_events"] * per_day / 10_000,
-        max_challenge_rate=budgets["max_challenge_rate"],
-        max_decline_rate=budgets["max_decline_rate"],
-    )
+    choice = thresholds_on_validation(model, X, scope, valid_mask, y_valid, split, config)
 
     bar.update()
     bar.set_postfix_str("evaluation and baselines")
@@ -210,6 +195,33 @@ def train_fraud(
     bar.update()
     bar.close()
     return run
+
+
+def thresholds_on_validation(
+    model: fr.FittedFraudModel,
+    X: pd.DataFrame,
+    scope: pd.DataFrame,
+    valid_mask: np.ndarray,
+    y_valid: np.ndarray,
+    split: TimeSplit,
+    config: dict[str, Any],
+) -> ThresholdChoice:
+    """Challenge/review/decline thresholds that cost least on the validation period, within
+    the configured budgets (reviews per day scale with the period's traffic)."""
+    budgets = config["budgets"]
+    amount = scope["amount"].to_numpy(np.float64)
+    valid_days = max((split.valid_end - split.valid_start) / DAY, 1e-9)
+    per_day = valid_mask.sum() / valid_days
+    return choose_thresholds(
+        model.predict_proba(X[valid_mask]),
+        y_valid,
+        amount[valid_mask],
+        Costs.from_config(config),
+        days=valid_days,
+        reviews_per_day=budgets["reviews_per_day_per_10k_events"] * per_day / 10_000,
+        max_challenge_rate=budgets["max_challenge_rate"],
+        max_decline_rate=budgets["max_decline_rate"],
+    )
 
 
 def evaluate_fraud(

@@ -18,7 +18,7 @@ Every event left has a known label, so the usual time split applies with the
 test period at the end of the mature history. Fitting, calibration, thresholds,
 evaluation and bundles are the pieces ``risk train`` uses
 (``fraud_pipeline.plan_split``, ``fraud.fit_fraud_model``,
-``costs.choose_thresholds``, ``fraud_pipeline.evaluate_fraud``,
+``fraud_pipeline.thresholds_on_validation``, ``fraud_pipeline.evaluate_fraud``,
 ``train.write_bundle``, ``report.write_report``). The report says how biased the
 set is (``selection_bias``): the model only learns from traffic the champion let
 through or someone labelled.
@@ -39,14 +39,13 @@ from risk_service import features as fs
 from risk_service.bundles import Registry, atomic_write_json
 from training import fraud as fr
 from training.config import load_config
-from training.costs import Costs, choose_thresholds
 from training.datasets import (
     DEFAULT_LABEL_DELAY,
     DataError,
     labels_known_by,
     normalise_events,
 )
-from training.fraud_pipeline import DAY, FraudRun, evaluate_fraud, plan_split
+from training.fraud_pipeline import FraudRun, evaluate_fraud, plan_split, thresholds_on_validation
 from training.log_outcomes import outcomes_as_of, selection_bias
 from training.log_source import LogContents, read_log
 
@@ -139,21 +138,7 @@ def fit_on_logged_features(
         categorical=fs.CATEGORICAL_FEATURES,
         seed=seed,
     )
-    budgets = config["budgets"]
-    amount = events["amount"].to_numpy(np.float64)
-    valid_days = max((split.valid_end - split.valid_start) / DAY, 1e-9)
-    choice = choose_thresholds(
-        model.predict_proba(X[valid_mask]),
-        y_valid,
-        amount[valid_mask],
-        Costs.from_config(config),
-        days=valid_days,
-        reviews_per_day=budgets["reviews_per_day_per_10k_events"]
-        * (valid_mask.sum() / valid_days)
-        / 10_000,
-        max_challenge_rate=budgets["max_challenge_rate"],
-        max_decline_rate=budgets["max_decline_rate"],
-    )
+    choice = thresholds_on_validation(model, X, events, valid_mask, y_valid, split, config)
     return evaluate_fraud(
         model,
         X,
