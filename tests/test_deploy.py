@@ -55,3 +55,18 @@ def test_the_readme_says_how_to_run_it_in_production() -> None:
         if line.startswith("risk keys create"):
             shlex.split(line)  # a command a reader can paste
     assert "RISK_STATE_URL" in readme and "RISK_DECISION_LOG_URL" in readme
+
+
+def test_operations_doc_names_only_real_settings_and_metrics() -> None:
+    """docs/operations.md tables: every setting is in config.DEFAULTS, every metric exists."""
+    from risk_service import metrics
+
+    text = (ROOT / "docs" / "operations.md").read_text()
+    settings = set(re.findall(r"^\| `([A-Z_]+)`", text, re.M))
+    settings |= set(re.findall(r"^\| `[A-Z_]+`, `([A-Z_]+)`", text, re.M))
+    assert len(settings) > 15
+    assert settings <= set(DEFAULTS), sorted(settings - set(DEFAULTS))
+    scraped = metrics.render()[0].decode()
+    for name in re.findall(r"^\| `(risk_[a-z_]+)`", text, re.M):
+        base = name.removesuffix("_total")
+        assert f"# HELP {base}" in scraped or f"# HELP {name}" in scraped, name
