@@ -8,13 +8,14 @@ import os
 import shutil
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import MODELS, AppFactory
 from flask import Flask
+from test_api import payment as api_payment
 
 from risk_service import audit, lifecycle, service
 from risk_service.bundles import BundleError, Registry, write_manifest
@@ -27,22 +28,7 @@ DEFAULT_POLICY = "policy-2026-11-1"
 
 
 def payment(event_id: str, account: str = "acct-1") -> dict[str, Any]:
-    when = (NOW - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
-        "event_id": event_id,
-        "timestamp": when,
-        "account_id": account,
-        "event_type": "payment",
-        "amount": 42.5,
-        "channel": "app",
-        "merchant_id": "m-1",
-        "merchant_category": "grocery",
-        "instrument_id": "tok-1",
-        "funding_source": "debit_card",
-        "device_id": "dev-1",
-        "ip_address": "10.0.0.1",
-        "auth_method": "fingerprint",
-    }
+    return api_payment(event_id, account_id=account)
 
 
 @pytest.fixture
