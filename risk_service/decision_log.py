@@ -51,20 +51,19 @@ from risk_service.decision_records import (
     LABEL_COLUMNS,
     LOCATION_FIELDS,
     PERSONAL_FIELDS,
+    SCHEMA_VERSION,
     DecisionLogError,
     DecisionRecord,
     Pseudonymiser,
     decision_row,
-    key_check,
     label_from_row,
     label_row,
+    migrate,
     record_from_row,
 )
 from risk_service.errors import Conflict
 from risk_service.group_commit import GroupCommit, Pending
 from risk_service.labels import LabelRecord, sort_labels
-
-SCHEMA_VERSION = 2
 
 
 class DecisionLog(Protocol):
@@ -198,26 +197,7 @@ class SQLiteDecisionLog:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-            version = int(row[0] or 0)
-            if version > SCHEMA_VERSION:
-                raise DecisionLogError(
-                    f"{self.path}: schema version {version} is newer than this code "
-                    f"({SCHEMA_VERSION}); upgrade risk-service"
-                )
-            for v in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[v]:
-                    conn.execute(statement)
-                conn.execute("DELETE FROM schema_version")
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (v,))
-            check = key_check(hash_key)
-            stored = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
-            if stored is None:
-                conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', ?)", (check,))
-            elif stored[0] != check:
-                raise DecisionLogError(
-                    f"{self.path}: hash_key differs from the key this log was written with"
-                )
+            migrate(conn, hash_key, _MIGRATIONS, where=str(self.path), param="?")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -392,6 +372,7 @@ __all__ = [
     "LABEL_COLUMNS",
     "LOCATION_FIELDS",
     "PERSONAL_FIELDS",
+    "SCHEMA_VERSION",
     "DecisionLog",
     "DecisionLogError",
     "DecisionRecord",

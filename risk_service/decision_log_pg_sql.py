@@ -13,13 +13,12 @@ from typing import Any
 
 import psycopg
 
-from risk_service.decision_log import SCHEMA_VERSION
 from risk_service.decision_records import (
     DECISION_COLUMNS,
     JSON_COLUMNS,
     LABEL_COLUMNS,
-    DecisionLogError,
-    key_check,
+    SCHEMA_VERSION,
+    migrate,
 )
 
 _DECISIONS_V1 = """(
@@ -137,26 +136,7 @@ def prepare_schema(
         conn.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
         conn.execute(_LOCK)
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
-        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-        version = int(row[0] or 0) if row is not None else 0
-        if version > SCHEMA_VERSION:
-            raise DecisionLogError(
-                f"decision log {where}: schema version {version} is newer than this code "
-                f"({SCHEMA_VERSION}); upgrade risk-service"
-            )
-        for v in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[v]:
-                conn.execute(statement)
-            conn.execute("DELETE FROM schema_version")
-            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (v,))
-        check = key_check(hash_key)
-        stored = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
-        if stored is None:
-            conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', %s)", (check,))
-        elif stored[0] != check:
-            raise DecisionLogError(
-                f"decision log {where}: hash_key differs from the key this log was written with"
-            )
+        migrate(conn, hash_key, MIGRATIONS, where=where, param="%s")
 
 
 def move_rows(

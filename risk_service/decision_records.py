@@ -25,6 +25,7 @@ PERSONAL_FIELDS: frozenset[str] = frozenset(
 LOCATION_FIELDS: frozenset[str] = frozenset(
     {"latitude", "longitude", "home_latitude", "home_longitude"}
 )
+SCHEMA_VERSION = 2  # of both logs' tables; migrations live beside each backend's DDL
 LOCATION_DECIMALS = 2
 MIN_KEY_BYTES = 16
 _KEY_CHECK = b"risk-service decision log key check"
@@ -211,6 +212,42 @@ def label_from_row(row: Sequence[Any]) -> LabelRecord:
 def key_check(hash_key: bytes) -> str:
     """A fingerprint of the key, stored in the log so that a second key is refused."""
     return hmac.new(hash_key, _KEY_CHECK, hashlib.sha256).hexdigest()[:16]
+
+
+def migrate(
+    conn: Any,
+    hash_key: bytes,
+    migrations: Mapping[int, Sequence[str]],
+    *,
+    where: str,
+    param: str,
+) -> None:
+    """Bring the schema to SCHEMA_VERSION and check the key, inside the caller's transaction.
+
+    ``conn`` is a DB-API connection with ``execute(sql, params)`` (sqlite3 or psycopg);
+    ``param`` its placeholder (``?`` or ``%s``). Refuses a newer schema (upgrade the
+    code) and a log written with another hash key (hashes made with two keys must not mix).
+    """
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    version = int(row[0] or 0) if row is not None else 0
+    if version > SCHEMA_VERSION:
+        raise DecisionLogError(
+            f"decision log {where}: schema version {version} is newer than this code "
+            f"({SCHEMA_VERSION}); upgrade risk-service"
+        )
+    for v in range(version + 1, SCHEMA_VERSION + 1):
+        for statement in migrations[v]:
+            conn.execute(statement)
+        conn.execute("DELETE FROM schema_version")
+        conn.execute(f"INSERT INTO schema_version (version) VALUES ({param})", (v,))
+    check = key_check(hash_key)
+    stored = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+    if stored is None:
+        conn.execute(f"INSERT INTO meta (key, value) VALUES ('key_check', {param})", (check,))
+    elif stored[0] != check:
+        raise DecisionLogError(
+            f"decision log {where}: hash_key differs from the key this log was written with"
+        )
 
 
 __all__ = [
