@@ -40,10 +40,12 @@ def parse_feedback(body: Any, *, now_ms: int, max_future_ms: int) -> LabelRecord
             field="event_id",
         )
     given = [name for name in LABEL_NAMES if body.get(name) is not None]
-    if len(given) != 1:
-        raise MissingField(
-            "exactly one of is_fraud and defaulted is required",
-            field=given[1] if given else "is_fraud",
+    if not given:
+        raise MissingField("exactly one of is_fraud and defaulted is required", field="is_fraud")
+    if len(given) > 1:
+        raise InvalidField(
+            f"only one of is_fraud and defaulted may be given; got both, drop {given[1]}",
+            field=given[1],
         )
     label = given[0]
     value = body[label]
@@ -75,3 +77,44 @@ def parse_feedback(body: Any, *, now_ms: int, max_future_ms: int) -> LabelRecord
     if label_ms - now_ms > max_future_ms:
         raise InvalidField("label_time is in the future", field="label_time")
     return LabelRecord(event_id, label, value, int(label_ms), str(source), now_ms)
+
+
+def feedback_schema() -> dict[str, Any]:
+    """The JSON Schema (OpenAPI 3.1) of a feedback body: the rules `parse_feedback` applies.
+
+    Exactly one of ``is_fraud`` and ``defaulted`` is non-null (the ``oneOf``). Rules a
+    schema cannot state are in the descriptions: ``label_time`` may not be in the future
+    (beyond the clock tolerance) nor before the event; the event must have been scored.
+    """
+    label = {"oneOf": [{"type": "integer", "enum": [0, 1]}, {"type": "boolean"}]}
+    return {
+        "type": "object",
+        "description": "One label for one scored event. Unknown fields are refused.",
+        "properties": {
+            "event_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_ID_LENGTH,
+                "description": "The scored event (its decision must be in the log, else 404).",
+            },
+            "is_fraud": {
+                "oneOf": [*label["oneOf"], {"type": "null"}],
+                "description": "1 (or true): the event was fraud; 0: it was not.",
+            },
+            "defaulted": {
+                "oneOf": [*label["oneOf"], {"type": "null"}],
+                "description": "1 (or true): the credit defaulted; 0: it did not.",
+            },
+            "label_time": {
+                "type": "string",
+                "maxLength": 64,
+                "examples": ["2026-11-25T13:00:00Z"],
+                "description": "When the outcome became known, ISO 8601 (naive = UTC); "
+                "not in the future, not before the event.",
+            },
+            "source": {"type": "string", "enum": list(LABEL_SOURCES)},
+        },
+        "required": ["event_id", "label_time", "source"],
+        "oneOf": [{"required": [name], "properties": {name: label}} for name in LABEL_NAMES],
+        "additionalProperties": False,
+    }

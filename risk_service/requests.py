@@ -525,9 +525,10 @@ def _field_schema(spec: FieldSpec, max_amount: float) -> dict[str, Any]:
             "examples": ["2026-11-25T13:00:00Z"],
         }
     elif spec.kind == "money":
-        s = {
+        s = {  # > 0 with at most two decimals: so >= 0.01 (the smallest valid boundary)
             "type": "number",
             "exclusiveMinimum": 0,
+            "minimum": 0.01,
             "maximum": max_amount,
             "x-max-decimals": 2,
         }
