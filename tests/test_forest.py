@@ -6,6 +6,11 @@ rows mix training-like values with adversarial ones (exact thresholds and their
 neighbours, ±inf, NaN, -0.0, sub-kZeroThreshold values, huge values, unseen, negative,
 fractional and out-of-int32 categories). The committed fraud and credit champions are
 checked the same way.
+
+Path attribution (`CompiledForest.path_contributions`) equals a brute-force walk of
+LightGBM's own decision paths (`pred_leaf`) through `dump_model()`, and its bias plus
+contributions is the raw margin on every row. (Realistic rows and the comparison with
+TreeSHAP on the committed fraud model: tests/test_reasons.py.)
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from risk_service.forest import K_ZERO_THRESHOLD, CompiledForest
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 TOL = 1e-12
+# bias + contributions vs the margin: a few hundred float64 terms below ~10 each, summed in
+# two different orders, differ by ~1e-14; anything near 1e-11 would be a lost or doubled term
+ADDITIVITY_TOL = 1e-11
 N_ROWS = 4000
 CATEGORICAL = [4, 5, 6]
 CARDINALITY = {4: 3, 5: 12, 6: 45}
@@ -324,6 +332,97 @@ def test_concurrent_calls_agree_with_sequential() -> None:
     assert errors == []
 
 
+# ------------------------------------------------------------------ path attribution
+
+
+def brute_force_path_contributions(booster: lgb.Booster, X: np.ndarray) -> np.ndarray:
+    """Saabas attribution from LightGBM's decision paths (`pred_leaf`) and `dump_model()`.
+
+    A split node's value is its internal_value as the text model writes it (6 significant
+    digits, C++ ``%g``); a leaf's is its leaf_value (exact).
+    """
+    dump = booster.dump_model()
+    leaves = np.asarray(booster.predict(X, pred_leaf=True, num_threads=1)).reshape(len(X), -1)
+    out = np.zeros((len(X), X.shape[1] + 1))
+    for t, tree in enumerate(dump["tree_info"]):
+        root = tree["tree_structure"]
+        if "leaf_value" in root:  # a one-leaf tree: all bias
+            out[:, -1] += root["leaf_value"]
+            continue
+        paths: dict[int, list[tuple[int, float, float]]] = {}  # leaf -> (feature, from, to)
+        stack: list[tuple[dict[str, Any], list[tuple[int, float, float]]]] = [(root, [])]
+        while stack:
+            node, path = stack.pop()
+            if "leaf_index" in node:
+                paths[node["leaf_index"]] = path
+                continue
+            value = float(f"{node['internal_value']:.6g}")
+            for child in (node["left_child"], node["right_child"]):
+                to = (
+                    child["leaf_value"]
+                    if "leaf_index" in child
+                    else float(f"{child['internal_value']:.6g}")
+                )
+                stack.append((child, [*path, (node["split_feature"], value, to)]))
+        bias = float(f"{root['internal_value']:.6g}")
+        for r in range(len(X)):
+            out[r, -1] += bias
+            for feature, start, end in paths[int(leaves[r, t])]:
+                out[r, feature] += end - start
+    return out
+
+
+def test_path_contributions_follow_lightgbms_paths(trained: tuple[str, lgb.Booster]) -> None:
+    _, booster = trained
+    forest = CompiledForest.from_booster(booster)
+    base, _ = synthetic_data(1000, seed=15)
+    X = adversarial_rows(base, set(CATEGORICAL), numeric_thresholds(booster.dump_model()), 600, 16)
+    got = forest.path_contributions(X)
+    assert got.shape == (len(X), X.shape[1] + 1) and got.dtype == np.float64
+    np.testing.assert_allclose(got, brute_force_path_contributions(booster, X), rtol=0, atol=TOL)
+    # additive: bias + contributions is the margin, on every row
+    np.testing.assert_allclose(got.sum(axis=1), forest.predict_raw(X), rtol=0, atol=ADDITIVITY_TOL)
+    # every feature the trees split on gets credit somewhere; the others never do
+    used = {n["split_feature"] for n in splits(booster.dump_model())}
+    credited = set(np.flatnonzero(np.abs(got[:, :-1]).sum(axis=0) > 0).tolist())
+    assert credited <= used and len(credited) >= len(used) - 1
+
+
+def test_path_contributions_of_single_rows_and_one_leaf_trees() -> None:
+    X, y = synthetic_data(600, seed=17)
+    params = {**BASE_PARAMS, "min_data_in_leaf": 400, "num_leaves": 2}
+    # leaves of >= 400 rows out of 600: some rounds cannot split (a one-leaf tree)
+    booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=CATEGORICAL), 30)
+    forest = CompiledForest.from_booster(booster)
+    one_leaf = [t for t in booster.dump_model()["tree_info"] if t["num_leaves"] == 1]
+    assert one_leaf, "no one-leaf tree"
+    batch = forest.path_contributions(X[:50])
+    for i in range(50):
+        np.testing.assert_array_equal(forest.path_contributions(X[i]), batch[i : i + 1])
+    np.testing.assert_allclose(
+        batch, brute_force_path_contributions(booster, X[:50]), rtol=0, atol=TOL
+    )
+    np.testing.assert_allclose(
+        batch.sum(axis=1), forest.predict_raw(X[:50]), rtol=0, atol=ADDITIVITY_TOL
+    )
+
+
+def test_a_model_text_without_internal_values_predicts_but_refuses_path_attribution() -> None:
+    booster = train("nan_bitset")
+    text = "\n".join(
+        line
+        for line in booster.model_to_string().splitlines()
+        if not line.startswith("internal_value=")
+    )
+    forest = CompiledForest.from_model_string(text)
+    base, _ = synthetic_data(20, seed=18)
+    np.testing.assert_allclose(
+        forest.predict_raw(base), booster.predict(base, raw_score=True), rtol=0, atol=TOL
+    )
+    with pytest.raises(ValueError, match="internal_value"):
+        forest.path_contributions(base)
+
+
 # ------------------------------------------------------------------- other objectives
 
 
@@ -408,3 +507,17 @@ def test_committed_champions_match_lightgbm(kind: str) -> None:
     assert forest.num_trees == booster.num_trees()
     assert forest.feature_names == booster.feature_name()
     assert_equal_to_lightgbm(forest, booster, feature_range_rows(booster, N_ROWS, seed=13))
+
+
+@pytest.mark.parametrize("kind", ["fraud", "credit"])
+def test_committed_champions_path_contributions(kind: str) -> None:
+    """Adversarial rows (10% NaN on top of specials and exact thresholds, unseen/negative/NaN
+    categories): brute force on 500 of them, additivity on all."""
+    booster = champion_booster(kind)
+    forest = CompiledForest.from_booster(booster)
+    X = feature_range_rows(booster, N_ROWS, seed=19)
+    got = forest.path_contributions(X)
+    np.testing.assert_allclose(got.sum(axis=1), forest.predict_raw(X), rtol=0, atol=ADDITIVITY_TOL)
+    np.testing.assert_allclose(
+        got[:500], brute_force_path_contributions(booster, X[:500]), rtol=0, atol=TOL
+    )
