@@ -94,6 +94,7 @@ class ScoringSettings:
     max_lateness_ms: int = 5 * 60 * 1000
     deadline_ms: float = 50.0  # a shared-store transaction gives up (degraded) after this
     takeover_ms: float = 1000.0  # a retry finishes a committed, unlogged decision after this
+    reasons_method: str = "treeshap"  # "path" | "treeshap": how fraud reasons get contributions
     credit_approve_max_pd: float = 0.2
     credit_decline_min_pd: float = 0.4
 
@@ -356,7 +357,8 @@ class Scorer:
     def _fraud_reasons(self, model: FraudModel | None, x: np.ndarray) -> list[dict[str, Any]]:
         if model is None:
             return []
-        contributions = model.contributions(x.reshape(1, -1))[0]
+        method = self.settings.reasons_method
+        contributions = model.contributions(x.reshape(1, -1), method=method)[0]
         return explain.top_reasons(FEATURE_NAMES, x, contributions)
 
     def _with_approval_reasons(self, response: dict[str, Any], x: np.ndarray) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from risk_service import features as fs
 from risk_service import lifecycle, metrics
 from risk_service.breaker import CircuitBreaker
 from risk_service.decision_log import open_decision_log
+from risk_service.fraud_model import check_reasons_method
 from risk_service.idempotency import MemoryIdempotencyStore
 from risk_service.lifecycle import ChampionWatcher, Serving
 from risk_service.policy import Policy
@@ -160,6 +161,7 @@ def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
             credit_decline_min_pd=float(config["CREDIT_DECLINE_MIN_PD"]),
             deadline_ms=float(config["REQUEST_DEADLINE_MS"]),
             takeover_ms=float(config["TAKEOVER_MS"]),
+            reasons_method=check_reasons_method(str(config["REASONS_METHOD"])),
         ),
         shared=build_shared_state(config, key),
     )

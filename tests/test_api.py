@@ -333,6 +333,28 @@ def test_prediction_is_single_threaded_on_the_request_path(
     assert all(n == 1 for n in seen)
 
 
+def test_path_reasons_need_no_lightgbm_call(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REASONS_METHOD=path: reasons from the compiled forest, in the same format."""
+    seen: list[Any] = []
+    original = lgb.Booster.predict
+
+    def spy(self: lgb.Booster, *args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(lgb.Booster, "predict", spy)
+    client = make_app(REASONS_METHOD="path").test_client()
+    body = client.post("/score", json=payment("pr-1", explain=True)).get_json()
+    assert seen == []
+    reasons = body["fraud"]["reasons"]
+    assert 3 <= len(reasons) <= 5
+    assert all(set(r) == {"feature", "value", "contribution", "text"} for r in reasons)
+    with pytest.raises(ValueError, match="REASONS_METHOD"):
+        make_app(REASONS_METHOD="magic")
+
+
 def test_the_log_holds_no_identifier_in_the_clear(app: Flask, client: FlaskClient) -> None:
     client.post("/score", json=payment("e-pii", account_id="alice-secret-account"))
     record = logged(app, "e-pii")
