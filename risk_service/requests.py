@@ -40,6 +40,7 @@ Decisions, in one place:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Callable
@@ -455,7 +456,8 @@ def parse_json_body(raw: bytes, content_type: str | None, max_bytes: int, max_de
 
     orjson refuses NaN/Infinity literals and invalid UTF-8, and stops at its own
     nesting limit (1024) without recursing in Python; the depth against
-    ``max_depth`` is then measured with an explicit stack.
+    ``max_depth`` is then measured with an explicit stack. A number beyond the double
+    range (``1e400``) is read as +-inf, for the validator to refuse naming its field.
     """
     if not _is_json_media_type(content_type):
         raise UnsupportedMediaType(
@@ -466,12 +468,33 @@ def parse_json_body(raw: bytes, content_type: str | None, max_bytes: int, max_de
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise MalformedJson(f"the body is not valid JSON: {exc}") from None
+        body = _loads_beyond_double(raw, exc)
     if not isinstance(body, dict):
         raise NotAnObject(f"the body must be a JSON object, got {_json_type(body)}")
     if _depth_exceeds(body, max_depth):
         raise TooDeep(f"the body nests deeper than {max_depth} levels")
     return body
+
+
+def _loads_beyond_double(raw: bytes, error: orjson.JSONDecodeError) -> Any:
+    """A body orjson refused only for a number beyond the double range (``1e400``).
+
+    Such a number is valid JSON (RFC 8259 leaves the range to implementations), so the
+    body is read by the standard parser, where it becomes +-inf and the validator refuses
+    it naming its field ("must be finite"). The literals NaN and Infinity stay refused.
+    Anything else orjson refused is malformed (400, no field).
+    """
+    malformed = MalformedJson(f"the body is not valid JSON: {error}")
+    if "infinity when parsed" not in str(error):
+        raise malformed from None
+
+    def refuse(literal: str) -> Any:
+        raise ValueError(f"{literal} is not JSON")
+
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=refuse)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise malformed from None
 
 
 def _is_json_media_type(content_type: str | None) -> bool:

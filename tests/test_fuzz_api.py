@@ -465,7 +465,7 @@ def test_the_document_covers_every_route(make_app: Any) -> None:
         (_flask_path(rule), method.lower())
         for rule in app.url_map.iter_rules()
         if rule.endpoint != "static"
-        for method in (rule.methods or ()) - {"HEAD", "OPTIONS"}
+        for method in set(rule.methods or ()) - {"HEAD", "OPTIONS"}
     }
     document = openapi_document(float(app.config["MAX_AMOUNT"]))
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
@@ -505,14 +505,15 @@ def _check(live_schema: Any, method: str, template: str, response: requests.Resp
     if 400 <= response.status_code < 500:
         request = response.request
         try:
-            body = orjson.loads(request.body or b"null")
+            body = orjson.loads(request.body or b"null")  # type: ignore[arg-type]
         except orjson.JSONDecodeError:
             body = None
+        authorization = request.headers.get("Authorization")
         why = field_rule_violation(
             method,
-            unquote(urlsplit(request.url).path),
+            unquote(urlsplit(str(request.url)).path),
             body,
-            request.headers.get("Authorization"),
+            None if authorization is None else str(authorization),
             response.status_code,
             response.json(),
         )
