@@ -232,7 +232,11 @@ def register_errors(app: Flask) -> None:
     def http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
         name = (exc.name or "error").lower().replace(" ", "_")
-        return _json({"error": name, "field": None, "message": exc.description}, code)
+        response = _json({"error": name, "field": None, "message": exc.description}, code)
+        for header, value in exc.get_headers():  # e.g. Allow on a 405
+            if header.lower() != "content-type":
+                response.headers[header] = value
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:  # pragma: no cover - a bug, logged loudly

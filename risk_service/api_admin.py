@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 
-from risk_service import lifecycle
+from risk_service import lifecycle, web
 from risk_service.api import read_json_body
 from risk_service.bundles import KINDS, BundleError
 from risk_service.errors import ApiError, InvalidField, MissingField, NotAnObject
@@ -43,7 +43,7 @@ def _models_dir() -> Path:
 
 
 def _actor() -> str:
-    key_id = g.get("risk_key_id")
+    key_id = web.current_key_id()
     return f"api-key:{key_id}" if key_id else f"loopback:{request.remote_addr}"
 
 

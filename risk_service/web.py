@@ -62,6 +62,12 @@ class _Request:
 _CURRENT: ContextVar[_Request | None] = ContextVar("risk_edge_request", default=None)
 
 
+def current_key_id() -> str | None:
+    """The id of the API key that authenticated the request being served (None: no key)."""
+    current = _CURRENT.get()
+    return None if current is None else current.key_id
+
+
 @dataclass
 class EdgeState:
     """What the hooks read per request, prepared at init (`app.extensions["risk_web"]`)."""

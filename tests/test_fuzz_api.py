@@ -67,12 +67,10 @@ _EXCLUDED_CHECKS = (
     # Schema-valid bodies may still be refused for what a schema cannot say (a timestamp
     # in the future, an event_id never scored, a label before its event): not a failure.
     "positive_data_acceptance",
-    # An undeclared method gets 405, but without the Allow header (api.py's HTTP error
-    # handler drops it: test_405_lists_the_allowed_methods, a strict xfail), and on the
-    # open routes a keyless client gets 401 first (web.py asks a key for any route or
-    # method outside OPEN_ENDPOINTS: test_unknown_method_without_a_key_is_401).
+    # On the open routes a keyless client sending an undeclared method gets 401 before
+    # the 405 (web.py asks a key for any route or method outside OPEN_ENDPOINTS:
+    # test_unknown_method_without_a_key_is_401). 405s carry Allow (test_405_...).
     "unsupported_method",
-    "allow_header_conformance",
 )
 IDS = [f"evt-{i}" for i in range(12)] + ["0"]  # shared by /score, /feedback and /decisions
 
@@ -621,16 +619,12 @@ def test_unknown_method_without_a_key_is_401(service: Service) -> None:
     assert response.json()["field"] == "Authorization"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in risk_service/api.py register_errors.http_error: it renders a fresh JSON "
-    "Response and drops exc.get_headers(), so a 405 has no Allow header (RFC 9110 §15.5.6)",
-)
 def test_405_lists_the_allowed_methods(service: Service) -> None:
     auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
     response = requests.delete(service.url + "/score", headers=auth, timeout=10)
     assert response.status_code == 405
-    assert response.headers.get("Allow", "").replace(" ", "").split(",") == ["OPTIONS", "POST"]
+    allowed = response.headers.get("Allow", "").replace(" ", "").split(",")
+    assert sorted(allowed) == ["OPTIONS", "POST"]
 
 
 def test_429_is_documented_and_names_authorization(make_app: Any) -> None:
@@ -654,12 +648,6 @@ def test_429_is_documented_and_names_authorization(make_app: Any) -> None:
     schema["/models"]["GET"].validate_response(allowed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in risk_service/web.py + api_admin.py: web.py keeps the key id on its own "
-    "request object, api_admin._actor reads g.risk_key_id, which nothing sets, so the audit "
-    "trail names loopback:<address> instead of the API key (docs: the key's id is the actor)",
-)
 def test_admin_changes_are_audited_under_the_key_id(service: Service) -> None:
     response = requests.post(
         service.url + "/admin/challenger",
