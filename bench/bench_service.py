@@ -334,6 +334,13 @@ def main() -> None:
         help="production: who loads the accounts table into Redis before the run: this script "
         "(with the service's code and a 10 s timeout) or every worker at start (ACCOUNTS_FILE)",
     )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="gunicorn --reuse-port (through GUNICORN_CMD_ARGS): a listening socket per worker, "
+        "so the kernel spreads connections over the workers instead of the first one awake "
+        "taking most of them",
+    )
     parser.add_argument("--models", default="models")
     parser.add_argument("--data", type=Path, default=Path("data/default-world"))
     parser.add_argument("--bodies", type=int, default=200_000)
@@ -377,6 +384,8 @@ def main() -> None:
                 args.data / "accounts.parquet", env["RISK_HASH_KEY"].encode()
             )
             print(f"{loaded} account profiles loaded into Redis", file=sys.stderr)
+    if args.reuse_port:
+        env["GUNICORN_CMD_ARGS"] = "--reuse-port"
     command = [sys.executable, "-m", "training.cli", "serve", "--quiet", "--port", str(port)]
     command += ["--workers", str(workers), "--threads", str(args.threads), "--models", args.models]
     server_log = work / "server.log"  # the JSON access log (stderr): a file, as in production
@@ -433,6 +442,7 @@ def main() -> None:
         "config": {
             "production": args.production,
             "profiles_loaded_by": args.profiles if args.production else "service",
+            "reuse_port": args.reuse_port,
             "workers": workers,
             "threads": args.threads,
             "connections": args.connections,
