@@ -8,8 +8,13 @@ success closes the breaker, its failure opens it again for another cool-down.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+
+from risk_service import metrics
+
+log = logging.getLogger("risk_service.breaker")
 
 
 class CircuitBreaker:
@@ -47,10 +52,15 @@ class CircuitBreaker:
             return True
 
     def success(self) -> None:
+        if self._opened_at is None and not self._failures:
+            return  # the usual case: nothing to reset, no lock
         with self._lock:
+            was_open = self._opened_at is not None
             self._failures = 0
             self._opened_at = None
             self._trial_running = False
+        if was_open:
+            log.warning("%s circuit breaker closed: the store answers again", self.name)
 
     def failure(self) -> None:
         with self._lock:
@@ -60,4 +70,15 @@ class CircuitBreaker:
             ):
                 self._opened_at = time.monotonic()
                 self.opened_count += 1
+                opened = True
+            else:
+                opened = False
             self._trial_running = False
+        if opened:
+            metrics.breaker_opened(self.name)
+            log.warning(
+                "%s circuit breaker open after %d failure(s): answers degrade for %.1f s",
+                self.name,
+                self._failures,
+                self.reset_after_s,
+            )

@@ -88,6 +88,9 @@ STORE_SECONDS = Histogram(
     buckets=STORE_BUCKETS,
 )
 STORE_ERRORS = Counter("risk_store_errors", "Failed store operations", ["store", "operation"])
+BREAKER_OPENS = Counter(
+    "risk_store_breaker_opens", "Times a store's circuit breaker opened", ["store"]
+)
 MODEL_INFO = Gauge(
     "risk_model_info",
     "1 for the model version being served, by kind (fraud, credit)",
@@ -199,6 +202,11 @@ def observe_store(store: str, op: str, seconds: float) -> None:
     """One store operation took `seconds`: `store` e.g. ``redis``, ``postgres``, ``sqlite``;
     `op` e.g. ``get``, ``update``, ``append``, ``commit``. Constants only, never ids."""
     _child(STORE_SECONDS, store, op).observe(seconds)
+
+
+def breaker_opened(store: str) -> None:
+    """A store's circuit breaker opened: answers degrade until a trial call succeeds."""
+    _child(BREAKER_OPENS, store).inc()
 
 
 def store_error(store: str, op: str) -> None:

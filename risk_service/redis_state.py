@@ -41,7 +41,7 @@ from risk_service.breaker import CircuitBreaker
 from risk_service.decision_log import Pseudonymiser
 from risk_service.features import codec
 from risk_service.features.derived import is_missing
-from risk_service.features.spec import ENTITY_KEYS, FEATURE_SET_VERSION, LABELS
+from risk_service.features.spec import ENTITY_KEYS, FEATURE_SET_VERSION, LABELS, ROLLINGS
 
 TOKEN_LEN = 16
 LABEL_KINDS: tuple[str, ...] = tuple(dict.fromkeys(lab.state for lab in LABELS))
@@ -163,6 +163,7 @@ class RedisState:
         self.client.connection_pool.connection_kwargs["retry"] = redis.retry.Retry(
             redis.backoff.NoBackoff(), 0
         )
+        self._url = url
         self.prefix = prefix
         self.hash = Pseudonymiser(hash_key)
         self.idempotency_ttl_ms = int(idempotency_ttl_ms)
@@ -271,22 +272,61 @@ class RedisState:
         blob = self._call("get", lambda: self.client.get(self.idempotency_key(event_id)))
         return decode_stored(blob) if blob else None
 
-    def put_profiles(self, profiles: Iterable[tuple[Any, Any]], batch: int = 1000) -> int:
-        """Load (account id, Profile) pairs, unconditionally (an accounts-table load)."""
-        n = 0
-        pipe = self.client.pipeline(transaction=False)
-        for account_id, profile in profiles:
-            token = secrets.token_hex(TOKEN_LEN // 2).encode()
-            blob = token + codec.encode_profile(profile)
-            pipe.set(self.entity_key("profile", account_id), blob, px=self.profile_ttl_ms)
-            n += 1
-            if n % batch == 0:
-                self._call("load", pipe.execute)
-        self._call("load", pipe.execute)
-        return n
+    def put_profiles(
+        self, profiles: Iterable[tuple[Any, Any]], *, marker: str | None = None, batch: int = 500
+    ) -> int:
+        """Load (account id, Profile) pairs, unconditionally (an accounts-table load).
+
+        A bulk load is not a request: it uses its own connection with a generous timeout,
+        not the few milliseconds of the request path (a worker must not fail to boot on a
+        busy Redis). ``marker`` (e.g. the file's hash): once one process has loaded it,
+        the others skip it; returns 0 then.
+        """
+        bulk = redis.Redis.from_url(self._url, socket_timeout=30.0, socket_connect_timeout=10.0)
+        try:
+            marker_key = f"{self.prefix}loaded:{marker}" if marker else None
+            if marker_key and bulk.exists(marker_key):
+                return 0
+            n = 0
+            pipe = bulk.pipeline(transaction=False)
+            for account_id, profile in profiles:
+                token = secrets.token_hex(TOKEN_LEN // 2).encode()
+                blob = token + codec.encode_profile(profile)
+                pipe.set(self.entity_key("profile", account_id), blob, px=self.profile_ttl_ms)
+                n += 1
+                if n % batch == 0:
+                    pipe.execute()
+            pipe.execute()
+            if marker_key:
+                bulk.set(marker_key, n, px=self.profile_ttl_ms)
+            return n
+        finally:
+            bulk.close()
 
     def close(self) -> None:
         self.client.close()
+
+
+# (state kind, event column) pairs where an event reads another column's entity state, e.g. the
+# payee state of the paying account (money the account itself received): prefetched too.
+CROSS_READS: tuple[tuple[str, str], ...] = tuple(
+    sorted(
+        {(r.state, o.query) for r in ROLLINGS for o in r.outputs if o.query != ENTITY_KEYS[r.state]}
+    )
+)
+
+
+def prefetch_keys(
+    state: RedisState, event: Mapping[str, Any], hashed_ids: Mapping[str, str]
+) -> dict[tuple[str, Any], str]:
+    """Every state an event's features read, so ``begin`` reads them all in one round trip."""
+    keys = state.hashed_keys_for(hashed_ids)
+    for kind, column in CROSS_READS:
+        value = event.get(column)
+        if not is_missing(value):
+            h = state.hash(str(value))
+            keys[(kind, h)] = state.hashed_key(kind, h)
+    return keys
 
 
 def entity_ids(event: Mapping[str, Any], kinds: Iterable[str] | None = None) -> dict[str, Any]:

@@ -464,11 +464,14 @@ class Scorer:
             entry.labels.add("is_fraud")
         return "applied"
 
-    def ingest_profiles(self, accounts: Iterable[Mapping[str, Any]]) -> int:
-        """Accounts-table rows into the profile store (each replaces the account's profile)."""
+    def ingest_profiles(
+        self, accounts: Iterable[Mapping[str, Any]], marker: str | None = None
+    ) -> int:
+        """Accounts-table rows into the profile store (each replaces the account's profile).
+        On Redis, ``marker`` names the load so that only the first worker makes it."""
         if self.shared is not None:
             pairs = ((a["account_id"], profile_from_row(a)) for a in accounts)
-            return self.shared.put_profiles(pairs)
+            return self.shared.put_profiles(pairs, marker=marker)
         n = 0
         with self.lock:
             for account in accounts:

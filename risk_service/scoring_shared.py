@@ -40,6 +40,7 @@ from risk_service.redis_state import (
     decode_stored,
     encode_stored,
     entity_ids,
+    prefetch_keys,
 )
 from risk_service.requests import ScoreRequest
 
@@ -77,7 +78,7 @@ def score_shared(
         # each other (hot merchants, one busy account); only other processes can.
         with scorer.lock:
             try:
-                txn = shared.begin(idem_key, shared.hashed_keys_for(ids))
+                txn = shared.begin(idem_key, prefetch_keys(shared, request.event, ids))
             except StoreUnavailable:
                 break
             if txn.existing is None:

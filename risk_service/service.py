@@ -73,8 +73,11 @@ def load_accounts(scorer: Scorer, path: str) -> int:
     if missing:
         raise ValueError(f"ACCOUNTS_FILE {path}: missing column(s) {missing}")
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True, format="ISO8601")
+    from risk_service.bundles import sha256_file
+
     return scorer.ingest_profiles(
-        {str(k): v for k, v in row.items()} for row in frame.to_dict(orient="records")
+        ({str(k): v for k, v in row.items()} for row in frame.to_dict(orient="records")),
+        marker=sha256_file(source),  # several workers start at once: one loads the file
     )
 
 

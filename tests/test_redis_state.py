@@ -21,6 +21,7 @@ from flask import Flask
 from servers import FaultProxy, PrivateRedis
 from test_api import NOW, iso, payment
 
+from risk_service import metrics
 from risk_service.features import codec
 from risk_service.features.aggregates import Profile
 from risk_service.features.online import OnlineFeatureEngine
@@ -218,12 +219,14 @@ def test_redis_down_or_slow_degrades_within_the_deadline_and_recovers(
         return response.get_json(), time.perf_counter() - started
 
     assert score("r-ok")[0]["degraded"] is False
+    opens = metrics.sample("risk_store_breaker_opens_total", {"store": "redis"})
     proxy.set_down(True)
     answers = [score(f"r-down-{i}") for i in range(6)]
     assert all(a["degraded"] and a["decision"] == "review" for a, _ in answers)  # fail closed
     assert all(seconds < 0.5 for _, seconds in answers)
     assert scorer.shared.breaker.state in ("open", "half_open")
     assert max(seconds for _, seconds in answers[3:]) < 0.1  # breaker open: no waiting
+    assert metrics.sample("risk_store_breaker_opens_total", {"store": "redis"}) > opens
     for i in range(6):
         assert scorer.log.get(f"r-down-{i}").degraded is True  # acknowledged and logged
     proxy.set_down(False)
@@ -286,3 +289,29 @@ def test_a_replica_with_another_hash_key_is_refused(
     shared_app(make_app, redis_target)
     with pytest.raises(RuntimeError, match="another hash key"):
         shared_app(make_app, redis_target, HASH_KEY="another-key-" + "y" * 32)
+
+
+@pytest.mark.integration
+def test_one_read_round_trip_per_event(make_app: AppFactory, redis_target: RedisTarget) -> None:
+    """Every state a payment or a transfer reads is prefetched by `begin` (no extra GET)."""
+    app = shared_app(make_app, redis_target)
+    shared = app.extensions["risk"].shared
+    extra: list[Any] = []
+    real = shared.fetch_into
+    shared.fetch_into = lambda txn, rkeys: (extra.append(rkeys), real(txn, rkeys))
+    client = app.test_client()
+    transfer = payment("rt-2", event_type="transfer", payee_account_id="acct-2", merchant_id=None)
+    for body in (payment("rt-1"), transfer):
+        assert client.post("/score", json=body).get_json()["degraded"] is False
+    assert extra == []
+
+
+@pytest.mark.integration
+def test_an_accounts_file_is_loaded_by_one_worker(
+    make_app: AppFactory, redis_target: RedisTarget
+) -> None:
+    scorers = [shared_app(make_app, redis_target).extensions["risk"] for _ in range(2)]
+    rows = [{"account_id": f"a{i}", "created_at": "2025-01-01", "kyc_level": 2} for i in range(3)]
+    assert scorers[0].ingest_profiles(rows, marker="file-hash-1") == 3
+    assert scorers[1].ingest_profiles(rows, marker="file-hash-1") == 0  # already loaded
+    assert scorers[1].ingest_profiles(rows, marker="file-hash-2") == 3  # another file

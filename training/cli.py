@@ -308,6 +308,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         f"{args.host}:{args.port}",
         "--graceful-timeout",
         "10",
+        # one listening socket per worker: the kernel spreads connections over the workers
+        # (otherwise keep-alive connections pile onto whichever worker accepts first)
+        "--reuse-port",
         "--log-level",
         "warning" if args.quiet else "info",
         "risk_service:create_app()",
