@@ -82,12 +82,25 @@ _TYPES = {
 }
 _LABEL_TYPES = ("text", "text", "smallint", "bigint", "text", "bigint")
 _COLS = ", ".join(DECISION_COLUMNS)
-_UNNEST = "unnest(" + ", ".join(f"%s::{_TYPES[c]}[]" for c in DECISION_COLUMNS) + ")"
+# A batch in one statement: one array per column, zipped by ROWS FROM. The JSON columns
+# travel as one JSON-array text each (jsonb_array_elements), not as text[] arrays: psycopg
+# escapes every quote inside a text[] element in Python (~0.3 ms of GIL per row here),
+# while a plain text parameter goes as it is. JSON null comes back as SQL NULL.
+_JSON_INDEX = frozenset(i for i, c in enumerate(DECISION_COLUMNS) if c in JSON_COLUMNS)
+_SOURCES = ", ".join(
+    "jsonb_array_elements(%s::jsonb)" if i in _JSON_INDEX else f"unnest(%s::{_TYPES[c]}[])"
+    for i, c in enumerate(DECISION_COLUMNS)
+)
+_NAMES = [f"c{i}" for i in range(len(DECISION_COLUMNS))]
+_PICKS = ", ".join(
+    f"NULLIF({n}, 'null'::jsonb)" if i in _JSON_INDEX else n for i, n in enumerate(_NAMES)
+)
+_ZIPPED = f"SELECT {_PICKS} FROM ROWS FROM ({_SOURCES}) AS r({', '.join(_NAMES)})"
 INSERT_DECISIONS = (
-    f"INSERT INTO decisions ({_COLS}) SELECT * FROM {_UNNEST} "
+    f"INSERT INTO decisions ({_COLS}) {_ZIPPED} "
     "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
 )
-INSERT_CONFLICTS = f"INSERT INTO decision_conflicts ({_COLS}) SELECT * FROM {_UNNEST}"
+INSERT_CONFLICTS = f"INSERT INTO decision_conflicts ({_COLS}) {_ZIPPED}"
 INSERT_LABELS = (
     f"INSERT INTO labels ({', '.join(LABEL_COLUMNS)}) SELECT * FROM unnest("
     + ", ".join(f"%s::{t}[]" for t in _LABEL_TYPES)
@@ -112,11 +125,14 @@ COUNT = "SELECT count(*) FROM decisions"
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.risk_decision_log'))"
 
 
-def decision_arrays(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows (DECISION_COLUMNS order) as one array per column; the flag as a boolean."""
-    columns = [list(c) for c in zip(*rows, strict=True)]
+def decision_arrays(rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Rows (DECISION_COLUMNS order) as one parameter per column: arrays, the flag as a
+    boolean, each JSON column as one JSON-array text."""
+    columns: list[Any] = [list(c) for c in zip(*rows, strict=True)]
     flag = DECISION_COLUMNS.index("degraded")
     columns[flag] = [bool(v) for v in columns[flag]]
+    for i in _JSON_INDEX:  # JSON texts already: joined into one JSON array, not re-encoded
+        columns[i] = "[" + ",".join("null" if v is None else v for v in columns[i]) + "]"
     return columns
 
 
