@@ -30,7 +30,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._trial_running = False
-        self.opened_count = 0  # times the breaker opened (for tests and metrics)
+        self.opened_count = 0  # times it went from closed to open (failed trials not counted)
 
     @property
     def state(self) -> str:
@@ -65,20 +65,18 @@ class CircuitBreaker:
     def failure(self) -> None:
         with self._lock:
             self._failures += 1
-            if self._trial_running or (
-                self._opened_at is None and self._failures >= self.failure_threshold
-            ):
+            newly_open = self._opened_at is None and self._failures >= self.failure_threshold
+            if self._trial_running or newly_open:  # a failed trial re-opens, quietly
                 self._opened_at = time.monotonic()
-                self.opened_count += 1
-                opened = True
-            else:
-                opened = False
             self._trial_running = False
-        if opened:
+            if newly_open:
+                self.opened_count += 1
+        if newly_open:
             metrics.breaker_opened(self.name)
             log.warning(
-                "%s circuit breaker open after %d failure(s): answers degrade for %.1f s",
+                "%s circuit breaker open after %d failure(s): answers degrade until a trial "
+                "call (every %.1f s) succeeds",
                 self.name,
-                self._failures,
+                self.failure_threshold,
                 self.reset_after_s,
             )

@@ -427,6 +427,13 @@ class Scorer:
         }
         return body, _features_dict(CREDIT_FEATURE_NAMES, xc), None, True
 
+    def close(self) -> None:
+        """Stop the backlog thread, close the decision log and the shared store's client."""
+        self.backlog.stop()
+        self.log.close()
+        if self.shared is not None:
+            self.shared.close()
+
     def _apply_degraded(self, request: ScoreRequest, record: bytes, ids: dict[str, str]) -> str:
         from risk_service.scoring_shared import apply_degraded
 

@@ -43,10 +43,7 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
     yield build
     for app in apps:
         app.extensions["risk_watcher"].stop()
-        scorer = app.extensions["risk"]
-        scorer.log.close()
-        if scorer.shared is not None:
-            scorer.shared.close()
+        app.extensions["risk"].close()
 
 
 @pytest.fixture
