@@ -776,14 +776,19 @@ def backlog(service: Service, samples: int = 12) -> int:
 
 
 def settle(
-    service: Service, db: DecisionLogDb, event_ids: Iterable[str], timeout: float = 120.0
+    service: Service,
+    db: DecisionLogDb,
+    event_ids: Iterable[str],
+    timeout: float = 120.0,
+    spool_grace: float = 15.0,
 ) -> dict[str, Any]:
-    """Wait until every given event is in PostgreSQL, the spool files are empty and no worker
-    holds degraded events waiting for Redis (three checks in a row)."""
+    """Wait until every given event is in PostgreSQL and no worker holds degraded events
+    waiting for Redis (three checks in a row), then up to `spool_grace` seconds more for the
+    spool files to empty; what is left of each is reported."""
     missing = set(event_ids)
     started = time.monotonic()
     quiet = 0
-    spooled = waiting = -1
+    waiting = -1
     while time.monotonic() - started < timeout:
         try:
             missing = missing - set(db.rows(missing))
@@ -791,12 +796,16 @@ def settle(
             db.reconnect()
             time.sleep(0.5)
             continue
-        spooled = spooled_on_disk(service)
         waiting = backlog(service)
-        quiet = quiet + 1 if (not missing and not spooled and not waiting) else 0
+        quiet = quiet + 1 if (not missing and not waiting) else 0
         if quiet >= 3:
             break
         time.sleep(0.5)
+    grace = time.monotonic() + spool_grace
+    spooled = spooled_on_disk(service)
+    while spooled and time.monotonic() < grace:
+        time.sleep(0.5)
+        spooled = spooled_on_disk(service)
     return {
         "seconds": round(time.monotonic() - started, 1),
         "missing": sorted(missing),
@@ -845,6 +854,8 @@ def probe_velocity(
     client = Http(service.url)
     rng = random.Random(1)
     wrong: list[tuple[str, int, int]] = []
+    unanswered: list[str] = []
+    unlogged: list[str] = []
     degraded_probes = 0
     exact = 0
     for n, (account, expected) in enumerate(sorted(per_account.items())):
@@ -863,15 +874,18 @@ def probe_velocity(
             while backlog(service) != 0 and time.monotonic() < deadline:
                 time.sleep(0.2)
         else:
-            wrong.append((account, expected, -1))
+            unanswered.append(account)
             continue
         row = None
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 30
         while row is None and time.monotonic() < deadline:  # it may wait in a spool
             row = db.rows([event_id]).get(event_id)
             if row is None:
                 time.sleep(0.2)
-        counted = int(float(row[2])) if row and row[2] is not None else -1
+        if row is None:
+            unlogged.append(event_id)
+            continue
+        counted = int(float(row[2])) if row[2] is not None else -1
         if account in unsure:
             continue
         if counted == expected:
@@ -882,9 +896,11 @@ def probe_velocity(
     return {
         "accounts": len(per_account),
         "exact": exact,
-        "wrong": wrong,
+        "wrong": wrong,  # (account, expected, counted)
         "unsure_accounts": len(unsure),
         "degraded_probes": degraded_probes,
+        "unanswered": unanswered,  # no 200 answer that was not degraded in `tries`
+        "unlogged": unlogged,  # answered, but not in PostgreSQL 30 s later
     }
 
 
@@ -954,7 +970,9 @@ def other_load() -> str:
     """What else was running: another benchmark (wrk) shares the two cores."""
     wrk = subprocess.run(["pgrep", "-x", "wrk"], capture_output=True, check=False).returncode == 0
     load = os.getloadavg()[0]
-    return f"load average {load:.2f}" + ("; wrk (another benchmark) running" if wrk else "")
+    return f"1-minute load average {load:.2f} (this run's own processes included), " + (
+        "wrk (another benchmark) running" if wrk else "no other benchmark (wrk) running"
+    )
 
 
 def header(command: list[str], started: datetime, seconds: float, before: str) -> str:
@@ -974,6 +992,8 @@ def write_section(name: str, text: str, path: Path = RELIABILITY) -> None:
         doc = _INTRO + "".join(
             f"\n<!-- {s}: begin -->\n(not run yet)\n<!-- {s}: end -->\n" for s in SECTIONS
         )
+    first = doc.find("<!-- ")
+    doc = _INTRO + (doc[first - 1 :] if first > 0 else "")  # the introduction as it is now
     begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
     block = f"{begin}\n{text.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)

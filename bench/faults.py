@@ -3,7 +3,8 @@
 Starts a private Redis (append-only file on, so a Redis stopped and started again comes back
 with its data; the service reaches it through a fault proxy in its own process) and a
 private PostgreSQL cluster (bench/cluster.py), and `risk serve --workers 2` on them with API
-keys and a copy of the committed models. Then, one after the other, each fault under a
+keys and a copy of the committed models, afresh for each fault (what one fault leaves
+behind must not show up as another's). Then, one after the other, each fault under a
 steady stream of unique payment events (`--rate`, default 150 a second, 16 client threads,
 200 accounts per fault; 3% of the events are sent again after their answer, as a client
 retries when it lost an answer; a failed attempt is retried with the same event_id):
@@ -91,7 +92,7 @@ class Result:
     def goals(self) -> dict[str, bool]:
         goals = {
             "zero 5xx": self.fivexx == 0,
-            "none lost": not self.logged["missing"],
+            "none lost": not self.logged["missing"] and not self.velocity["unlogged"],
             "answer = log": not self.logged["answer_differs_from_log"]
             and not self.logged["inconsistent_answers"],
             "none counted twice": not self.velocity["wrong"]
@@ -218,11 +219,14 @@ class Faults:
         last_old = max((a.t1 for a in old_after if a.t0 >= self._promoted_at), default=None)
         swap = None if last_old is None else last_old - self._promoted_at
         late = [a for a in old_after if a.t0 >= self._promoted_at + 2.0 + 2.5]
+        when = (
+            "no answer sent after the promotion call returned came from the old version"
+            if swap is None
+            else f"answers from the old version until {swap:.1f} s after the promotion call "
+            "returned (the other worker's watcher: RELOAD_INTERVAL_SECONDS = 2)"
+        )
         return {
-            "notes": [
-                f"answers from the old version until {swap or 0:.1f} s after the promotion "
-                f"(RELOAD_INTERVAL_SECONDS = 2), then only from {new}"
-            ],
+            "notes": [f"{when}; then only from {new}"],
             "goals": {"every worker swapped within 4.5 s": not late},
         }
 
@@ -346,7 +350,8 @@ def run_fault(
             f"{len(settled['missing'])}, with {settled['spooled']} decisions in spool files"
         )
     velocity_examples = [x for x in examples if x.startswith("velocity")]
-    notes += list(dict.fromkeys(examples[:1] + velocity_examples[:1]))
+    unlogged = [x for x in examples if "not in PostgreSQL" in x]
+    notes += list(dict.fromkeys(examples[:1] + velocity_examples[:1] + unlogged))
     with service.log_path.open("rb") as handle:
         handle.seek(log_offset)
         new_lines = handle.read().decode(errors="replace").splitlines()
@@ -357,6 +362,11 @@ def run_fault(
     for name, window in windows_seen.items():
         print(f"  {name:>6}: {_counts(window)}", flush=True)
     print(f"  goals: {result.goals()}", flush=True)
+    print(
+        "  velocity: "
+        + ", ".join(f"{k}: {v if isinstance(v, int) else len(v)}" for k, v in velocity.items()),
+        flush=True,
+    )
     return result
 
 
@@ -384,6 +394,11 @@ def diagnose(
             f"velocity: {account} counted {counted} of its {expected} earlier events; "
             f"{len(degraded)} of them answered degraded ({', '.join(degraded[:6])})"
         )
+    if velocity["unlogged"]:
+        lines.append(
+            f"{len(velocity['unlogged'])} final payments answered 200 but not in PostgreSQL"
+            f" 30 s later (e.g. {velocity['unlogged'][0]})"
+        )
     for line in lines:
         print("  " + line, flush=True)
     return lines
@@ -396,6 +411,45 @@ def _counts(w: dict[str, Any]) -> str:
         f"{w['4xx']} 4xx, {w['5xx']} 5xx, {w['timeout']} timeouts, {w['conn']} connection errors"
         + (f" ({codes})" if codes else "")
     )
+
+
+NAMES = (
+    "kill-worker",
+    "redis-stop",
+    "postgres-stop",
+    "redis-slow",
+    "promote",
+    "corrupt-promote",
+    "impatient",
+)
+
+
+def catalogue(f: Faults, rate: float, windows: tuple[float, float, float]) -> dict[str, Fault]:
+    seconds = f"{windows[1]:.0f} s"
+    impatient = {
+        "copies": 3,
+        "copy_fraction": 1.0,
+        "rate": rate / 3,
+        "resend_fraction": 0.0,
+        "timeouts": IMPATIENT_TIMEOUTS,
+        "max_attempts": len(IMPATIENT_TIMEOUTS),
+    }
+    faults = [
+        Fault("kill-worker", "a gunicorn worker killed with SIGKILL", f.kill_worker, f.worker_back),
+        Fault("redis-stop", f"Redis stopped for {seconds}, then started", f.redis_stop,
+              f.redis_start),
+        Fault("postgres-stop", f"PostgreSQL stopped for {seconds}, then started", f.pg_stop,
+              f.pg_start),
+        Fault("redis-slow", f"Redis slowed to 50 ms per call for {seconds}", f.redis_slow,
+              f.redis_fast),
+        Fault("promote", "a new fraud model promoted (POST /admin/promote)", f.promote,
+              zero_failures=True, check=f.check_promote),
+        Fault("corrupt-promote", "a corrupted bundle made champion in registry.json", f.corrupt,
+              f.restore, zero_failures=True, check=f.check_corrupt),
+        Fault("impatient", "the same events retried by an impatient client", f.nothing,
+              load=impatient),
+    ]  # fmt: skip
+    return {x.name: x for x in faults}
 
 
 def main() -> int:
@@ -412,79 +466,24 @@ def main() -> int:
     before = cluster.other_load()
     t_start = time.time()
     results: list[Result] = []
-    with (
-        cluster.tmpdir("risk-faults-") as work,
-        cluster.PrivateStores(persistent_redis=True, proxy=True) as stores,
-    ):
-        models = cluster.copy_models(work / "models")
-        env = cluster.production_env(state_url=stores.state_url, pg_url=stores.pg.url)
-        with cluster.Service(work / "service", env, models=models) as service:
-            f = Faults(service, stores, models, args.quick)
-            impatient = {
-                "copies": 3,
-                "copy_fraction": 1.0,
-                "rate": args.rate / 3,
-                "resend_fraction": 0.0,
-                "timeouts": IMPATIENT_TIMEOUTS,
-                "max_attempts": len(IMPATIENT_TIMEOUTS),
-            }
-            catalogue = [
-                Fault(
-                    "kill-worker",
-                    "a gunicorn worker killed with SIGKILL",
-                    f.kill_worker,
-                    f.worker_back,
-                ),
-                Fault(
-                    "redis-stop",
-                    f"Redis stopped for {windows[1]:.0f} s, then started",
-                    f.redis_stop,
-                    f.redis_start,
-                ),
-                Fault(
-                    "postgres-stop",
-                    f"PostgreSQL stopped for {windows[1]:.0f} s, then started",
-                    f.pg_stop,
-                    f.pg_start,
-                ),
-                Fault(
-                    "redis-slow",
-                    f"Redis slowed to 50 ms per call for {windows[1]:.0f} s",
-                    f.redis_slow,
-                    f.redis_fast,
-                ),
-                Fault(
-                    "promote",
-                    "a new fraud model promoted (POST /admin/promote)",
-                    f.promote,
-                    zero_failures=True,
-                    check=f.check_promote,
-                ),
-                Fault(
-                    "corrupt-promote",
-                    "a corrupted bundle made champion in registry.json",
-                    f.corrupt,
-                    f.restore,
-                    zero_failures=True,
-                    check=f.check_corrupt,
-                ),
-                Fault(
-                    "impatient",
-                    "the same events retried by an impatient client",
-                    f.nothing,
-                    load=impatient,
-                ),
-            ]
-            chosen = [x for x in catalogue if args.only is None or x.name in args.only]
-            for fault in chosen:
-                results.append(run_fault(fault, f, work, args.rate, windows))
-            workers_at_end = len(service.worker_pids())
+    workers_at_end: dict[str, int] = {}
+    chosen = [name for name in NAMES if args.only is None or name in args.only]
+    with cluster.tmpdir("risk-faults-") as work:
+        for name in chosen:  # each fault on a system of its own: no fault leaks into the next
+            with cluster.PrivateStores(persistent_redis=True, proxy=True) as stores:
+                models = cluster.copy_models(work / f"models-{name}")
+                env = cluster.production_env(state_url=stores.state_url, pg_url=stores.pg.url)
+                with cluster.Service(work / f"service-{name}", env, models=models) as service:
+                    f = Faults(service, stores, models, args.quick)
+                    fault = catalogue(f, args.rate, windows)[name]
+                    results.append(run_fault(fault, f, work, args.rate, windows))
+                    workers_at_end[name] = len(service.worker_pids())
     ok = all(all(r.goals().values()) for r in results)
     text = render(results, command, started_at, time.time() - t_start, before, args.rate, windows)
     print()
     print(text)
-    if workers_at_end != 2:
-        print(f"workers at the end: {workers_at_end}")
+    if any(n != 2 for n in workers_at_end.values()):
+        print(f"workers at the end of each fault: {workers_at_end}")
         ok = False
     if not args.no_doc:
         cluster.write_section("faults", text)
@@ -530,7 +529,10 @@ def render(
                 len(r.logged["missing"]),
                 len(r.logged["answer_differs_from_log"]) + len(r.logged["inconsistent_answers"]),
                 f"{v['exact']}/{v['accounts']}"
-                + (f" ({v['unsure_accounts']} unsure)" if v["unsure_accounts"] else ""),
+                + (f", {v['unsure_accounts']} unsure" if v["unsure_accounts"] else "")
+                + (f", {len(v['wrong'])} wrong" if v["wrong"] else "")
+                + (f", {len(v['unlogged'])} probes not logged" if v["unlogged"] else "")
+                + (f", {len(v['unanswered'])} probes degraded 5 times" if v["unanswered"] else ""),
                 r.conflicts,
                 len(r.log_errors),
                 ", ".join(f"{k}: {cluster.verdict(ok)}" for k, ok in goals.items()),
@@ -550,7 +552,9 @@ def render(
         f"Each fault: {before_s:.0f} s of load before it, a {fault_s:.0f} s fault window, "
         f"{after_s:.0f} s after; {rate:.0f} new events a second ({ACCOUNTS} accounts per fault, "
         f"{RESEND:.0%} of the events sent again after their answer); a failed attempt is "
-        "retried with the same event_id. Degraded answers are intended (they say so).",
+        "retried with the same event_id. Degraded answers are intended (they say so). Each"
+        " fault runs on a fresh system (its own Redis, PostgreSQL, models copy and service),"
+        " so that what one fault leaves behind does not show up in the next.",
         "",
         "What the client saw (attempts sent in each window):",
         "",
