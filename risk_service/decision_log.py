@@ -69,7 +69,7 @@ from risk_service.labels import LabelRecord, sort_labels
 class DecisionLog(Protocol):
     """Where decisions and their labels go; ``append`` and ``add_label`` are durable on return."""
 
-    def append(self, record: DecisionRecord) -> None: ...
+    def append(self, record: DecisionRecord) -> bool: ...
 
     def get(self, event_id: str) -> DecisionRecord | None: ...
 
@@ -207,12 +207,14 @@ class SQLiteDecisionLog:
     def _row(self, r: DecisionRecord) -> tuple[Any, ...]:
         return decision_row(self.pseudonymise, r)
 
-    def append(self, record: DecisionRecord) -> None:
-        """Log one decision; returns once it is committed (see the module docstring)."""
+    def append(self, record: DecisionRecord) -> bool:
+        """Log one decision; returns once it is committed (see the module docstring): True,
+        or False when its event_id was logged already with the same body (nothing written)."""
         pending = Pending(self._row(record))
         self._submit([pending])
         if pending.error is not None:
             raise pending.error
+        return not pending.existed
 
     def add_label(self, label: LabelRecord) -> None:
         """Keep one label; returns once it is committed. A label already kept is a no-op."""
@@ -240,6 +242,7 @@ class SQLiteDecisionLog:
                 if p.kind == LABEL:
                     conn.execute(_INSERT_LABEL, p.row)
                 elif conn.execute(_INSERT, p.row).rowcount == 0:
+                    p.existed = True
                     stored = conn.execute(
                         "SELECT body_hash FROM decisions WHERE event_id = ?", (p.row[0],)
                     ).fetchone()

@@ -203,9 +203,12 @@ class PostgresDecisionLog:
         self._kick.set()
 
     # -- writing -------------------------------------------------------------------------------
-    def append(self, record: DecisionRecord) -> None:
-        """Log one decision; returns once it is committed in PostgreSQL or in the spool."""
-        self._submit(Pending(decision_row(self.pseudonymise, record)))
+    def append(self, record: DecisionRecord) -> bool:
+        """Log one decision; returns once it is committed in PostgreSQL or in the spool: True,
+        or False when PostgreSQL already held its event_id with the same body."""
+        pending = Pending(decision_row(self.pseudonymise, record))
+        self._submit(pending)
+        return not pending.existed
 
     def add_label(self, label: LabelRecord) -> None:
         """Keep one label; durable on return; a label already kept is a no-op."""
@@ -271,6 +274,7 @@ class PostgresDecisionLog:
         if check:
             stored = dict(conn.execute(BODY_HASHES, ([p.row[0] for p in check],)).fetchall())
             for p in check:
+                p.existed = True
                 if stored.get(p.row[0], p.row[3]) != p.row[3]:
                     p.error = Conflict(
                         f"event_id {p.row[0]!r} is already logged with a different body",

@@ -21,12 +21,13 @@ from risk_service.decision_records import DECISION
 class Pending:
     """One row (a decision or a label) waiting for its batch to commit."""
 
-    __slots__ = ("done", "error", "kind", "row")
+    __slots__ = ("done", "error", "existed", "kind", "row")
 
     def __init__(self, row: tuple[Any, ...], kind: str = DECISION) -> None:
         self.row = row
         self.kind = kind
         self.done = False
+        self.existed = False  # the event_id was logged already (same body: a no-op)
         self.error: Exception | None = None
 
 

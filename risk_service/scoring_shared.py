@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from risk_service.decision_log import DecisionLogError, DecisionRecord
 from risk_service.errors import Conflict
 from risk_service.features import CREDIT_FEATURE_NAMES, FEATURE_NAMES, OnlineFeatureEngine, codec
 from risk_service.features.spec import ENTITY_KEYS
@@ -64,7 +65,7 @@ def score_shared(
     ids = {k: shared.hash(str(v)) for k, v in entity_ids(request.event, kinds).items()}
     idem_key = shared.idempotency_key(request.event_id)
     if scorer.backlog.pending(request.event_id):  # answered degraded, not yet in Redis
-        logged = scorer.log.get(request.event_id)
+        logged = _logged(scorer, request.event_id)
         if logged is not None and logged.response is not None:
             if logged.body_hash != request.canonical_body_hash:
                 raise Conflict(
@@ -96,15 +97,15 @@ def score_shared(
         if outcome == "OK":
             entry = candidate
             break
-        if time.perf_counter() > deadline:  # CONFLICT or EXISTS: try again while there is time
-            break
+        if outcome == "CONFLICT" and time.perf_counter() > deadline:
+            break  # EXISTS always goes round once more: the next begin answers as a retry
     if entry is None:  # the store is down or too contended: degraded, no state update now
         entry = scorer._score_new(request, now_ms, None, None)
-        response = _answer(scorer, entry, request, started)
-        # logged and answered: its state update follows when Redis is back (backlog.py)
-        scorer.backlog.add(request, encode_stored(_stored(entry, ids)), ids)
-        return response, False
-    return _answer(scorer, entry, request, started), False
+        response, replayed = _answer(scorer, entry, request, started)
+        if not replayed:  # logged and answered: its state update follows (backlog.py)
+            scorer.backlog.add(request, encode_stored(_stored(entry, ids)), ids)
+        return response, replayed
+    return _answer(scorer, entry, request, started)
 
 
 def apply_degraded(
@@ -145,15 +146,23 @@ def _stored(entry: IdempotencyEntry, hashed_ids: dict[str, str]) -> StoredDecisi
 
 def _answer(
     scorer: Scorer, entry: IdempotencyEntry, request: ScoreRequest, started: float
-) -> dict[str, Any]:
-    """Reasons, the durable log append, then the response."""
+) -> tuple[dict[str, Any], bool]:
+    """Reasons, the durable log append, then the response, and whether it is a replay.
+
+    When the log already held this event_id (another copy of the request was logged
+    first, e.g. degraded while this one committed, or the reverse), the logged answer is
+    what was acknowledged: this copy answers that.
+    """
     scorer._finish(entry, request, started)
     if entry.record is None:
         raise RuntimeError(f"event {request.event_id!r} could not be scored")
-    scorer.log.append(entry.record)
+    if not scorer.log.append(entry.record):
+        logged = _logged(scorer, request.event_id)
+        if logged is not None and logged.response is not None:
+            return {**logged.response, "timing_ms": _ms_since(started)}, True
     response = dict(entry.response)
     response["timing_ms"] = _ms_since(started)
-    return response
+    return response, False
 
 
 def _replay(
@@ -167,7 +176,7 @@ def _replay(
         )
     takeover_at = time.perf_counter() + scorer.settings.takeover_ms / 1000.0
     while True:
-        logged = scorer.log.get(request.event_id)
+        logged = _logged(scorer, request.event_id)
         if logged is not None and logged.response is not None:
             response = dict(logged.response)
             if request.explain and response.get("fraud") and stored.x is not None:
@@ -178,7 +187,7 @@ def _replay(
         if time.perf_counter() >= takeover_at:
             break
         time.sleep(POLL_S)
-    return _answer(scorer, _takeover_entry(scorer, request, stored), request, started)
+    return _answer(scorer, _takeover_entry(scorer, request, stored), request, started)[0]
 
 
 def _takeover_entry(
@@ -247,3 +256,12 @@ def ingest_label_shared(
 
 def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _logged(scorer: Scorer, event_id: str) -> DecisionRecord | None:
+    """The logged decision, or None when the log has none or cannot say right now (PostgreSQL
+    away): callers then wait, take over or answer themselves, all of them idempotent."""
+    try:
+        return scorer.log.get(event_id)
+    except DecisionLogError:
+        return None

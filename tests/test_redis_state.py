@@ -315,3 +315,28 @@ def test_an_accounts_file_is_loaded_by_one_worker(
     assert scorers[0].ingest_profiles(rows, marker="file-hash-1") == 3
     assert scorers[1].ingest_profiles(rows, marker="file-hash-1") == 0  # already loaded
     assert scorers[1].ingest_profiles(rows, marker="file-hash-2") == 3  # another file
+
+
+@pytest.mark.integration
+def test_impatient_duplicates_always_get_the_logged_answer(
+    make_app: AppFactory, redis_target: RedisTarget, tmp_path: Path
+) -> None:
+    """Every event sent three times at once to two services with a deadline so short that
+    contended transactions give up: whatever each copy is answered is what the log holds."""
+    config = {"DECISION_LOG_PATH": str(tmp_path / "log.sqlite"), "REQUEST_DEADLINE_MS": 1}
+    apps = [shared_app(make_app, redis_target, **config) for _ in range(2)]
+    base = NOW - timedelta(hours=1)
+    bodies = [payment(f"i{i}", timestamp=iso(base + timedelta(seconds=i))) for i in range(30)]
+    jobs = [(apps[(i + k) % 2], b) for i, b in enumerate(bodies) for k in range(3)]
+
+    def send(job: tuple[Flask, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+        answer = job[0].test_client().post("/score", json=job[1]).get_json()
+        return job[1]["event_id"], answer
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(send, jobs))
+    log = apps[0].extensions["risk"].log
+    assert log.count() == 30
+    for event_id, answer in results:
+        record = log.get(event_id)
+        assert (answer["decision"], answer["degraded"]) == (record.decision, record.degraded)
