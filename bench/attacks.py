@@ -598,7 +598,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer and shorter slow clients")
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/reliability.md")
     args = parser.parse_args()
-    command = ["python", "bench/attacks.py", *sys.argv[1:]]
+    command = cluster.script_command("bench/attacks.py")
     cluster.exit_on_signals()
     started_at = datetime.now(UTC)
     before = cluster.other_load()

@@ -64,7 +64,9 @@ from servers import (  # noqa: E402
     free_port,
 )
 
-RELIABILITY = ROOT / "docs" / "reliability.md"
+# `snapshot` (below) runs a script on a clean copy of a commit and sets these two
+RELIABILITY = Path(os.environ.get("RISK_RELIABILITY_DOC", ROOT / "docs" / "reliability.md"))
+SNAPSHOT_OF = os.environ.get("RISK_RELIABILITY_SNAPSHOT")
 SCORE_KEY = "reliability-score-" + "s" * 32  # scopes score, feedback, read
 ADMIN_KEY = "reliability-admin-" + "a" * 32  # every scope
 HASH_KEY = "reliability-hash-" + "h" * 32
@@ -956,6 +958,9 @@ def machine() -> str:
 
 
 def commit() -> str:
+    if SNAPSHOT_OF:
+        return f"{SNAPSHOT_OF} (a clean snapshot of it: `python bench/cluster.py snapshot`)"
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
@@ -973,6 +978,12 @@ def other_load() -> str:
     return f"1-minute load average {load:.2f} (this run's own processes included), " + (
         "wrk (another benchmark) running" if wrk else "no other benchmark (wrk) running"
     )
+
+
+def script_command(script: str) -> list[str]:
+    """The command as run: through `snapshot` when it was."""
+    prefix = ["python", "bench/cluster.py", "snapshot"] if SNAPSHOT_OF else ["python"]
+    return [*prefix, script, *sys.argv[1:]]
 
 
 def header(command: list[str], started: datetime, seconds: float, before: str) -> str:
@@ -1024,8 +1035,43 @@ def new_run_id(name: str) -> str:
     return f"{name}-{secrets.token_hex(3)}"
 
 
+def snapshot(argv: list[str]) -> int:
+    """`python bench/cluster.py snapshot bench/faults.py [ARGS]`: run a reliability script on
+    a clean copy of HEAD (`git archive`), not on the working tree, which may hold someone's
+    unfinished changes; its results still go to this checkout's docs/reliability.md."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    with tmpdir("risk-snapshot-") as copy:
+        archive = subprocess.run(
+            ["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(copy)], input=archive, check=True)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(copy),  # risk_service and training from the copy
+            "RISK_RELIABILITY_DOC": str(RELIABILITY),
+            "RISK_RELIABILITY_SNAPSHOT": sha,
+        }
+        try:
+            return subprocess.run(
+                [sys.executable, str(copy / argv[0]), *argv[1:]], env=env
+            ).returncode
+        except KeyboardInterrupt:
+            return 130
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "drive":
         _drive_main(sys.argv[2])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "snapshot":
+        sys.exit(snapshot(sys.argv[2:]))
     else:
-        sys.exit("usage: python bench/cluster.py drive SPEC.json (the load generator's child)")
+        sys.exit(
+            "usage: python bench/cluster.py snapshot bench/SCRIPT.py [ARGS] (on a clean copy of"
+            " HEAD), or drive SPEC.json (the load generator's child)"
+        )

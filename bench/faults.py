@@ -459,7 +459,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=None, help="run only these faults")
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/reliability.md")
     args = parser.parse_args()
-    command = ["python", "bench/faults.py", *sys.argv[1:]]
+    command = cluster.script_command("bench/faults.py")
     windows = (2.0, 5.0, 4.0) if args.quick else (5.0, 10.0, 10.0)
     cluster.exit_on_signals()
     started_at = datetime.now(UTC)

@@ -65,7 +65,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.burst = min(args.seconds, 30.0), 5.0
-    command = ["python", "bench/soak.py", *sys.argv[1:]]
+    command = cluster.script_command("bench/soak.py")
     cluster.exit_on_signals()
     started_at = datetime.now(UTC)
     before = cluster.other_load()
