@@ -131,6 +131,9 @@ class PostgresDecisionLog:
         self._key = hash_key
         self._conninfo = pg_conninfo(url, timeout_ms)
         self._timeout_s = timeout_ms / 1000
+        # Flushing is off the request path and moves up to flush_batch rows at once: it gets
+        # far longer than an append, or a big batch on a busy server could never get through.
+        self._flush_timeout_s = max(10 * self._timeout_s, 5.0)
         self._breaker_failures = breaker_failures
         self._cooldown_s = breaker_cooldown_s
         self._flush_interval_s = flush_interval_s
@@ -346,7 +349,7 @@ class PostgresDecisionLog:
                     return
                 try:
                     with self._flush_lock:
-                        with self._watchdog.guard(conn, self._timeout_s):
+                        with self._watchdog.guard(conn, self._flush_timeout_s):
                             other = move_rows(
                                 conn, [r for _, r in decisions], [r for _, r in labels]
                             )
