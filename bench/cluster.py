@@ -843,7 +843,7 @@ def probe_velocity(
     events: dict[str, EventOutcome],
     run: str,
     *,
-    tries: int = 5,
+    tries: int = 10,
 ) -> dict[str, Any]:
     """A final payment per account once everything settled: its logged `account_events_24h`
     must equal the number of the account's earlier events (each counted once).

@@ -211,7 +211,11 @@ class Faults:
         client.close()
         self.promoted = version
         self._promoted_at = time.time()
-        return f"POST /admin/promote {version}: {status} {data.decode()[:120]}"
+        try:
+            swapped = json.loads(data).get("swapped_here")
+        except ValueError:
+            swapped = None
+        return f"POST /admin/promote {version}: {status} (that worker swapped at once: {swapped})"
 
     def check_promote(self, attempts: list[cluster.Attempt], t0: float, t1: float) -> dict:
         new = self.promoted
@@ -536,7 +540,7 @@ def render(
                 + (f", {v['unsure_accounts']} unsure" if v["unsure_accounts"] else "")
                 + (f", {len(v['wrong'])} wrong" if v["wrong"] else "")
                 + (f", {len(v['unlogged'])} probes not logged" if v["unlogged"] else "")
-                + (f", {len(v['unanswered'])} probes degraded 5 times" if v["unanswered"] else ""),
+                + (f", {len(v['unanswered'])} probes always degraded" if v["unanswered"] else ""),
                 r.conflicts,
                 len(r.log_errors),
                 ", ".join(f"{k}: {cluster.verdict(ok)}" for k, ok in goals.items()),
