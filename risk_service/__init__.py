@@ -26,7 +26,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if test_config is not None:
         app.config.from_mapping(test_config)
     # Refuse oversized bodies before they are read; the API parser checks again.
-    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_BODY_BYTES"])
+    # One byte over the limit so that a chunked body (no Content-Length), which werkzeug cuts
+    # there, still reads as over the limit (413) rather than as truncated JSON.
+    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_BODY_BYTES"]) + 1
     scorer, watcher = service.build_scorer(app.config)
     app.extensions["risk"] = scorer
     app.extensions["risk_watcher"] = watcher

@@ -208,6 +208,8 @@ def _check_id(v: Any, spec: FieldSpec, now_ms: int, max_future_ms: int, max_amou
         raise _bad(spec, f"must be a string, got {_json_type(v)}")
     if not v or len(v) > MAX_ID_LENGTH:
         raise _bad(spec, f"must have 1 to {MAX_ID_LENGTH} characters, got {len(v)}")
+    if "\x00" in v:  # no store keeps it as text (PostgreSQL refuses NUL in text)
+        raise _bad(spec, "must not contain NUL characters")
     return v
 
 

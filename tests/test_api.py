@@ -408,3 +408,9 @@ def test_a_store_failure_gives_a_degraded_answer_with_rules(
     big = client.post("/score", json=payment("d2", amount=9000.0)).get_json()
     assert big["degraded"] is True and big["decision"] == "decline"
     assert big["rules_fired"][0]["name"] == "big"
+
+
+def test_nul_in_an_id_is_refused(client: FlaskClient) -> None:
+    """Found by bench/attacks.py: a NUL in an id was accepted, then PostgreSQL refused it."""
+    nul = client.post("/score", json=payment("nul\x00byte"))
+    assert nul.status_code == 400 and nul.get_json()["field"] == "event_id"
