@@ -258,6 +258,55 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (not idle, not waiting for I/O)."""
+    ticks = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return sum(int(t) for i, t in enumerate(ticks) if i not in (3, 4)) / _TICK
+
+
+class CpuMeter:
+    """Cores used between `start` and `stop`: by the whole machine, and by the given processes
+    and their children (the run's own: service, stores, load generator, this script), so
+    that what other people's work took is visible."""
+
+    def __init__(self, pids: Iterable[int]) -> None:
+        self.pids = list(pids)
+
+    def _ours(self) -> float:
+        seen: set[int] = set()
+        total = 0.0
+        stack = list(self.pids)
+        while stack:
+            pid = stack.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            total += cpu_seconds(pid)
+            stack += children(pid)
+        return total + sum(os.times()[:2])
+
+    def start(self) -> None:
+        self.t0, self.busy0, self.ours0 = time.monotonic(), machine_busy_seconds(), self._ours()
+
+    def stop(self) -> dict[str, float]:
+        seconds = time.monotonic() - self.t0
+        busy = (machine_busy_seconds() - self.busy0) / seconds
+        ours = (self._ours() - self.ours0) / seconds
+        return {"machine": busy, "run": ours, "others": max(0.0, busy - ours)}
+
+
 # -- private stores --------------------------------------------------------------------------------
 class PrivateStores:
     """A Redis and a PostgreSQL of this run's own, on free ports; closed on exit.
@@ -292,6 +341,13 @@ class PrivateStores:
     @property
     def state_url(self) -> str:
         return self.proxy.url if self.proxy is not None else self.redis.url
+
+    def pids(self) -> list[int]:
+        """The Redis server and the PostgreSQL postmaster (its children are found from it)."""
+        out = [self.redis.pid] if self.redis.pid else []
+        with suppress(OSError, ValueError, IndexError):
+            out.append(int((self.pg.data / "postmaster.pid").read_text().split()[0]))
+        return out
 
     def redis_memory(self) -> dict[str, int]:
         """INFO memory used_memory and the number of keys of the private Redis."""
