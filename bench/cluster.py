@@ -994,6 +994,12 @@ never the machine's shared ones, and remove them when they stop (also on Ctrl-C)
 are Python threads with keep-alive `http.client` connections in a separate process; a
 failed attempt (timeout, connection error, 5xx) is retried with the same event_id, as a
 payment client would.
+
+The results below were made with `python bench/cluster.py snapshot bench/<name>.py`, which
+runs the script on a clean copy of HEAD (`git archive`) instead of a working tree that may
+hold someone's unfinished changes; each section names that commit. The machine has two
+cores shared with everything else running on it: each header says whether another
+benchmark (wrk) was running, and the soak measures the cores other processes took.
 """
 
 
