@@ -14,10 +14,10 @@ from typing import Any
 
 from risk_service.errors import InvalidField, MissingField, NotAnObject, UnknownField
 from risk_service.labels import LABEL_NAMES, LABEL_SOURCES, LabelRecord
+from risk_service.requests import MAX_ID_LENGTH
 from risk_service.timeutil import parse_instant
 
 FEEDBACK_FIELDS: tuple[str, ...] = ("event_id", *LABEL_NAMES, "label_time", "source")
-MAX_ID_LENGTH = 128
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
