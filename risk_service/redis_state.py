@@ -98,6 +98,9 @@ class Transaction:
     decoded: dict[str, Any] = field(default_factory=dict)
     writes: dict[str, tuple[str, Any]] = field(default_factory=dict)  # key -> (kind, state)
     failed: bool = False  # a state could not be decoded: commit no state
+    # a read during the engine's work failed (timeout, breaker): the engine may have caught it
+    # and scored degraded, so the caller must not commit this transaction (scoring_shared.py)
+    unavailable: StoreUnavailable | None = None
 
 
 class TransactionStore:
@@ -112,8 +115,7 @@ class TransactionStore:
         txn = self._txn
         rkey = txn.keys.get((kind, key))
         if rkey is None:  # not prefetched (not expected): read it now, and check it at commit
-            rkey = txn.keys[(kind, key)] = self._state.hashed_key(kind, key)
-            self._state.fetch_into(txn, [rkey])
+            rkey = self._fetch(kind, key)
         value = txn.decoded.get(rkey)
         if value is None and rkey in txn.blobs:
             try:
@@ -127,10 +129,22 @@ class TransactionStore:
         txn = self._txn
         rkey = txn.keys.get((kind, key))
         if rkey is None:
-            rkey = txn.keys[(kind, key)] = self._state.hashed_key(kind, key)
-            self._state.fetch_into(txn, [rkey])
+            rkey = self._fetch(kind, key)
         txn.decoded[rkey] = state
         txn.writes[rkey] = (kind, state)
+
+    def _fetch(self, kind: str, key: Any) -> str:
+        """Read a state that was not prefetched; a failure is remembered on the transaction,
+        because the engine's caller may catch it and carry on degraded."""
+        txn = self._txn
+        rkey = self._state.hashed_key(kind, key)
+        try:
+            self._state.fetch_into(txn, [rkey])
+        except StoreUnavailable as exc:
+            txn.unavailable = exc
+            raise
+        txn.keys[(kind, key)] = rkey
+        return rkey
 
 
 def _no_observe(store: str, op: str, seconds: float, ok: bool) -> None:
@@ -250,7 +264,11 @@ class RedisState:
 
         Returns 'OK', 'CONFLICT' (a state changed since ``begin``: start again) or
         'EXISTS' (the idempotency record appeared meanwhile: another request won).
+        Raises StoreUnavailable when a read during the transaction failed: what was computed
+        from it is not the event's true state update.
         """
+        if txn.unavailable is not None:
+            raise StoreUnavailable(f"a read in this transaction failed: {txn.unavailable}")
         rkeys = list(txn.tokens)
         args: list[Any] = [record, int(ttl_ms), "" if event_ms is None else int(event_ms)]
         for rkey in rkeys:

@@ -283,6 +283,51 @@ def test_events_answered_degraded_reach_the_state_once_redis_is_back(
 
 
 @pytest.mark.integration
+def test_a_read_failing_inside_the_engine_degrades_and_the_event_still_counts(
+    make_app: AppFactory, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state the engine reads lazily (not prefetched) times out: the engine's caller scores
+    degraded, so that transaction must not commit; the event goes the degraded way (logged,
+    then applied from the backlog) and no velocity is lost."""
+    from risk_service import scoring_shared
+    from risk_service.redis_state import StoreUnavailable
+
+    app = shared_app(make_app, redis_target)
+    scorer = app.extensions["risk"]
+    shared = scorer.shared
+    client = app.test_client()
+    base = NOW - timedelta(hours=2)
+    for i in range(2):
+        body = payment(f"lz{i}", timestamp=iso(base + timedelta(minutes=i)))
+        assert client.post("/score", json=body).get_json()["degraded"] is False
+
+    real_prefetch, real_fetch = scoring_shared.prefetch_keys, shared.fetch_into
+    failures: list[list[str]] = []
+
+    def without_account(state: Any, event: Any, ids: Any) -> Any:
+        return {k: v for k, v in real_prefetch(state, event, ids).items() if k[0] != "account"}
+
+    def failing_fetch(txn: Any, rkeys: list[str]) -> None:
+        failures.append(rkeys)
+        raise StoreUnavailable("timeout (test)")
+
+    monkeypatch.setattr(scoring_shared, "prefetch_keys", without_account)
+    monkeypatch.setattr(shared, "fetch_into", failing_fetch)
+    lazy = payment("lz2", timestamp=iso(base + timedelta(minutes=2)))
+    answer = client.post("/score", json=lazy).get_json()
+    assert failures, "the account state was not read lazily: the test proves nothing"
+    assert answer["degraded"] is True
+    monkeypatch.setattr(scoring_shared, "prefetch_keys", real_prefetch)
+    monkeypatch.setattr(shared, "fetch_into", real_fetch)
+    assert scorer.backlog.drain(timeout=10.0) and scorer.backlog.applied == 1
+    final = payment("lz-final", timestamp=iso(base + timedelta(minutes=10)))
+    assert client.post("/score", json=final).get_json()["degraded"] is False
+    assert features(app, "lz-final")["account_events_24h"] == 3  # lz0, lz1 and the degraded lz2
+    again = client.post("/score", json=lazy).get_json()  # a retry answers what was logged
+    assert again["degraded"] is True and again["decision"] == answer["decision"]
+
+
+@pytest.mark.integration
 def test_a_replica_with_another_hash_key_is_refused(
     make_app: AppFactory, redis_target: RedisTarget
 ) -> None:
