@@ -14,7 +14,7 @@ from typing import Any
 
 from risk_service.errors import InvalidField, MissingField, NotAnObject, UnknownField
 from risk_service.labels import LABEL_NAMES, LABEL_SOURCES, LabelRecord
-from risk_service.requests import MAX_ID_LENGTH
+from risk_service.requests import MAX_ID_LENGTH, id_problem
 from risk_service.timeutil import parse_instant
 
 FEEDBACK_FIELDS: tuple[str, ...] = ("event_id", *LABEL_NAMES, "label_time", "source")
@@ -34,11 +34,9 @@ def parse_feedback(body: Any, *, now_ms: int, max_future_ms: int) -> LabelRecord
     event_id = body.get("event_id")
     if event_id is None:
         raise MissingField("event_id is required", field="event_id")
-    if type(event_id) is not str or not 0 < len(event_id) <= MAX_ID_LENGTH:
-        raise InvalidField(
-            f"event_id must be a non-empty string of at most {MAX_ID_LENGTH} characters",
-            field="event_id",
-        )
+    problem = id_problem(event_id)
+    if problem is not None:
+        raise InvalidField(f"event_id {problem}", field="event_id")
     given = [name for name in LABEL_NAMES if body.get(name) is not None]
     if not given:
         raise MissingField("exactly one of is_fraud and defaulted is required", field="is_fraud")

@@ -203,13 +203,22 @@ def _bad(spec: FieldSpec, message: str) -> InvalidField:
     return InvalidField(f"{spec.path} {message}", field=spec.path)
 
 
-def _check_id(v: Any, spec: FieldSpec, now_ms: int, max_future_ms: int, max_amount: float) -> Any:
+def id_problem(v: Any) -> str | None:
+    """What is wrong with an identifier (event_id, account_id, ...), or None: the one rule
+    for ids wherever a request carries them (/score, /feedback)."""
     if type(v) is not str:
-        raise _bad(spec, f"must be a string, got {_json_type(v)}")
+        return f"must be a string, got {_json_type(v)}"
     if not v or len(v) > MAX_ID_LENGTH:
-        raise _bad(spec, f"must have 1 to {MAX_ID_LENGTH} characters, got {len(v)}")
+        return f"must have 1 to {MAX_ID_LENGTH} characters, got {len(v)}"
     if "\x00" in v:  # no store keeps it as text (PostgreSQL refuses NUL in text)
-        raise _bad(spec, "must not contain NUL characters")
+        return "must not contain NUL characters"
+    return None
+
+
+def _check_id(v: Any, spec: FieldSpec, now_ms: int, max_future_ms: int, max_amount: float) -> Any:
+    problem = id_problem(v)
+    if problem is not None:
+        raise _bad(spec, problem)
     return v
 
 

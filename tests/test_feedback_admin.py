@@ -75,6 +75,8 @@ def test_a_decision_reads_back_with_features_reasons_and_versions(client: FlaskC
     ("body", "status", "field"),
     [
         (label("unknown-event"), 404, "event_id"),
+        (label("fb\x00"), 400, "event_id"),  # the same id rule as /score
+        (label("x" * 129), 400, "event_id"),
         ({**label("fb"), "defaulted": 1}, 400, "defaulted"),
         ({k: v for k, v in label("fb").items() if k != "is_fraud"}, 400, "is_fraud"),
         (label("fb", is_fraud=2), 400, "is_fraud"),
