@@ -66,8 +66,9 @@ class ProductionStores:
             def __init__(self, state: RedisState) -> None:
                 self.state = state
 
-            def ingest_profiles(self, rows: Any) -> int:
-                return self.state.put_profiles((r["account_id"], profile_from_row(r)) for r in rows)
+            def ingest_profiles(self, rows: Any, marker: str | None = None) -> int:
+                pairs = ((r["account_id"], profile_from_row(r)) for r in rows)
+                return self.state.put_profiles(pairs, marker=marker)
 
         state = RedisState(self.redis_url, hash_key, prefix=self.prefix, timeout_ms=10_000)
         try:
