@@ -1,6 +1,6 @@
 """Admin routes (scope ``admin``): promote, roll back, name a challenger, reload, status.
 
-The same functions as ``risk models`` / ``risk policies`` (lifecycle.py), so the CLI
+The same functions as ``risk models`` / ``risk policies`` (registry_admin.py), so the CLI
 and HTTP take one code path and both write the audit trail, with the API key's id
 as the actor. After a change this process swaps at once; the other workers and
 replicas follow within RELOAD_INTERVAL_SECONDS (their own watchers).
@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, request
 
-from risk_service import lifecycle, web
+from risk_service import lifecycle, registry_admin, web
 from risk_service.api import read_json_body
 from risk_service.bundles import KINDS, BundleError
 from risk_service.errors import ApiError, InvalidField, MissingField, NotAnObject
@@ -79,7 +79,7 @@ def _refusing(fn: Any, *args: Any) -> dict[str, Any]:
 
 @bp.get("/status")
 def status() -> Response:
-    return _json(lifecycle.status(_models_dir(), _watcher()))
+    return _json(registry_admin.status(_models_dir(), _watcher()))
 
 
 @bp.post("/promote")
@@ -88,14 +88,14 @@ def promote() -> Response:
     if body["version"] is None:
         raise MissingField("version is required", field="version")
     return _after_change(
-        _refusing(lifecycle.promote, _models_dir(), body["kind"], body["version"], _actor())
+        _refusing(registry_admin.promote, _models_dir(), body["kind"], body["version"], _actor())
     )
 
 
 @bp.post("/rollback")
 def rollback() -> Response:
     body = _body("kind")
-    return _after_change(_refusing(lifecycle.rollback, _models_dir(), body["kind"], _actor()))
+    return _after_change(_refusing(registry_admin.rollback, _models_dir(), body["kind"], _actor()))
 
 
 @bp.post("/challenger")
@@ -103,7 +103,9 @@ def challenger() -> Response:
     """``{"kind", "version"}`` names the challenger; ``"version": null`` clears it."""
     body = _body("kind", "version")
     return _after_change(
-        _refusing(lifecycle.set_challenger, _models_dir(), body["kind"], body["version"], _actor())
+        _refusing(
+            registry_admin.set_challenger, _models_dir(), body["kind"], body["version"], _actor()
+        )
     )
 
 

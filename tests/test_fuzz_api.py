@@ -49,7 +49,7 @@ import schemathesis
 from openapi_spec_validator import validate as validate_openapi
 from werkzeug.routing import Rule
 
-from risk_service import lifecycle
+from risk_service import registry_admin
 from risk_service.openapi import ERRORS_WITH_FIELD, ERRORS_WITHOUT_FIELD, openapi_document
 from risk_service.requests import CREDIT_APPLICATION
 from risk_service.schema import EVENT_TYPES
@@ -100,8 +100,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     text = (policy_dir / "policy.toml").read_text()
     second = tmp / "policy.toml"
     second.write_text(text.replace(f'version = "{policy_dir.name}"', 'version = "policy-fuzz-2"'))
-    lifecycle.add_policy(models, second, "test")
-    lifecycle.promote(models, "policy", "policy-fuzz-2", "test")  # a rollback can succeed
+    registry_admin.add_policy(models, second, "test")
+    registry_admin.promote(models, "policy", "policy-fuzz-2", "test")  # a rollback can succeed
     fraud_dir = next((models / "fraud").iterdir())
     shutil.copytree(fraud_dir, models / "fraud" / "fraud-renamed-copy")
     port = _free_port()

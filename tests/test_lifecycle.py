@@ -17,7 +17,7 @@ from conftest import MODELS, AppFactory
 from flask import Flask
 from test_api import payment as api_payment
 
-from risk_service import audit, lifecycle, service
+from risk_service import audit, lifecycle, registry_admin, service
 from risk_service.bundles import BundleError, Registry, write_manifest
 from risk_service.lifecycle import ChampionWatcher
 from risk_service.policy import default_policy_path
@@ -113,11 +113,11 @@ def test_promote_and_rollback_while_serving_from_several_threads(
         t.start()
     try:
         time.sleep(0.3)
-        lifecycle.promote(models_dir, "fraud", second, actor="test")
+        registry_admin.promote(models_dir, "fraud", second, actor="test")
         assert watcher.check_now()
         assert score(app, "after-promote")["model_versions"]["fraud"] == second
         time.sleep(0.3)
-        lifecycle.rollback(models_dir, "fraud", actor="test")
+        registry_admin.rollback(models_dir, "fraud", actor="test")
         assert watcher.check_now()
         assert score(app, "after-rollback")["model_versions"]["fraud"] == first
         time.sleep(0.3)
@@ -136,7 +136,7 @@ def test_the_watcher_thread_picks_up_a_promotion(make_app: AppFactory, models_di
     app, watcher = watched(make_app, models_dir, interval=0.05)  # create_app starts it
     try:
         assert watcher.status()["running"]
-        lifecycle.promote(models_dir, "fraud", second, actor="test")
+        registry_admin.promote(models_dir, "fraud", second, actor="test")
         deadline = time.monotonic() + 10
         while app.extensions["risk"].models.fraud.version != second:
             assert time.monotonic() < deadline, "the watcher did not swap within 10 s"
@@ -212,21 +212,21 @@ def test_a_partial_bundle_and_a_broken_registry_are_refused(
 def test_policy_hot_swap_and_an_explicit_policy_file_wins(
     make_app: AppFactory, models_dir: Path, tmp_path: Path
 ) -> None:
-    lifecycle.add_policy(models_dir, policy_file(tmp_path, "policy-test-2"), actor="test")
+    registry_admin.add_policy(models_dir, policy_file(tmp_path, "policy-test-2"), actor="test")
     app, watcher = watched(make_app, models_dir)
     assert score(app, "before")["policy_version"] == DEFAULT_POLICY
     assert watcher.status()["serving"]["policy_source"] == "registry"
-    lifecycle.promote(models_dir, "policy", "policy-test-2", actor="test")
+    registry_admin.promote(models_dir, "policy", "policy-test-2", actor="test")
     assert watcher.check_now()
     assert score(app, "promoted")["policy_version"] == "policy-test-2"
-    lifecycle.rollback(models_dir, "policy", actor="test")
+    registry_admin.rollback(models_dir, "policy", actor="test")
     assert watcher.check_now()
     assert score(app, "rolled-back")["policy_version"] == DEFAULT_POLICY
 
     pinned = policy_file(tmp_path, "policy-pinned")
     app, watcher = watched(make_app, models_dir, POLICY_FILE=str(pinned))
     assert score(app, "pinned")["policy_version"] == "policy-pinned"
-    lifecycle.promote(models_dir, "policy", "policy-test-2", actor="test")
+    registry_admin.promote(models_dir, "policy", "policy-test-2", actor="test")
     assert not watcher.check_now()
     assert score(app, "still-pinned")["policy_version"] == "policy-pinned"
     assert watcher.status()["serving"]["policy_source"] == "file"
@@ -239,9 +239,9 @@ def test_a_challenger_is_loaded_for_shadow_and_reused_when_promoted(
     app, watcher = watched(make_app, models_dir)
     scorer = app.extensions["risk"]
     assert scorer.shadow is None
-    lifecycle.set_challenger(models_dir, "fraud", second, actor="test")
-    lifecycle.add_policy(models_dir, policy_file(tmp_path, "policy-shadow"), actor="test")
-    lifecycle.set_challenger(models_dir, "policy", "policy-shadow", actor="test")
+    registry_admin.set_challenger(models_dir, "fraud", second, actor="test")
+    registry_admin.add_policy(models_dir, policy_file(tmp_path, "policy-shadow"), actor="test")
+    registry_admin.set_challenger(models_dir, "policy", "policy-shadow", actor="test")
     assert watcher.check_now()
     shadow = scorer.shadow
     assert shadow.challengers == {"fraud": second, "policy": "policy-shadow"}
@@ -255,12 +255,12 @@ def test_a_challenger_is_loaded_for_shadow_and_reused_when_promoted(
     assert challengers.models.fraud.version == second and challengers.models.credit is None
     assert challengers.policy is not None and challengers.policy.version == "policy-shadow"
 
-    lifecycle.promote(models_dir, "fraud", second, actor="test")
+    registry_admin.promote(models_dir, "fraud", second, actor="test")
     assert Registry(models_dir).challenger("fraud") is None  # the challenger won
     assert watcher.check_now()
     assert scorer.models.fraud is shadow.models.fraud  # already loaded: not loaded twice
     assert scorer.shadow.challengers == {"policy": "policy-shadow"}
-    lifecycle.set_challenger(models_dir, "policy", None, actor="test")
+    registry_admin.set_challenger(models_dir, "policy", None, actor="test")
     assert watcher.check_now()
     assert scorer.shadow is None
     assert lifecycle.load_challengers(models_dir) == lifecycle.Challengers(None, None)
@@ -280,8 +280,8 @@ def test_a_bad_challenger_does_not_stop_the_service(make_app: AppFactory, models
 def test_the_serving_policy_file_then_registry_then_packaged_default(
     models_dir: Path, tmp_path: Path
 ) -> None:
-    lifecycle.add_policy(models_dir, policy_file(tmp_path, "policy-test-2"), actor="test")
-    lifecycle.promote(models_dir, "policy", "policy-test-2", actor="test")
+    registry_admin.add_policy(models_dir, policy_file(tmp_path, "policy-test-2"), actor="test")
+    registry_admin.promote(models_dir, "policy", "policy-test-2", actor="test")
     assert service.load_policy(None, models_dir).version == "policy-test-2"
     assert service.load_policy(None).version == DEFAULT_POLICY
     pinned = policy_file(tmp_path, "policy-pinned")
@@ -309,27 +309,27 @@ def test_a_renamed_bundle_is_refused(models_dir: Path) -> None:
     renamed = models_dir / "fraud" / "fraud-20990101-0000000000"
     shutil.copytree(models_dir / "fraud" / champion, renamed)
     with pytest.raises(BundleError, match="renamed"):
-        lifecycle.promote(models_dir, "fraud", renamed.name, actor="test")
+        registry_admin.promote(models_dir, "fraud", renamed.name, actor="test")
 
 
 # -- admin functions, CLI and audit -----------------------------------------------------------
 def test_policy_add_is_validated_and_never_overwrites(models_dir: Path, tmp_path: Path) -> None:
     source = policy_file(tmp_path, "policy-test-2")
-    result = lifecycle.add_policy(models_dir, source, actor="ana")
+    result = registry_admin.add_policy(models_dir, source, actor="ana")
     assert result["version"] == "policy-test-2" and result["created"]
-    assert not lifecycle.add_policy(models_dir, source, actor="ana")["created"]  # same file
+    assert not registry_admin.add_policy(models_dir, source, actor="ana")["created"]  # same file
     other = policy_file(tmp_path, "policy-test-2", "\n# another byte, another digest\n")
     with pytest.raises(BundleError, match="already exists with other content"):
-        lifecycle.add_policy(models_dir, other, actor="ana")
+        registry_admin.add_policy(models_dir, other, actor="ana")
     bad = tmp_path / "bad.toml"
     bad.write_text(
         'version = "policy-bad"\n[[rules]]\nname = "r"\nwhen = [["ammount", ">", 1]]\n'
         'action = "review"\nreason = "x"\n'
     )
     with pytest.raises(BundleError, match="unknown field 'ammount'"):
-        lifecycle.add_policy(models_dir, bad, actor="ana")
+        registry_admin.add_policy(models_dir, bad, actor="ana")
     same = policy_file(tmp_path, "policy-test-2").read_bytes()  # `other` overwrote the file
-    upload = lifecycle.add_policy_bytes(models_dir, same, actor="key-1")
+    upload = registry_admin.add_policy_bytes(models_dir, same, actor="key-1")
     assert upload["version"] == "policy-test-2" and not upload["created"]
     assert Registry(models_dir).versions("policy") == [DEFAULT_POLICY, "policy-test-2"]
     outcomes = [(e["action"], e["version"], e["outcome"]) for e in audit.read(models_dir)]
@@ -345,16 +345,16 @@ def test_policy_add_is_validated_and_never_overwrites(models_dir: Path, tmp_path
 def test_every_admin_action_is_audited_with_its_actor(models_dir: Path) -> None:
     first = Registry(models_dir).champion("fraud")
     second = clone_fraud(models_dir, "b")
-    lifecycle.promote(models_dir, "fraud", second, actor="key-ops")
-    lifecycle.rollback(models_dir, "fraud", actor="key-ops")
-    lifecycle.set_challenger(models_dir, "fraud", second, actor="key-ops")
-    lifecycle.set_challenger(models_dir, "fraud", None, actor="key-ops")
+    registry_admin.promote(models_dir, "fraud", second, actor="key-ops")
+    registry_admin.rollback(models_dir, "fraud", actor="key-ops")
+    registry_admin.set_challenger(models_dir, "fraud", second, actor="key-ops")
+    registry_admin.set_challenger(models_dir, "fraud", None, actor="key-ops")
     with pytest.raises(BundleError, match="no previous credit champion"):
-        lifecycle.rollback(models_dir, "credit", actor="key-ops")
+        registry_admin.rollback(models_dir, "credit", actor="key-ops")
     with pytest.raises(BundleError, match="invalid version"):
-        lifecycle.promote(models_dir, "fraud", "../../etc", actor="key-ops")
+        registry_admin.promote(models_dir, "fraud", "../../etc", actor="key-ops")
     with pytest.raises(BundleError, match="unknown kind"):
-        lifecycle.promote(models_dir, "weather", "x", actor="key-ops")
+        registry_admin.promote(models_dir, "weather", "x", actor="key-ops")
     entries = audit.read(models_dir)
     assert [
         (e["action"], e["kind"], e["version"], e["previous"], e["outcome"]) for e in entries
@@ -380,9 +380,9 @@ def test_a_tampered_version_cannot_be_promoted_and_the_refusal_is_audited(
     bad = clone_fraud(models_dir, "bad")
     (models_dir / "fraud" / bad / "fraud_lgbm.txt").write_text("tree\n")
     with pytest.raises(BundleError, match="tampered"):
-        lifecycle.promote(models_dir, "fraud", bad, actor="ops")
+        registry_admin.promote(models_dir, "fraud", bad, actor="ops")
     with pytest.raises(BundleError, match="tampered"):
-        lifecycle.set_challenger(models_dir, "fraud", bad, actor="ops")
+        registry_admin.set_challenger(models_dir, "fraud", bad, actor="ops")
     assert Registry(models_dir).champion("fraud") != bad
     assert [e["outcome"] for e in audit.read(models_dir)] == ["refused", "refused"]
 
@@ -390,9 +390,9 @@ def test_a_tampered_version_cannot_be_promoted_and_the_refusal_is_audited(
 def test_status_reports_registry_watcher_and_audit(make_app: AppFactory, models_dir: Path) -> None:
     second = clone_fraud(models_dir, "b")
     _, watcher = watched(make_app, models_dir)
-    lifecycle.set_challenger(models_dir, "fraud", second, actor="ops")
+    registry_admin.set_challenger(models_dir, "fraud", second, actor="ops")
     watcher.check_now()
-    state = lifecycle.status(models_dir, watcher)
+    state = registry_admin.status(models_dir, watcher)
     assert state["registry"]["fraud"]["challenger"] == second
     assert second in state["registry"]["fraud"]["versions"]
     assert state["registry"]["policy"]["champion"] == DEFAULT_POLICY

@@ -1,6 +1,6 @@
 """`risk models …` and `risk policies …`: the registry from the shell.
 
-Promote, rollback, shadow and policy add go through `risk_service.lifecycle`,
+Promote, rollback, shadow and policy add go through `risk_service.registry_admin`,
 the same code path as the HTTP admin routes, and are audited with the OS user
 as actor (`models/audit.jsonl`).
 """
@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from risk_service import audit, lifecycle
+from risk_service import audit, lifecycle, registry_admin
 from risk_service.bundles import KINDS, MODEL_KINDS, POLICY_FILE, POLICY_KIND, BundleError, Registry
 
 
@@ -59,7 +59,7 @@ def _audit_lines(models_dir: Path, kinds: list[str]) -> Iterator[str]:
 
 
 def _shadow(models_dir: Path, kind: str, version: str | None, actor: str) -> str:
-    result = lifecycle.set_challenger(models_dir, kind, version, actor)
+    result = registry_admin.set_challenger(models_dir, kind, version, actor)
     if version is None:
         return f"{kind} challenger cleared (was {result['previous']})"
     return f"{kind} challenger is now {version}"
@@ -91,13 +91,13 @@ def run_models_command(
         if version is None:
             raise BundleError("risk models promote needs a VERSION")
         k = _kind_of(version)
-        lifecycle.promote(models_dir, k, version, who)
+        registry_admin.promote(models_dir, k, version, who)
         yield f"{k} champion is now {version}"
     elif action == "rollback":
         for k in kinds:
             if kind is None and not registry.read()[k]["history"]:
                 continue
-            result = lifecycle.rollback(models_dir, k, who)
+            result = registry_admin.rollback(models_dir, k, who)
             yield f"{k} champion is now {result['champion']}"
     elif action == "shadow":
         if clear == (version is not None):
@@ -131,7 +131,7 @@ def run_policies_command(
         )
     if action == "add":
         assert target is not None
-        result = lifecycle.add_policy(models_dir, Path(target), who)
+        result = registry_admin.add_policy(models_dir, Path(target), who)
         verb = "added" if result["created"] else "already present:"
         yield f"policy {verb} {result['version']}"
     elif action == "list":
@@ -148,10 +148,10 @@ def run_policies_command(
         yield from _verify_all(registry, [POLICY_KIND])
     elif action == "promote":
         assert target is not None
-        lifecycle.promote(models_dir, POLICY_KIND, target, who)
+        registry_admin.promote(models_dir, POLICY_KIND, target, who)
         yield f"policy champion is now {target}"
     elif action == "rollback":
-        result = lifecycle.rollback(models_dir, POLICY_KIND, who)
+        result = registry_admin.rollback(models_dir, POLICY_KIND, who)
         yield f"policy champion is now {result['champion']}"
     elif action == "shadow":
         if clear == (target is not None):

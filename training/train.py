@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from risk_service import audit, lifecycle
+from risk_service import audit, registry_admin
 from risk_service import features as fs
 from risk_service.bundles import (
     Registry,
@@ -186,7 +186,7 @@ def run_training(
             continue
         kind = "fraud" if run is fraud else "credit"
         if promote or registry.champion(kind) is None:
-            lifecycle.promote(registry.models_dir, kind, run.version, audit.cli_actor())
+            registry_admin.promote(registry.models_dir, kind, run.version, audit.cli_actor())
             summary.append(f"{kind} champion is now {run.version}")
 
     report_version = fraud.version if fraud is not None else credit.version  # type: ignore[union-attr]
