@@ -91,6 +91,12 @@ STORE_ERRORS = Counter("risk_store_errors", "Failed store operations", ["store",
 BREAKER_OPENS = Counter(
     "risk_store_breaker_opens", "Times a store's circuit breaker opened", ["store"]
 )
+CLIENT_TIMEOUTS = Counter(
+    "risk_client_timeouts",
+    "Connections closed without a whole request within RISK_CLIENT_TIMEOUT_SECONDS, by what "
+    "had arrived (idle: nothing; partial: part of a request, answered 408)",
+    ["state"],
+)
 MODEL_INFO = Gauge(
     "risk_model_info",
     "1 for the model version being served, by kind (fraud, credit)",
@@ -225,6 +231,13 @@ def timed_store(store: str, op: str) -> Iterator[None]:
         raise
     finally:
         observe_store(store, op, time.perf_counter() - started)
+
+
+# -- connections -------------------------------------------------------------------------
+def client_timed_out(state: str) -> None:
+    """The gunicorn worker closed a connection that sent no whole request in time:
+    ``idle`` (nothing) or ``partial`` (answered 408)."""
+    _child(CLIENT_TIMEOUTS, state).inc()
 
 
 # -- exposition ------------------------------------------------------------------------------

@@ -303,7 +303,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "--threads",
         str(args.threads),
         "--worker-class",
-        "gthread",
+        "risk_service.worker.BufferingThreadWorker",
         "--bind",
         f"{args.host}:{args.port}",
         "--graceful-timeout",

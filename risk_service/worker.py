@@ -1,0 +1,513 @@
+"""The gunicorn worker of `risk serve`: gthread, but a thread only ever gets a whole request.
+
+gunicorn's gthread worker hands a connection to a thread as soon as it is accepted (or, kept
+alive, readable), and the thread reads the request with blocking calls: a client that sends a
+byte a second holds a thread as long as it likes, and a few dozen such clients starve the
+service (slowloris). `BufferingThreadWorker` reads each request in its event loop instead,
+without blocking, and submits the connection to the thread pool once the head and the whole
+body are in memory, as a buffering proxy (nginx) would. A client that has not sent a whole
+request within ``RISK_CLIENT_TIMEOUT_SECONDS`` (default 5) of starting it, or a new connection
+silent that long, is closed: with a 408 if it had sent part of a request.
+
+Bodies are bounded by the application's ``MAX_CONTENT_LENGTH`` (1 MiB if it has none): a
+larger Content-Length goes to the thread at once (the application answers 413 from the header,
+and the connection closes rather than read the rest); a chunked body that grows past it (plus
+room for the framing) gets a 413 from here. A head over 64 KiB gets a 431. A client that sends
+``Expect: 100-continue`` gets its "100 Continue" from here too, then its body is read here.
+Closing a connection ("lingering": FIN, then reading what the client still sends so it gets the
+answer rather than a reset) also happens in the event loop: gthread does it in the loop with a
+blocking read of up to 2 s.
+
+TLS, the PROXY protocol and HTTP/2 prior knowledge are not buffered (their bytes are not plain
+HTTP/1.1 here): with any of them on, connections are handled as gthread handles them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import functools
+import json
+import math
+import os
+import selectors
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from gunicorn import util
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+TIMEOUT_ENV = "RISK_CLIENT_TIMEOUT_SECONDS"
+DEFAULT_TIMEOUT_SECONDS = 5.0
+HEAD_LIMIT = 64 * 1024  # a head not ended by then gets a 431
+DEFAULT_BODY_LIMIT = 1024 * 1024  # when the application declares no MAX_CONTENT_LENGTH
+FRAMING_ALLOWANCE = 64 * 1024  # chunk-size lines and trailers on top of the body limit
+RECV_SIZE = 64 * 1024
+READS_PER_EVENT = 4  # then back to the loop, so one fast sender does not hold it
+LINGER_SECONDS = 2.0  # as gunicorn's util.close_graceful
+LINGER_MAX_BYTES = 64 * 1024
+LOG_EVERY_SECONDS = 10.0
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def client_timeout(environ: Mapping[str, str] = os.environ) -> float:
+    """``RISK_CLIENT_TIMEOUT_SECONDS``: seconds a client has to send one whole request."""
+    raw = environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        # RuntimeError: gunicorn prints it as "Error: ..." and exits, instead of a traceback
+        raise RuntimeError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds > 0")
+    return value
+
+
+class Refusal(NamedTuple):
+    """An answer the event loop gives itself, in the service's error shape, before closing."""
+
+    status: str
+    error: str
+    message: str
+
+    def encode(self) -> bytes:
+        body = json.dumps(
+            {"error": self.error, "field": None, "message": self.message}, separators=(",", ":")
+        ).encode()
+        head = (
+            f"HTTP/1.1 {self.status}\r\nDate: {util.http_date()}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode() + body
+
+
+TIMED_OUT = Refusal(
+    "408 Request Timeout", "request_timeout", "the request was not received in time"
+)
+HEAD_TOO_LARGE = Refusal(
+    "431 Request Header Fields Too Large",
+    "request_header_fields_too_large",
+    f"the request head is over {HEAD_LIMIT} bytes",
+)
+BODY_TOO_LARGE = Refusal(
+    "413 Request Entity Too Large", "request_entity_too_large", "the body is over the size limit"
+)
+
+
+class Status(enum.Enum):
+    """What to do with a request read so far."""
+
+    MORE = "more"  # wait for more bytes
+    WHOLE = "whole"  # head and body are in memory
+    HAND_OFF = "hand_off"  # not whole, but the parser or the app answers without reading more
+    HEAD_TOO_LARGE = "head_too_large"
+    BODY_TOO_LARGE = "body_too_large"
+
+
+class RequestReader:
+    """Where one HTTP/1.1 request ends (RFC 9112 framing), found as its bytes arrive.
+
+    Each `feed` resumes where the last one stopped: a request sent a byte at a time is not
+    scanned again from its start. Requests the parser refuses from their head alone (bad
+    framing headers, an unknown expectation, a bare LF) are handed off at once, so a client
+    hears why; anything it would read on for stays here. ``data`` starts with ``read_ahead``:
+    bytes the parser already holds.
+    """
+
+    def __init__(self, read_ahead: bytes = b"", *, body_limit: int = DEFAULT_BODY_LIMIT) -> None:
+        self.data = bytearray(read_ahead)
+        self.held = len(read_ahead)
+        self.body_limit = body_limit
+        self.status = Status.MORE
+        self.expects_continue = False  # HTTP/1.1 "Expect: 100-continue" and a body to come
+        self._head_end = -1
+        self._scan = 0  # where the search for the end of the head (or trailers) resumes
+        self._lf_checked = 0
+        self._body_end = -1  # with a Content-Length
+        self._chunk = -1  # chunked: where the next chunk-size line starts
+        self._trailers = False
+        self.feed(b"")
+
+    def feed(self, data: bytes) -> Status:
+        """Add bytes received; the status after them."""
+        self.data += data
+        if self.status is Status.MORE:
+            self.status = self._advance()
+        return self.status
+
+    def new_bytes(self) -> bytes:
+        """What the parser does not hold yet: everything after ``read_ahead``."""
+        return bytes(self.data[self.held :])
+
+    def _advance(self) -> Status:
+        if self._head_end < 0:
+            end = self.data.find(b"\r\n\r\n", self._scan)
+            if end < 0:
+                self._scan = max(0, len(self.data) - 3)
+                if self._bare_lf():
+                    return Status.HAND_OFF  # the parser refuses it (400) without waiting
+                return Status.HEAD_TOO_LARGE if len(self.data) > HEAD_LIMIT else Status.MORE
+            self._head_end = end + 4
+            framing = self._framing(bytes(self.data[:end]))
+            if framing is not Status.MORE:
+                return framing
+        if self._chunk >= 0:
+            return self._chunks()
+        return Status.WHOLE if len(self.data) >= self._body_end else Status.MORE
+
+    def _bare_lf(self) -> bool:
+        """A head line ends in LF alone: the parser refuses it at once (RFC 9112 section 2.2)."""
+        at = self.data.find(b"\n", self._lf_checked)
+        while at >= 0:
+            if at == 0 or self.data[at - 1] != 0x0D:
+                return True
+            at = self.data.find(b"\n", at + 1)
+        self._lf_checked = len(self.data)
+        return False
+
+    def _framing(self, head: bytes) -> Status:
+        """How the body is delimited, from the head (without its final blank line)."""
+        lines = head.split(b"\r\n")
+        if not lines[0]:
+            lines = lines[1:]  # one empty line may precede the request line
+        if not lines:
+            return Status.HAND_OFF
+        fields: dict[bytes, list[bytes]] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon:
+                return Status.HAND_OFF
+            fields.setdefault(name.strip(b" \t").lower(), []).append(value.strip(b" \t"))
+        expect = fields.get(b"expect", [])
+        if any(value.lower() != b"100-continue" for value in expect):
+            return Status.HAND_OFF  # 417
+        codings = fields.get(b"transfer-encoding")
+        lengths = fields.get(b"content-length")
+        if codings is not None:
+            names = [c.strip(b" \t").lower() for v in codings for c in v.split(b",")]
+            if lengths is not None or names[-1] != b"chunked" or names.count(b"chunked") != 1:
+                return Status.HAND_OFF  # 400 or 501: framing the parser will not read
+            self._chunk = self._head_end
+        elif lengths is not None:
+            if len(lengths) != 1 or not lengths[0].isdigit():
+                return Status.HAND_OFF  # 400
+            if int(lengths[0]) > self.body_limit:
+                return Status.HAND_OFF  # 413 from the header, nothing read
+            self._body_end = self._head_end + int(lengths[0])
+        else:
+            return Status.WHOLE
+        self.expects_continue = bool(expect) and lines[0].endswith(b" HTTP/1.1")
+        return Status.MORE
+
+    def _chunks(self) -> Status:
+        data = self.data
+        while not self._trailers:
+            at = self._chunk
+            eol = data.find(b"\r\n", at)
+            if eol < 0:
+                return self._more_body()
+            size, semicolon, _ = bytes(data[at:eol]).partition(b";")
+            if semicolon:
+                size = size.rstrip(b" \t")  # whitespace only before an extension
+            if not size or not _HEX.issuperset(size):
+                return Status.HAND_OFF  # 400 from the parser
+            end = eol + 2 + int(size, 16)
+            if end == eol + 2:
+                self._trailers = True
+                self._chunk = self._scan = eol + 2
+                break
+            if len(data) < end + 2:
+                return self._more_body()
+            if data[end : end + 2] != b"\r\n":
+                return Status.HAND_OFF  # 400 from the parser
+            self._chunk = end + 2
+        # the last chunk: an empty line, or trailer fields and then an empty line
+        if data[self._chunk : self._chunk + 2] == b"\r\n":
+            return Status.WHOLE
+        if len(data) - self._chunk >= 2 and data.find(b"\r\n\r\n", self._scan) >= 0:
+            return Status.WHOLE
+        self._scan = max(self._chunk, len(data) - 3)
+        return self._more_body()
+
+    def _more_body(self) -> Status:
+        over = len(self.data) - self._head_end > self.body_limit + FRAMING_ALLOWANCE
+        return Status.BODY_TOO_LARGE if over else Status.MORE
+
+
+class _Conn(TConn):
+    """A gthread connection that carries what the event loop read, and closes without blocking."""
+
+    def __init__(self, worker: BufferingThreadWorker, *args: Any) -> None:
+        super().__init__(*args)
+        self.worker = worker
+        self.buffered = b""  # read by the event loop, not yet in the parser
+        self.whole = True  # the request handed off is complete in memory
+        self.continued = False  # the event loop sent "100 Continue"
+
+    def close(self, graceful: bool = False) -> None:
+        if graceful:
+            self.worker.linger(self.sock)
+        else:
+            super().close()
+
+
+class _Pending:
+    """A connection whose request is being read by the event loop."""
+
+    __slots__ = ("conn", "continued", "deadline", "reader", "registered")
+
+    def __init__(self, conn: _Conn, reader: RequestReader, deadline: float) -> None:
+        self.conn = conn
+        self.reader = reader
+        self.deadline = deadline
+        self.registered = False
+        self.continued = False
+
+
+class _Linger:
+    """A closing connection: until when it may be read, and how much was read."""
+
+    __slots__ = ("deadline", "drained")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.drained = 0
+
+
+class BufferingThreadWorker(ThreadWorker):
+    """gthread with whole requests read in the event loop; see the module docstring."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client_timeout = client_timeout()
+        self.body_limit = DEFAULT_BODY_LIMIT
+        cfg = self.cfg
+        self.passthrough = bool(
+            cfg.is_ssl
+            or str(cfg.proxy_protocol).lower() not in ("off", "false", "none")
+            or cfg.http2_cleartext in ("prior-knowledge", "both")
+        )
+        # both in deadline order: a deadline is always now + a constant
+        self.buffering: dict[_Conn, _Pending] = {}
+        self.lingering: dict[socket.socket, _Linger] = {}
+        self.timed_out = 0  # since the last warning
+        self.warned_at = -math.inf
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """In the arbiter, at start: a bad RISK_CLIENT_TIMEOUT_SECONDS stops gunicorn there."""
+        super().check_config(cfg, log)
+        client_timeout()
+
+    def run(self) -> None:
+        """Bodies are bounded by the application's limit (Flask's MAX_CONTENT_LENGTH)."""
+        config = getattr(self.wsgi, "config", None)
+        limit = config.get("MAX_CONTENT_LENGTH") if isinstance(config, Mapping) else None
+        if isinstance(limit, int) and limit > 0:
+            self.body_limit = limit
+        super().run()
+
+    # -- reading requests in the event loop ----------------------------------------------------
+    def accept(self, listener: socket.socket) -> None:
+        """As gthread's, with `_Conn`: the request is then read by `enqueue_req`."""
+        try:
+            sock, client = listener.accept()
+            self.nr_conns += 1
+            conn = _Conn(self, self.cfg, sock, client, listener.getsockname())
+            self.enqueue_req(conn)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+
+    def enqueue_req(self, conn: _Conn) -> None:
+        """Called for a new connection, a kept-alive one that became readable, and one whose
+        parser read ahead into its next request: read that request before a thread takes it."""
+        if self.passthrough or conn.is_http2 or not isinstance(conn, _Conn):
+            super().enqueue_req(conn)
+            return
+        read_ahead = conn.parser.unreader.buf.getvalue() if conn.parser is not None else b""
+        reader = RequestReader(read_ahead, body_limit=self.body_limit)
+        pending = _Pending(conn, reader, time.monotonic() + self.client_timeout)
+        conn.sock.setblocking(False)
+        self.buffering[conn] = pending
+        self.on_readable(pending)  # often the request is there already
+
+    def on_readable(self, pending: _Pending, _sock: Any = None) -> None:
+        if self.buffering.get(pending.conn) is not pending:
+            return  # an event from before it was handed off or closed
+        eof = False
+        try:
+            for _ in range(READS_PER_EVENT):
+                if pending.reader.status is not Status.MORE:
+                    break
+                data = pending.conn.sock.recv(RECV_SIZE)
+                if not data:
+                    eof = True
+                    break
+                pending.reader.feed(data)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            eof = True  # reset by the client
+        status = pending.reader.status
+        if status is Status.MORE and eof:
+            self.finish(pending)
+            pending.conn.close()
+        elif status is Status.MORE:
+            if pending.reader.expects_continue and not pending.continued:
+                self.send_continue(pending)
+            elif not pending.registered:
+                callback = functools.partial(self.on_readable, pending)
+                self.poller.register(pending.conn.sock, selectors.EVENT_READ, callback)
+                pending.registered = True
+        elif status is Status.HEAD_TOO_LARGE:
+            self.refuse(pending, HEAD_TOO_LARGE)
+        elif status is Status.BODY_TOO_LARGE:
+            self.refuse(pending, BODY_TOO_LARGE)
+        else:
+            self.hand_off(pending, whole=status is Status.WHOLE)
+
+    def send_continue(self, pending: _Pending) -> None:
+        """Tell an expecting client to send its body (gunicorn would, from a thread)."""
+        try:
+            sent = pending.conn.sock.send(CONTINUE)
+        except OSError:
+            sent = 0
+        if sent == len(CONTINUE):
+            pending.continued = True
+            self.on_readable(pending)  # registers it
+        elif sent == 0:
+            self.hand_off(pending, whole=False)  # gunicorn's thread sends it, as in gthread
+        else:
+            self.finish(pending)
+            pending.conn.close()
+
+    def hand_off(self, pending: _Pending, *, whole: bool) -> None:
+        """To the thread pool, with the bytes read (the parser gets them in `handle`)."""
+        self.finish(pending, closing=False)
+        conn = pending.conn
+        conn.buffered = pending.reader.new_bytes()
+        conn.whole = whole
+        conn.continued = pending.continued
+        conn.data_ready = True  # gthread's handle() must not wait for a first byte again
+        super().enqueue_req(conn)
+
+    def finish(self, pending: _Pending, *, closing: bool = True) -> None:
+        """Stop reading this connection; `closing`: it is about to be closed."""
+        if self.buffering.get(pending.conn) is not pending:
+            return
+        del self.buffering[pending.conn]
+        if pending.registered:
+            pending.registered = False
+            self._unregister(pending.conn.sock)
+        if closing:
+            self.nr_conns -= 1
+
+    def refuse(self, pending: _Pending, answer: Refusal) -> None:
+        """Answer from the event loop (408, 413, 431) and close."""
+        self.finish(pending)
+        with contextlib.suppress(OSError):  # best effort: the client may be gone, or not reading
+            pending.conn.sock.send(answer.encode())
+        self.linger(pending.conn.sock)
+
+    # -- in the thread ---------------------------------------------------------------------------
+    def handle(self, conn: _Conn) -> Any:
+        if conn.buffered:
+            data, conn.buffered = conn.buffered, b""
+            conn.init()  # what gthread's handle() does first; a no-op the second time
+            if not conn.is_http2:
+                # after any read-ahead the parser holds: those bytes came first
+                buf = conn.parser.unreader.buf
+                buf.seek(0, os.SEEK_END)
+                buf.write(data)
+        return super().handle(conn)
+
+    def handle_request(self, req: Any, conn: _Conn) -> Any:
+        if not conn.whole:
+            req.force_close()  # answer with "Connection: close", then close without reading on
+        if conn.continued:
+            conn.continued = False
+            # sent already: once is enough (gunicorn 27's private flag; were it renamed, the
+            # client would get a second "100 Continue", which clients must accept)
+            req._expected_100_continue = False
+        return super().handle_request(req, conn)
+
+    # -- timeouts and closing -------------------------------------------------------------------
+    def murder_pending(self) -> None:
+        """Called by gthread's loop about once a second: also expire reads and lingering closes."""
+        super().murder_pending()
+        now = time.monotonic()
+        while self.buffering:
+            pending = next(iter(self.buffering.values()))
+            if pending.deadline > now:
+                break
+            self.expire(pending)
+        while self.lingering:
+            sock = next(iter(self.lingering))
+            if self.lingering[sock].deadline > now:
+                break
+            self._close_lingering(sock)
+        if self.timed_out and now - self.warned_at >= LOG_EVERY_SECONDS:
+            self.log.warning(
+                "closed %d connection(s) with a request not received within %g s (408)",
+                self.timed_out,
+                self.client_timeout,
+            )
+            self.timed_out, self.warned_at = 0, now
+
+    def expire(self, pending: _Pending) -> None:
+        from risk_service import metrics
+
+        if pending.reader.data.strip(b"\r\n"):
+            metrics.client_timed_out("partial")
+            self.timed_out += 1
+            self.refuse(pending, TIMED_OUT)
+        else:  # a silent connection: nothing to answer
+            metrics.client_timed_out("idle")
+            self.finish(pending)
+            pending.conn.close()
+
+    def linger(self, sock: socket.socket) -> None:
+        """Close like util.close_graceful (FIN, then read what the client still sends, so its
+        unread bytes do not turn the close into a reset that loses the answer), in the loop."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, self._on_lingering_readable)
+        except (OSError, ValueError, KeyError):
+            util.close(sock)
+            return
+        self.lingering[sock] = _Linger(time.monotonic() + LINGER_SECONDS)
+
+    def _on_lingering_readable(self, sock: socket.socket) -> None:
+        linger = self.lingering.get(sock)
+        if linger is None:
+            return
+        try:
+            for _ in range(READS_PER_EVENT):
+                data = sock.recv(RECV_SIZE)
+                linger.drained += len(data)
+                if not data or linger.drained >= LINGER_MAX_BYTES:
+                    break
+            else:
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._close_lingering(sock)
+
+    def _close_lingering(self, sock: socket.socket) -> None:
+        del self.lingering[sock]
+        self._unregister(sock)
+        util.close(sock)
+
+    def _unregister(self, sock: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(sock)

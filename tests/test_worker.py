@@ -1,0 +1,411 @@
+"""The buffering gunicorn worker (risk_service/worker.py): slow clients cannot starve the threads.
+
+`RequestReader` is checked on its own (every request split at every byte must read the same,
+and never whole too early). The rest runs against a real `risk serve --threads 2` with
+``RISK_CLIENT_TIMEOUT_SECONDS=1``, over raw sockets: more slow connections than threads while
+an ordinary client is served, 408 and closing on timeouts, pipelining and keep-alive,
+chunked and Content-Length bodies, ``Expect: 100-continue`` and the limits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from risk_service.worker import (
+    FRAMING_ALLOWANCE,
+    HEAD_LIMIT,
+    RequestReader,
+    Status,
+    client_timeout,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 1.0  # RISK_CLIENT_TIMEOUT_SECONDS of the test server
+HEAD = b"POST /score HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+
+
+# -- RequestReader -------------------------------------------------------------------------------
+def read(*parts: bytes, read_ahead: bytes = b"", body_limit: int = 1000) -> RequestReader:
+    reader = RequestReader(read_ahead, body_limit=body_limit)
+    for part in parts:
+        reader.feed(part)
+    return reader
+
+
+WHOLE_REQUESTS = [
+    b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"\r\nGET /health HTTP/1.1\r\n\r\n",  # one empty line may come first
+    b"POST /x HTTP/1.1\r\ncOnTeNt-LeNgTh: 5\r\n\r\nhello",
+    b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    # a chunk extension (with whitespace before it), a chunk of 16 bytes, trailers
+    b"POST /x HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"
+    b'3 ;a=1;b="x;y"\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nX-Sum: 1\r\nX-B: 2\r\n\r\n',
+    b"POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+]
+
+
+@pytest.mark.parametrize("request_bytes", WHOLE_REQUESTS)
+def test_a_request_is_whole_only_at_its_end_however_it_is_split(request_bytes: bytes) -> None:
+    for cut in range(len(request_bytes)):
+        assert read(request_bytes[:cut]).status is Status.MORE, cut
+        reader = read(request_bytes[:cut], request_bytes[cut:])
+        assert reader.status is Status.WHOLE, cut
+    byte_by_byte = read(*(request_bytes[i : i + 1] for i in range(len(request_bytes))))
+    assert byte_by_byte.status is Status.WHOLE
+    assert byte_by_byte.new_bytes() == request_bytes
+
+
+def test_pipelined_bytes_and_read_ahead() -> None:
+    first, second = WHOLE_REQUESTS[2], WHOLE_REQUESTS[0]
+    reader = read(first + second[:10])
+    assert reader.status is Status.WHOLE and reader.new_bytes() == first + second[:10]
+    # the parser kept the start of the next request: it is whole once the rest arrives
+    reader = read(read_ahead=second[:10])
+    assert reader.status is Status.MORE
+    assert reader.feed(second[10:]) is Status.WHOLE and reader.new_bytes() == second[10:]
+    assert read(read_ahead=second).status is Status.WHOLE  # nothing to wait for
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET / HTTP/1.1\nHost: t\n",  # bare LF: refused now rather than waited on
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nz\r\n",  # bad hex
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\r\n",  # no size
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\n",  # space, no extension
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY",  # no CRLF after data
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+        b"POST / HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 3\r\n\r\n",
+        b"POST / HTTP/1.1\r\nNo colon here\r\nContent-Length: 3\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 1001\r\n\r\n",  # over the limit: 413 from the app
+    ],
+)
+def test_what_the_parser_or_the_app_refuses_from_the_head_goes_to_them_at_once(
+    request_bytes: bytes,
+) -> None:
+    assert read(request_bytes).status is Status.HAND_OFF
+
+
+def test_limits() -> None:
+    assert read(b"GET / HTTP/1.1\r\nX: " + b"a" * HEAD_LIMIT).status is Status.HEAD_TOO_LARGE
+    chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    huge_chunk = read(chunked + b"ffffffff\r\n" + b"a" * (1000 + FRAMING_ALLOWANCE))
+    assert huge_chunk.status is Status.BODY_TOO_LARGE
+    assert read(chunked + b"ffffffff\r\n" + b"a" * 1000).status is Status.MORE
+    endless_trailers = read(chunked + b"0\r\nX: " + b"a" * (1000 + FRAMING_ALLOWANCE))
+    assert endless_trailers.status is Status.BODY_TOO_LARGE
+    at_limit = b"POST / HTTP/1.1\r\nContent-Length: 1000\r\n\r\n"
+    assert read(at_limit).status is Status.MORE
+    assert read(at_limit, b"a" * 1000).status is Status.WHOLE
+
+
+def test_a_body_is_expected_only_from_http_1_1_clients_that_ask() -> None:
+    asking = b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n"
+    assert read(asking).expects_continue
+    assert not read(asking.replace(b"HTTP/1.1", b"HTTP/1.0")).expects_continue
+    assert not read(asking.replace(b"Expect: 100-Continue\r\n", b"")).expects_continue
+
+
+def test_the_timeout_setting() -> None:
+    assert client_timeout({}) == 5.0
+    assert client_timeout({"RISK_CLIENT_TIMEOUT_SECONDS": " 2.5 "}) == 2.5
+    for bad in ("abc", "0", "-1", "nan", "inf"):
+        with pytest.raises(RuntimeError, match="RISK_CLIENT_TIMEOUT_SECONDS"):
+            client_timeout({"RISK_CLIENT_TIMEOUT_SECONDS": bad})
+
+
+# -- a real `risk serve` -------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve_command(port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "training.cli",
+        "serve",
+        "--quiet",
+        "--threads",
+        "2",
+        "--port",
+        str(port),
+        "--models",
+        str(ROOT / "models"),
+    ]
+
+
+class Server:
+    def __init__(self, port: int, log: Path) -> None:
+        self.port = port
+        self.log = log
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=5)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("worker")
+    port = free_port()
+    env = {
+        **os.environ,
+        "RISK_DECISION_LOG_PATH": str(tmp / "decisions.sqlite"),
+        "RISK_HASH_KEY": "worker-test-" + "k" * 32,
+        "RISK_CLIENT_TIMEOUT_SECONDS": str(TIMEOUT),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = tmp / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            serve_command(port), env=env, cwd=tmp, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield Server(port, log)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, str], bytes]:
+    """One response from `sock` (bytes after it stay in `buf`); 1xx answers are returned too."""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"closed after {bytes(buf)!r}")
+        buf += data
+    end = buf.index(b"\r\n\r\n")
+    status_line, *lines = buf[:end].decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    length = int(headers.get("content-length", 0))
+    while len(buf) < end + 4 + length:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed in the body")
+        buf += data
+    body = bytes(buf[end + 4 : end + 4 + length])
+    del buf[: end + 4 + length]
+    return int(status_line.split()[1]), headers, body
+
+
+def is_closed(sock: socket.socket, within: float = 3.0) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def event(event_id: str) -> bytes:
+    when = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    payment = {
+        "event_id": event_id,
+        "timestamp": when,
+        "account_id": "acct-" + event_id,
+        "event_type": "payment",
+        "amount": 12.5,
+    }
+    return json.dumps(payment).encode()
+
+
+def with_length(body: bytes, extra: bytes = b"") -> bytes:
+    return HEAD + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def test_slow_clients_do_not_starve_the_threads(server: Server) -> None:
+    """16 slow connections on 2 threads (half drip their head, half their body) for 3 s, cut
+    and reopened; meanwhile every ordinary request is answered in well under a second."""
+    stop = threading.Event()
+
+    def slow(drip_body: bool) -> None:
+        while not stop.is_set():
+            try:
+                with server.connect() as sock:
+                    sock.sendall(with_length(b"x" * 4096)[: len(HEAD) + 30] if drip_body else HEAD)
+                    while not stop.wait(0.2):
+                        sock.sendall(b"aaa" if drip_body else b"X-Slow: a\r\n")
+            except OSError:
+                pass  # cut by the server: open another
+
+    drippers = [threading.Thread(target=slow, args=(i % 2 == 0,)) for i in range(16)]
+    for t in drippers:
+        t.start()
+    try:
+        time.sleep(0.3)  # every slow connection has started its request
+        latencies = []
+        with server.connect() as kept:  # keep-alive and new connections alike
+            buf = bytearray()
+            started = time.monotonic()
+            for i in range(30):
+                t0 = time.monotonic()
+                if i % 2:
+                    kept.sendall(with_length(event(f"ordinary-{i}")))
+                    status, _, _ = read_response(kept, buf)
+                else:
+                    with server.connect() as fresh:
+                        fresh.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+                        status, _, _ = read_response(fresh, bytearray())
+                assert status == 200
+                latencies.append(time.monotonic() - t0)
+                time.sleep(0.1)
+            assert time.monotonic() - started > 2 * TIMEOUT  # slow clients were cut meanwhile
+    finally:
+        stop.set()
+        for t in drippers:
+            t.join(timeout=5)
+    assert max(latencies) < 1.0, latencies
+
+
+def test_a_partial_request_gets_408_and_a_silent_connection_is_closed(server: Server) -> None:
+    partial_head, partial_body, silent = server.connect(), server.connect(), server.connect()
+    started = time.monotonic()
+    partial_head.sendall(HEAD)
+    partial_body.sendall(with_length(b"x" * 100)[:-60])
+    for sock in (partial_head, partial_body):
+        sock.settimeout(3 * TIMEOUT + 1)
+        status, headers, body = read_response(sock, bytearray())
+        assert status == 408 and headers["connection"] == "close"
+        assert json.loads(body)["error"] == "request_timeout"
+        assert TIMEOUT <= time.monotonic() - started < 2 * TIMEOUT + 1
+        assert is_closed(sock)
+    assert is_closed(silent) and time.monotonic() - started < 2 * TIMEOUT + 1
+    for sock in (partial_head, partial_body, silent):
+        sock.close()
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as r:
+        scraped = r.read().decode()
+    partial = re.search(r'^risk_client_timeouts_total\{state="partial"\} (\S+)$', scraped, re.M)
+    assert partial is not None and float(partial.group(1)) >= 2
+    assert "with a request not received within 1 s (408)" in server.log.read_text()
+
+
+def test_pipelined_requests_and_a_request_in_pieces_on_a_kept_alive_connection(
+    server: Server,
+) -> None:
+    health = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+    with server.connect() as sock:
+        buf = bytearray()
+        sock.sendall(with_length(event("pipe-1")) + health + with_length(event("pipe-2"))[:40])
+        status, _, body = read_response(sock, buf)
+        assert status == 200 and json.loads(body)["event_id"] == "pipe-1"
+        assert read_response(sock, buf)[0] == 200
+        time.sleep(0.2)
+        sock.sendall(with_length(event("pipe-2"))[40:])
+        status, _, body = read_response(sock, buf)
+        assert status == 200 and json.loads(body)["event_id"] == "pipe-2"
+        # the same connection again: the head, a pause, the body
+        request = with_length(event("pieces"))
+        split = request.index(b"\r\n\r\n") + 4
+        sock.sendall(request[:split])
+        time.sleep(0.3)
+        sock.sendall(request[split:])
+        status, headers, body = read_response(sock, buf)
+        assert status == 200 and json.loads(body)["event_id"] == "pieces"
+        assert headers["connection"] == "keep-alive" and not buf
+
+
+def test_chunked_and_length_bodies_expect_continue_and_the_limits(server: Server) -> None:
+    body = event("chunked")
+    chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7])
+                      for i in range(0, len(body), 7))  # fmt: skip
+    chunked = HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\nX-T: 1\r\n\r\n"
+    with server.connect() as sock:
+        buf = bytearray()
+        sock.sendall(chunked[:100])
+        time.sleep(0.1)
+        sock.sendall(chunked[100:])
+        status, _, answer = read_response(sock, buf)
+        assert status == 200 and json.loads(answer)["event_id"] == "chunked"
+        sock.sendall(with_length(event("length")))
+        status, _, answer = read_response(sock, buf)
+        assert status == 200 and json.loads(answer)["event_id"] == "length"
+        # one "100 Continue" (from the worker, not a second from gunicorn), then the answer
+        expecting = with_length(event("expect"), b"Expect: 100-continue\r\n")
+        split = expecting.index(b"\r\n\r\n") + 4
+        sock.sendall(expecting[:split])
+        assert read_response(sock, buf)[0] == 100
+        sock.sendall(expecting[split:])
+        status, _, answer = read_response(sock, buf)
+        assert status == 200 and json.loads(answer)["event_id"] == "expect"
+        assert not buf
+    with server.connect() as sock:  # the app answers from the header, the connection closes
+        sock.sendall(HEAD + b"Content-Length: 100000000\r\n\r\n{")
+        status, headers, answer = read_response(sock, bytearray())
+        assert status == 413 and headers["connection"] == "close"
+        assert json.loads(answer)["error"] == "request_entity_too_large"
+        assert is_closed(sock)
+    with server.connect() as sock:  # a chunked body past the limit: 413 from the worker
+        sock.sendall(HEAD + b"Transfer-Encoding: chunked\r\n\r\nfffffff\r\n" + b"a" * 200_000)
+        status, _, answer = read_response(sock, bytearray())
+        assert status == 413 and json.loads(answer)["error"] == "request_entity_too_large"
+    with server.connect() as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * (HEAD_LIMIT + 10))
+        status, _, answer = read_response(sock, bytearray())
+        assert status == 431 and json.loads(answer)["error"] == "request_header_fields_too_large"
+
+
+def test_clients_that_never_close_do_not_stall_the_event_loop(server: Server) -> None:
+    """A "Connection: close" answer is followed by a lingering close: gthread waits in its
+    event loop for up to 2 s per connection for the client to close; here the loop moves on."""
+    holders = [server.connect() for _ in range(3)]
+    for sock in holders:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    time.sleep(0.2)  # answered; they neither read nor close
+    started = time.monotonic()
+    with server.connect() as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock, bytearray())[0] == 200
+    assert time.monotonic() - started < 1.0
+    for sock in holders:
+        assert read_response(sock, bytearray())[0] == 200 and is_closed(sock)
+        sock.close()
+
+
+def test_a_bad_timeout_setting_stops_risk_serve_with_a_clear_error(tmp_path: Path) -> None:
+    env = {**os.environ, "RISK_CLIENT_TIMEOUT_SECONDS": "soon"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    done = subprocess.run(
+        serve_command(free_port()),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
+    assert done.returncode != 0
+    assert "RISK_CLIENT_TIMEOUT_SECONDS='soon': expected a number of seconds > 0" in done.stderr
+
+
+def test_operations_doc_names_the_setting() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    assert "RISK_CLIENT_TIMEOUT_SECONDS" in text and "risk_client_timeouts_total" in text
