@@ -1,6 +1,6 @@
 """Schemathesis against the live /openapi.json of `risk serve`: no 5xx, answers as documented.
 
-`risk serve` (gunicorn, one gthread worker) runs on a free port, on a copy of the
+`risk serve` (gunicorn, one buffering gthread worker) runs on a free port, on a copy of the
 committed models in tmp (the admin routes may promote, roll back or name a challenger
 there), with an admin key and a read-only key configured (`RISK_API_KEYS`) and the
 failure limiter off, so requests without a key get 401 rather than 429 once the

@@ -25,13 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from risk_service.worker import (
-    FRAMING_ALLOWANCE,
-    HEAD_LIMIT,
-    RequestReader,
-    Status,
-    client_timeout,
-)
+from risk_service.http_framing import FRAMING_ALLOWANCE, HEAD_LIMIT, RequestReader, Status
+from risk_service.worker import client_timeout
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 1.0  # RISK_CLIENT_TIMEOUT_SECONDS of the test server
