@@ -802,8 +802,26 @@ class DecisionLogDb:
         return int(row[0]) if row else 0
 
     def conflicts(self) -> int:
-        row = self.conn.execute("SELECT count(*) FROM decision_conflicts").fetchone()
+        """Decisions kept aside because their event_id was logged with another body."""
+        row = self.conn.execute(
+            "SELECT count(*) FROM decision_conflicts c LEFT JOIN decisions d USING (event_id)"
+            " WHERE d.body_hash IS DISTINCT FROM c.body_hash"
+        ).fetchone()
         return int(row[0]) if row else 0
+
+    def other_answers(self, event_ids: Iterable[str]) -> dict[str, set[tuple[str, bool]]]:
+        """event_id -> (decision, degraded) of the answers kept in decision_conflicts with the
+        logged body: a retry answered while neither Redis nor PostgreSQL knew the event."""
+        out: dict[str, set[tuple[str, bool]]] = {}
+        cursor = self.conn.execute(
+            "SELECT c.event_id, c.decision, c.degraded FROM decision_conflicts c"
+            " JOIN decisions d USING (event_id)"
+            " WHERE c.body_hash = d.body_hash AND c.event_id = ANY(%s)",
+            (list(event_ids),),
+        )
+        for event_id, decision, degraded in cursor.fetchall():
+            out.setdefault(event_id, set()).add((decision, bool(degraded)))
+        return out
 
     def close(self) -> None:
         self.conn.close()
@@ -874,22 +892,31 @@ def settle(
 
 def check_logged(db: DecisionLogDb, events: dict[str, EventOutcome]) -> dict[str, Any]:
     """Every acknowledged event in the log, with the decision (and degraded flag) that every
-    one of its 200 answers gave; all 200 answers of one event the same."""
+    one of its 200 answers gave; all 200 answers of one event the same, or else each of them
+    logged ("answered twice": a retry answered degraded while neither Redis nor PostgreSQL
+    knew the event, its answer kept in decision_conflicts)."""
     acked = [e for e, o in events.items() if o.acked]
     rows = db.rows(acked)
+    others = db.other_answers([e for e in acked if e in rows])
     missing = [e for e in acked if e not in rows]
-    differs = [  # some 200 answer the client got is not the logged decision
+
+    def logged(e: str) -> set[tuple[str, bool]]:
+        return {rows[e][:2]} | others.get(e, set())
+
+    differs = [  # some 200 answer the client got is not in the log
         e
         for e in acked
-        if e in rows and any((d, g) != rows[e][:2] for d, _, g in events[e].answers)
+        if e in rows and any((d, g) not in logged(e) for d, _, g in events[e].answers)
     ]
     inconsistent = [e for e in acked if len({(d, s) for d, s, _ in events[e].answers}) > 1]
+    twice = [e for e in inconsistent if e in others and e not in differs]
     return {
         "acked": len(acked),
         "not_acked": len(events) - len(acked),
         "missing": missing,
         "answer_differs_from_log": differs,
-        "inconsistent_answers": inconsistent,
+        "inconsistent_answers": [e for e in inconsistent if e not in twice],
+        "answered_twice": twice,
     }
 
 

@@ -93,7 +93,7 @@ class Result:
         goals = {
             "zero 5xx": self.fivexx == 0,
             "none lost": not self.logged["missing"] and not self.velocity["unlogged"],
-            "answer = log": not self.logged["answer_differs_from_log"]
+            "every answer in the log": not self.logged["answer_differs_from_log"]
             and not self.logged["inconsistent_answers"],
             "none counted twice": not self.velocity["wrong"]
             and self.conflicts == 0
@@ -387,7 +387,14 @@ def diagnose(
     for event_id in logged["answer_differs_from_log"][:limit]:
         row = db.rows([event_id]).get(event_id)
         lines.append(
-            f"answer ≠ log: {event_id} logged {row[:2] if row else None}; client saw: "
+            f"answer not in the log: {event_id} logged {row[:2] if row else None}; client saw: "
+            f"{cluster.explain_event(attempts, event_id)}"
+        )
+    for event_id in logged["answered_twice"][:limit]:
+        row = db.rows([event_id]).get(event_id)
+        lines.append(
+            f"answered twice, both logged: {event_id} logged {row[:2] if row else None}, "
+            f"the other answer in decision_conflicts; client saw: "
             f"{cluster.explain_event(attempts, event_id)}"
         )
     for account, expected, counted in velocity["wrong"][:limit]:
@@ -536,6 +543,7 @@ def render(
                 f"{r.rows:,}",
                 len(r.logged["missing"]),
                 len(r.logged["answer_differs_from_log"]) + len(r.logged["inconsistent_answers"]),
+                len(r.logged["answered_twice"]),
                 f"{v['exact']}/{v['accounts']}"
                 + (f", {v['unsure_accounts']} unsure" if v["unsure_accounts"] else "")
                 + (f", {len(v['wrong'])} wrong" if v["wrong"] else "")
@@ -593,7 +601,8 @@ def render(
                 "events answered 200",
                 "rows in the log",
                 "lost",
-                "answer ≠ log",
+                "answer not in the log",
+                "answered twice, both logged",
                 "velocities exact",
                 "conflicts",
                 "ERROR log lines",
@@ -605,8 +614,13 @@ def render(
         *notes,
         "",
         '"rows in the log" must equal the events answered (one row each, retries add none);'
-        ' "lost": answered 200 but not in PostgreSQL; "velocities exact": a final payment'
-        " per account whose logged account_events_24h equals that account's earlier events.",
+        ' "lost": answered 200 but not in PostgreSQL; "answer not in the log": a 200 answer'
+        ' that is neither the logged decision nor one kept in decision_conflicts; "answered'
+        ' twice, both logged": a retry answered (degraded) while neither Redis nor'
+        " PostgreSQL could tell the event was known, e.g. its first answer waiting in another"
+        " worker's spool, the second answer kept in decision_conflicts (docs/operations.md);"
+        ' "velocities exact": a final payment per account whose logged account_events_24h'
+        " equals that account's earlier events.",
     ]
     return "\n".join(lines)
 

@@ -283,8 +283,9 @@ def render(
         (
             "decisions logged in PostgreSQL / acknowledged events",
             f"{r['run_rows']:,} / {r['logged']['acked']:,} "
-            f"(missing {len(r['logged']['missing'])}, answer ≠ log "
-            f"{len(r['logged']['answer_differs_from_log'])}, conflicts {r['conflicts']}; "
+            f"(missing {len(r['logged']['missing'])}, answer not in the log "
+            f"{len(r['logged']['answer_differs_from_log'])}, answered twice "
+            f"{len(r['logged']['answered_twice'])}, conflicts {r['conflicts']}; "
             f"settled in {r['settled']['seconds']} s)",
             "equal, none missing",
         ),

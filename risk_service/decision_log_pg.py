@@ -41,7 +41,9 @@ A connection per thread without batching (a pool) did worse: 8 connections gave
 **Conflicts** are as in SQLite: the same event_id with another body hash raises
 ``Conflict`` (409), with the same body it is a no-op. A spooled decision can only
 meet a different body in PostgreSQL when it is flushed; it is then kept in
-``decision_conflicts`` (and logged) rather than dropped.
+``decision_conflicts`` (and logged) rather than dropped, and so is one with the same body
+and another answer (decision or degraded flag): a retry answered while the first answer
+waited in another worker's spool and Redis could not tell either.
 
 **Reads.** ``get`` and ``labels`` look in this process's spool, then in PostgreSQL
 (another worker's spooled rows become visible once that worker flushes them);
@@ -71,12 +73,12 @@ import psycopg
 from risk_service import metrics
 from risk_service.decision_log_pg_conn import Watchdog, describe, first_line, pg_conninfo
 from risk_service.decision_log_pg_sql import (
-    BODY_HASHES,
     COUNT,
     INSERT_DECISIONS,
     INSERT_LABELS,
     SELECT_DECISION,
     SELECT_LABELS,
+    STORED_ANSWERS,
     decision_arrays,
     label_arrays,
     move_rows,
@@ -275,9 +277,10 @@ class PostgresDecisionLog:
             else:
                 check.append(p)
         if check:
-            stored = dict(conn.execute(BODY_HASHES, ([p.row[0] for p in check],)).fetchall())
+            ids = [p.row[0] for p in check]
+            stored = {s[0]: s[1] for s in conn.execute(STORED_ANSWERS, (ids,)).fetchall()}
             for p in check:
-                p.existed = True
+                p.existed = True  # the caller answers what was logged (scoring_shared._answer)
                 if stored.get(p.row[0], p.row[3]) != p.row[3]:
                     p.error = Conflict(
                         f"event_id {p.row[0]!r} is already logged with a different body",
@@ -356,8 +359,8 @@ class PostgresDecisionLog:
                         spool.log.forget([s for s, _ in decisions], [s for s, _ in labels])
                     if other:
                         log.error(
-                            "%d spooled decisions met another body for their event_id in %s; "
-                            "kept in decision_conflicts: %s",
+                            "%d spooled decisions met another body or answer for their "
+                            "event_id in %s; kept in decision_conflicts: %s",
                             len(other),
                             self.url,
                             other[:10],

@@ -115,7 +115,10 @@ SELECT_DECISION = f"SELECT {_READ_COLS} FROM decisions WHERE event_id = %s"
 SELECT_DECISIONS_FROM = (
     f"SELECT seq, {_READ_COLS} FROM decisions WHERE seq > %s ORDER BY seq LIMIT %s"
 )
-BODY_HASHES = "SELECT event_id, body_hash FROM decisions WHERE event_id = ANY(%s)"
+# what a spooled decision is compared with when its event_id is taken: the request and its answer
+STORED_ANSWERS = (
+    "SELECT event_id, body_hash, decision, degraded FROM decisions WHERE event_id = ANY(%s)"
+)
 SELECT_LABELS = (
     f"SELECT {', '.join(LABEL_COLUMNS)} FROM labels WHERE event_id = %s "
     "ORDER BY label_time_ms, received_at_ms, seq"
@@ -155,6 +158,11 @@ def prepare_schema(
         migrate(conn, hash_key, MIGRATIONS, where=where, param="%s")
 
 
+def _answer(row: Sequence[Any]) -> tuple[Any, ...]:
+    """(body_hash, decision, degraded) of a decision row in DECISION_COLUMNS order."""
+    return (row[3], row[4], bool(row[8]))
+
+
 def move_rows(
     conn: psycopg.Connection[Any],
     decisions: Sequence[tuple[Any, ...]],
@@ -162,8 +170,11 @@ def move_rows(
 ) -> list[str]:
     """Spooled rows into PostgreSQL in one transaction; returns the event_ids kept aside.
 
-    A decision already there with the same body is a no-op (a flush repeated after a
-    crash); one there with another body goes to ``decision_conflicts``, never lost.
+    A decision already there with the same body and answer is a no-op (a flush repeated
+    after a crash). One there with another body, or with the same body and another answer,
+    goes to ``decision_conflicts``, never lost: the latter is a retry that was answered while
+    neither Redis (idempotency) nor PostgreSQL (the log) could say the event was known, e.g.
+    degraded on one worker while another worker's answer waited in its spool.
     """
     other: list[tuple[Any, ...]] = []
     with conn.transaction():
@@ -172,8 +183,9 @@ def move_rows(
             inserted = {r[0] for r in cur.fetchall()}
             rest = [r for r in decisions if r[0] not in inserted]
             if rest:
-                stored = dict(conn.execute(BODY_HASHES, ([r[0] for r in rest],)).fetchall())
-                other = [r for r in rest if stored.get(r[0], r[3]) != r[3]]
+                ids = [r[0] for r in rest]
+                stored = {s[0]: s[1:] for s in conn.execute(STORED_ANSWERS, (ids,)).fetchall()}
+                other = [r for r in rest if stored.get(r[0], _answer(r)) != _answer(r)]
                 if other:
                     conn.execute(INSERT_CONFLICTS, decision_arrays(other))
         if labels:
@@ -182,7 +194,6 @@ def move_rows(
 
 
 __all__ = [
-    "BODY_HASHES",
     "COUNT",
     "INSERT_CONFLICTS",
     "INSERT_DECISIONS",
@@ -193,6 +204,7 @@ __all__ = [
     "SELECT_DECISION",
     "SELECT_DECISIONS_FROM",
     "SELECT_LABELS",
+    "STORED_ANSWERS",
     "decision_arrays",
     "label_arrays",
     "move_rows",

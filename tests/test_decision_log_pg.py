@@ -527,3 +527,22 @@ def test_a_spooled_decision_meeting_another_body_is_kept_aside(pg_url: str, spoo
     assert rows_in_pg(pg_url, "SELECT event_id, body_hash FROM decision_conflicts") == [
         ("c1", "b" * 64)
     ]
+
+
+def test_a_spooled_retry_with_another_answer_is_kept_aside(pg_url: str, spool: Path) -> None:
+    """The same body answered twice differently (a retry answered degraded while the first
+    answer waited in another worker's spool): both answers were acknowledged, both stay."""
+    dead = pg_url.replace("127.0.0.1:5432", "127.0.0.1:1")
+    with PostgresDecisionLog(dead, KEY, spool_path=spool, **FAST) as away:  # type: ignore[arg-type]
+        away.append(record("r1", decision="review", degraded=True))  # the retry, spooled
+        away.append(record("r2"))  # a flush repeated after a crash: same body, same answer
+    with PostgresDecisionLog(pg_url, KEY, spool_path=spool / "other", **FAST) as first:  # type: ignore[arg-type]
+        first.append(record("r1"))  # the first answer, logged by another worker
+        first.append(record("r2"))
+    with PostgresDecisionLog(pg_url, KEY, spool_path=spool, **FAST) as back:  # type: ignore[arg-type]
+        wait_for(lambda: back.status()["spooled"] == 0, "the orphan spool to flush")
+        assert back.get("r1").decision == "challenge"  # type: ignore[union-attr]
+        assert back.count() == 2
+    assert rows_in_pg(
+        pg_url, "SELECT event_id, decision, degraded FROM decision_conflicts ORDER BY event_id"
+    ) == [("r1", "review", True)]
