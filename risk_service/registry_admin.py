@@ -167,28 +167,9 @@ def _audited(
             previous = registry.read()[kind][role]
         previous = act()
     except (BundleError, OSError) as exc:
-        version = (extra or {}).get("version", version)
-        audit.append(
-            registry.models_dir,
-            actor=actor,
-            action=action,
-            kind=kind,
-            version=version,
-            previous=previous,
-            outcome="refused",
-            reason=str(exc),
-        )
+        _audit(registry, action, kind, version, actor, previous, extra, "refused", str(exc))
         raise
-    version = (extra or {}).get("version", version)
-    entry = audit.append(
-        registry.models_dir,
-        actor=actor,
-        action=action,
-        kind=kind,
-        version=version,
-        previous=previous,
-        outcome="ok",
-    )
+    entry = _audit(registry, action, kind, version, actor, previous, extra, "ok")
     state = registry.read()[kind]
     return {
         **entry,
@@ -196,6 +177,30 @@ def _audited(
         "champion": state["champion"],
         "challenger": state["challenger"],
     }
+
+
+def _audit(
+    registry: Registry,
+    action: str,
+    kind: str,
+    version: str | None,
+    actor: str,
+    previous: str | None,
+    extra: dict[str, Any] | None,
+    outcome: str,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """One audit entry; the version is the one `act` settled on (a policy's own) if any."""
+    return audit.append(
+        registry.models_dir,
+        actor=actor,
+        action=action,
+        kind=kind,
+        version=(extra or {}).get("version", version),
+        previous=previous,
+        outcome=outcome,
+        reason=reason,
+    )
 
 
 def status(models_dir: Path, watcher: ChampionWatcher | None = None) -> dict[str, Any]:
