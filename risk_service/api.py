@@ -125,6 +125,17 @@ def decision(event_id: str) -> Response:
             "shadow": record.shadow,
             "request": record.request,  # identifiers as their keyed hashes
             "response": record.response,
+            "other_answers": [  # the same request answered again, rarely: docs/operations.md
+                {
+                    "decision": other.decision,
+                    "degraded": other.degraded,
+                    "created_at": None
+                    if other.created_at_ms is None
+                    else iso_ms(other.created_at_ms),
+                    "response": other.response,
+                }
+                for other in scorer.log.other_answers(event_id)
+            ],
             "labels": [
                 {
                     "label": x.label,

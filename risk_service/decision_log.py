@@ -77,6 +77,8 @@ class DecisionLog(Protocol):
 
     def labels(self, event_id: str) -> list[LabelRecord]: ...
 
+    def other_answers(self, event_id: str) -> list[DecisionRecord]: ...
+
     def count(self) -> int: ...
 
     def status(self) -> dict[str, Any]: ...
@@ -287,6 +289,11 @@ class SQLiteDecisionLog:
         with self._read_lock:
             row = self._reader.execute(_SELECT, (event_id,)).fetchone()
         return None if row is None else record_from_row(row)
+
+    def other_answers(self, event_id: str) -> list[DecisionRecord]:
+        """None here: one process answers every request, so a retry is always recognised
+        (the PostgreSQL log can hold some, `PostgresDecisionLog.other_answers`)."""
+        return []
 
     def labels(self, event_id: str) -> list[LabelRecord]:
         """Every label kept for the event, by label time then receipt time."""

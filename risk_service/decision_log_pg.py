@@ -78,6 +78,7 @@ from risk_service.decision_log_pg_sql import (
     INSERT_LABELS,
     SELECT_DECISION,
     SELECT_LABELS,
+    SELECT_OTHER_ANSWERS,
     STORED_ANSWERS,
     decision_arrays,
     label_arrays,
@@ -402,6 +403,12 @@ class PostgresDecisionLog:
             return found
         row = self._read(lambda c: c.execute(SELECT_DECISION, (event_id,)).fetchone())
         return None if row is None else record_from_row(row)
+
+    def other_answers(self, event_id: str) -> list[DecisionRecord]:
+        """Other acknowledged answers to the same request, kept in ``decision_conflicts``: a
+        retry answered while neither Redis nor PostgreSQL knew the event (move_rows)."""
+        rows = self._read(lambda c: c.execute(SELECT_OTHER_ANSWERS, (event_id,)).fetchall())
+        return [record_from_row(r) for r in rows]
 
     def labels(self, event_id: str) -> list[LabelRecord]:
         """Every label kept for the event (PostgreSQL and spool), by label then receipt time."""

@@ -112,6 +112,11 @@ _READ_COLS = ", ".join(
     for c in DECISION_COLUMNS
 )
 SELECT_DECISION = f"SELECT {_READ_COLS} FROM decisions WHERE event_id = %s"
+# the other acknowledged answers of an event (same body): see move_rows
+SELECT_OTHER_ANSWERS = (
+    f"SELECT {_READ_COLS} FROM decision_conflicts c WHERE event_id = %s AND body_hash = "
+    "(SELECT body_hash FROM decisions d WHERE d.event_id = c.event_id) ORDER BY detected_at"
+)
 SELECT_DECISIONS_FROM = (
     f"SELECT seq, {_READ_COLS} FROM decisions WHERE seq > %s ORDER BY seq LIMIT %s"
 )
@@ -204,6 +209,7 @@ __all__ = [
     "SELECT_DECISION",
     "SELECT_DECISIONS_FROM",
     "SELECT_LABELS",
+    "SELECT_OTHER_ANSWERS",
     "STORED_ANSWERS",
     "decision_arrays",
     "label_arrays",

@@ -263,9 +263,32 @@ def _response_schemas() -> dict[str, Any]:
                 "shadow": {"type": ["object", "null"]},
                 "request": {"type": "object"},
                 "response": {"type": ["object", "null"]},
+                "other_answers": {
+                    "type": "array",
+                    "description": "Other acknowledged answers to the same request, kept "
+                    "beside this one: a retry answered (degraded) while neither the state "
+                    "store nor the log could tell the event was known. Usually empty.",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "decision": {"type": "string"},
+                            "degraded": {"type": "boolean"},
+                            "created_at": nullable_str,
+                            "response": {"type": ["object", "null"]},
+                        },
+                        "required": ["decision", "degraded", "created_at", "response"],
+                    },
+                },
                 "labels": labels,
             },
-            "required": ["event_id", "decision", "features", "model_versions", "labels"],
+            "required": [
+                "event_id",
+                "decision",
+                "features",
+                "model_versions",
+                "other_answers",
+                "labels",
+            ],
         },
         "FeedbackRequest": feedback_schema(),
         "FeedbackResponse": {

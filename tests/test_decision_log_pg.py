@@ -546,3 +546,7 @@ def test_a_spooled_retry_with_another_answer_is_kept_aside(pg_url: str, spool: P
     assert rows_in_pg(
         pg_url, "SELECT event_id, decision, degraded FROM decision_conflicts ORDER BY event_id"
     ) == [("r1", "review", True)]
+    with PostgresDecisionLog(pg_url, KEY, spool_path=spool, **FAST) as reader:  # type: ignore[arg-type]
+        others = reader.other_answers("r1")  # what GET /decisions/r1 shows beside the decision
+        assert [(o.decision, o.degraded) for o in others] == [("review", True)]
+        assert reader.other_answers("r2") == []

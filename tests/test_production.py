@@ -127,3 +127,30 @@ def test_postgresql_down_spools_decisions_and_flushes_them_when_back(
         assert [r[0] for r in rows] == [f"g{i}" for i in range(8)]  # all, each once
     finally:
         proxy.close()
+
+
+def test_another_answer_to_the_same_request_shows_beside_the_decision(
+    production: Flask, pg_url: str
+) -> None:
+    """A retry answered degraded while its first answer waited in another worker's spool is
+    kept in decision_conflicts at the flush (move_rows); GET /decisions shows it."""
+    import dataclasses
+
+    from risk_service.decision_log_pg_sql import move_rows
+    from risk_service.decision_records import Pseudonymiser, decision_row
+
+    client = production.test_client()
+    first = client.post("/score", json=payment("twice-1"), headers=AUTH).get_json()
+    log = production.extensions["risk"].log
+    logged = log.get("twice-1")
+    again = dataclasses.replace(
+        logged, decision="review", degraded=True, response={**first, "decision": "review"}
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # the other worker's spool, flushed
+        kept = move_rows(conn, [decision_row(Pseudonymiser(b"x" * 32), again)], [])
+        assert kept == ["twice-1"]
+        assert move_rows(conn, [decision_row(Pseudonymiser(b"x" * 32), logged)], []) == []
+    record = client.get("/decisions/twice-1", headers=AUTH).get_json()
+    assert record["decision"] == first["decision"] and record["degraded"] is False
+    assert [(o["decision"], o["degraded"]) for o in record["other_answers"]] == [("review", True)]
+    assert record["other_answers"][0]["response"]["decision"] == "review"
