@@ -6,37 +6,107 @@ keeps it here (bounded: the oldest are dropped first, and counted) and a
 background thread applies it once Redis answers again, as a transaction whose
 idempotency record is the degraded answer: a retry then answers what was
 logged, and an event a retry already scored is not applied twice. Applied
-late, such events count as late events do (docs/architecture.md). The backlog
-is in memory: a worker killed during an outage loses its backlog (the
-decisions themselves are in the log).
+late, such events count as late events do (docs/architecture.md).
+
+With a file (`backlog_file.py`, in the spool directory) every entry is also durable before
+the answer goes out, so a worker killed during an outage loses nothing: the next process
+to look adopts its entries (at start, then every ``adopt_s``). Entries carry identifiers
+only as the state store's keyed hashes.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
+from risk_service.backlog_file import BacklogFile
+from risk_service.features.derived import is_missing
+from risk_service.features.spec import ENTITY_KEYS
+
 log = logging.getLogger("risk_service.backlog")
+_ID_COLUMNS = tuple(dict.fromkeys(ENTITY_KEYS.values()))
+
+
+@dataclass(frozen=True)
+class DegradedEvent:
+    """What applying an event answered degraded needs: the event and inline account with
+    their identifiers as keyed hashes, the idempotency record (the degraded answer) and the
+    hashed entity ids (kind -> hash) whose states it changes."""
+
+    event_id: str
+    kind: str
+    event: dict[str, Any]
+    account: dict[str, Any] | None
+    record: bytes
+    ids: dict[str, str]
+
+    @classmethod
+    def hashed(
+        cls,
+        request: Any,
+        record: bytes,
+        ids: Mapping[str, str],
+        key_hash: Callable[[str], str],
+    ) -> DegradedEvent:
+        """From a validated ScoreRequest: identifiers replaced by ``key_hash`` of them."""
+        event = dict(request.event)
+        for column in _ID_COLUMNS:
+            if column in event and not is_missing(event[column]):
+                event[column] = key_hash(str(event[column]))
+        account = None
+        if request.account is not None:
+            account = {
+                **request.account,
+                "account_id": key_hash(str(request.account["account_id"])),
+            }
+        return cls(request.event_id, request.kind, event, account, record, dict(ids))
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {
+                "event_id": self.event_id,
+                "kind": self.kind,
+                "event": self.event,
+                "account": self.account,
+                "record": base64.b64encode(self.record).decode(),
+                "ids": self.ids,
+            },
+            default=str,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DegradedEvent:
+        d = orjson.loads(data)
+        record = base64.b64decode(d["record"])
+        return cls(d["event_id"], d["kind"], d["event"], d["account"], record, d["ids"])
 
 
 class Backlog:
-    """event_id -> (request, record, ids), applied oldest first by one daemon thread."""
+    """event_id -> DegradedEvent, applied oldest first by one daemon thread."""
 
     def __init__(
         self,
-        apply: Callable[[Any, bytes, dict[str, str]], str],
+        apply: Callable[[DegradedEvent], str],
         *,
+        file: BacklogFile | None = None,
         max_events: int = 50_000,
         retry_s: float = 0.25,
+        adopt_s: float = 5.0,
     ) -> None:
         self._apply = apply
+        self.file = file
         self.max_events = max_events
         self.retry_s = retry_s
-        self._items: OrderedDict[str, tuple[Any, bytes, dict[str, str]]] = OrderedDict()
+        self.adopt_s = adopt_s
+        self._items: OrderedDict[str, DegradedEvent] = OrderedDict()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -50,18 +120,48 @@ class Backlog:
     def pending(self, event_id: str) -> bool:
         return event_id in self._items
 
-    def add(self, request: Any, record: bytes, ids: dict[str, str]) -> None:
+    def add(self, item: DegradedEvent) -> None:
+        """Keep one event (durably first, with a file) and wake the applying thread."""
+        if item.event_id in self._items:
+            return
+        if self.file is not None:
+            self.file.add(item.event_id, item.to_bytes())
+        self._keep([item])
+
+    def adopt(self) -> int:
+        """Take the entries of dead processes' backlog files; returns how many."""
+        if self.file is None:
+            return 0
+        items = [DegradedEvent.from_bytes(entry) for _, entry in self.file.adopt_orphans()]
+        self._keep(items)
+        return len(items)
+
+    def start(self) -> None:
+        """Adopt what dead processes left, and run the applying thread from now on."""
+        self.adopt()
         with self._lock:
-            if request.event_id in self._items:
-                return
-            self._items[request.event_id] = (request, record, ids)
+            self._start_thread()
+
+    def _keep(self, items: list[DegradedEvent]) -> None:
+        if not items:
+            return
+        with self._lock:
+            for item in items:
+                if item.event_id in self._items:
+                    continue
+                self._items[item.event_id] = item
             while len(self._items) > self.max_events:
-                self._items.popitem(last=False)
+                dropped, _ = self._items.popitem(last=False)
+                if self.file is not None:
+                    self.file.remove(dropped)
                 self.dropped += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="backlog", daemon=True)
-                self._thread.start()
+            self._start_thread()
         self._wake.set()
+
+    def _start_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="backlog", daemon=True)
+            self._thread.start()
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until the backlog is empty (tests, shutdown); True if it is."""
@@ -72,25 +172,41 @@ class Backlog:
         return not self._items
 
     def stop(self) -> None:
+        """Stop applying; with a file, what is left stays in it for the next process."""
         self._stop = True
         self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=2.0)
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
     def _run(self) -> None:
+        next_adopt = time.monotonic() + self.adopt_s
         while not self._stop:
+            if time.monotonic() >= next_adopt:
+                next_adopt = time.monotonic() + self.adopt_s
+                try:
+                    self.adopt()
+                except Exception:  # a file system hiccup must not stop the applying
+                    log.exception("backlog: adopting orphan files failed")
             with self._lock:
-                head = next(iter(self._items.items()), None)
+                head = next(iter(self._items.values()), None)
             if head is None:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            event_id, (request, record, ids) = head
             try:
-                self._apply(request, record, ids)
+                self._apply(head)
             except Exception as exc:  # Redis still down: wait, then try the same event again
-                log.debug("backlog: %s not applied yet: %s", event_id, exc)
+                log.debug("backlog: %s not applied yet: %s", head.event_id, exc)
                 self._wake.wait(self.retry_s)
                 self._wake.clear()
                 continue
             with self._lock:
-                self._items.pop(event_id, None)
+                self._items.pop(head.event_id, None)
                 self.applied += 1
+            file = self.file
+            if file is not None:
+                file.remove(head.event_id)

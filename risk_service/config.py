@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     # the decision log on PostgreSQL (postgresql://...); None: SQLite at DECISION_LOG_PATH.
     # A decision PostgreSQL cannot take within the timeout is made durable in a local spool
     # (SQLite, one file per process, in DECISION_LOG_SPOOL_DIR) and flushed when it is back.
+    # The degraded-event backlog (state updates waiting for Redis) has its files there too.
     "DECISION_LOG_URL": None,
     "DECISION_LOG_SPOOL_DIR": None,
     "DECISION_LOG_TIMEOUT_MS": 200,

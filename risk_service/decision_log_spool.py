@@ -55,7 +55,8 @@ class SpoolFile:
             os.close(self.fd)
 
 
-def _lock(fd: int) -> bool:
+def try_lock(fd: int) -> bool:
+    """An exclusive flock on fd without waiting: False when another process holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -86,7 +87,7 @@ class SpoolDir:
         hidden = self.directory / f".{name}.creating"
         fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            if not _lock(fd):  # nobody else can know the hidden name
+            if not try_lock(fd):  # nobody else can know the hidden name
                 raise DecisionLogError(f"cannot lock the new spool file {hidden}")
             path = self.directory / name
             hidden.rename(path)  # same inode: the lock moves with it
@@ -118,7 +119,7 @@ class SpoolDir:
         except FileNotFoundError:
             return None
         try:
-            if not _lock(fd):
+            if not try_lock(fd):
                 os.close(fd)  # its process is alive
                 return None
             # The file may have been retired (deleted) between our open and our lock.

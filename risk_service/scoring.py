@@ -20,12 +20,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from risk_service import explain
-from risk_service.backlog import Backlog
+from risk_service.backlog import Backlog, DegradedEvent
+from risk_service.backlog_file import BacklogFile
 from risk_service.credit_model import CreditModel, recommended_limit, score_from_pd
 from risk_service.decision_log import DecisionLog, DecisionRecord
 from risk_service.errors import Conflict
@@ -112,11 +114,16 @@ class Scorer:
         idempotency: MemoryIdempotencyStore,
         settings: ScoringSettings | None = None,
         shared: RedisState | None = None,
+        backlog_dir: str | Path | None = None,
     ) -> None:
+        """``backlog_dir``: where the degraded-event backlog is kept durably (with ``shared``;
+        None: in memory only, lost with the process)."""
         self.engine = engine
         self.shared = shared
         self.shadow: Shadow | None = None  # challengers scored beside the champion, never acting
-        self.backlog = Backlog(self._apply_degraded)  # degraded events waiting for Redis
+        # degraded events waiting for Redis; what dead processes left is taken over at start
+        file = BacklogFile(backlog_dir) if shared is not None and backlog_dir else None
+        self.backlog = Backlog(self._apply_degraded, file=file)
         self.models = models
         self.policy = policy
         self.log = log
@@ -124,6 +131,8 @@ class Scorer:
         self.settings = settings or ScoringSettings()
         self.lock = threading.Lock()
         self.watermark_ms = -(2**62)
+        if file is not None:
+            self.backlog.start()  # adopt what dead processes left, and apply it
 
     # -- the request path ------------------------------------------------------------------
     def score(self, request: ScoreRequest) -> dict[str, Any]:
@@ -434,10 +443,10 @@ class Scorer:
         if self.shared is not None:
             self.shared.close()
 
-    def _apply_degraded(self, request: ScoreRequest, record: bytes, ids: dict[str, str]) -> str:
+    def _apply_degraded(self, item: DegradedEvent) -> str:
         from risk_service.scoring_shared import apply_degraded
 
-        return apply_degraded(self, request, record, ids)
+        return apply_degraded(self, item)
 
     # -- feeding the online state ----------------------------------------------------------
     def ingest_label(

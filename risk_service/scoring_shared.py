@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from risk_service.backlog import DegradedEvent
 from risk_service.decision_log import DecisionLogError, DecisionRecord
 from risk_service.errors import Conflict
 from risk_service.features import CREDIT_FEATURE_NAMES, FEATURE_NAMES, OnlineFeatureEngine, codec
@@ -102,35 +103,36 @@ def score_shared(
     if entry is None:  # the store is down or too contended: degraded, no state update now
         entry = scorer._score_new(request, now_ms, None, None)
         response, replayed = _answer(scorer, entry, request, started)
-        if not replayed:  # logged and answered: its state update follows (backlog.py)
-            scorer.backlog.add(request, encode_stored(_stored(entry, ids)), ids)
+        if not replayed:  # logged; its state update follows (backlog.py), durably, then the answer
+            record = encode_stored(_stored(entry, ids))
+            scorer.backlog.add(DegradedEvent.hashed(request, record, ids, shared.hash))
         return response, replayed
     return _answer(scorer, entry, request, started)
 
 
-def apply_degraded(
-    scorer: Scorer, request: ScoreRequest, record: bytes, ids: dict[str, str]
-) -> str:
+def apply_degraded(scorer: Scorer, item: DegradedEvent) -> str:
     """The state update of an event answered degraded, once Redis is back: 'OK', or 'EXISTS'
     when a retry was scored meanwhile. Its idempotency record holds the degraded answer, so a
-    later retry answers what was logged. Raises StoreUnavailable while Redis is still down."""
+    later retry answers what was logged. Raises StoreUnavailable while Redis is still down.
+    The item's identifiers are hashed already: the engine takes them as they are."""
     shared = scorer.shared
     assert shared is not None
-    idem_key = shared.idempotency_key(request.event_id)
+    idem_key = shared.idempotency_key(item.event_id)
+    event_ms = int(item.event["timestamp_ms"])
     for _ in range(MAX_ATTEMPTS):
         with scorer.lock:
-            txn = shared.begin(idem_key, shared.hashed_keys_for(ids))
+            txn = shared.begin(idem_key, shared.hashed_keys_for(item.ids))
             if txn.existing is not None:
                 return "EXISTS"
-            engine = OnlineFeatureEngine(TransactionStore(shared, txn), shared.hash)
-            if request.account is not None:
-                engine.ingest_profile(request.account)
-            if request.kind != "credit_application":
-                engine.update(request.event)
-            outcome = shared.commit(txn, record, shared.idempotency_ttl_ms, request.timestamp_ms)
+            engine = OnlineFeatureEngine(TransactionStore(shared, txn))
+            if item.account is not None:
+                engine.ingest_profile(item.account)
+            if item.kind != "credit_application":
+                engine.update(item.event)
+            outcome = shared.commit(txn, item.record, shared.idempotency_ttl_ms, event_ms)
         if outcome != "CONFLICT":
             return "OK" if outcome == "OK" else "EXISTS"
-    raise StoreUnavailable(f"event {request.event_id!r}: the state kept changing")
+    raise StoreUnavailable(f"event {item.event_id!r}: the state kept changing")
 
 
 def _stored(entry: IdempotencyEntry, hashed_ids: dict[str, str]) -> StoredDecision:

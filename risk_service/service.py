@@ -132,6 +132,12 @@ def _publish_versions(serving: Serving) -> None:
     metrics.set_versions(serving.models.versions(), serving.policy.version)
 
 
+def spool_dir(config: Mapping[str, Any]) -> Path:
+    """The local durable directory: the PostgreSQL log's spool and the degraded backlog."""
+    configured = config.get("DECISION_LOG_SPOOL_DIR")
+    return Path(configured) if configured else Path(config["DECISION_LOG_PATH"]).parent / "spool"
+
+
 def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
     """The scorer on its verified champions, and the watcher that keeps them current."""
     log_path = Path(config["DECISION_LOG_PATH"])
@@ -154,7 +160,7 @@ def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
             path=log_path,
             hash_key=key,
             synchronous=str(config["DECISION_LOG_SYNC"]),
-            spool_dir=config.get("DECISION_LOG_SPOOL_DIR"),
+            spool_dir=spool_dir(config),
             timeout_ms=int(config["DECISION_LOG_TIMEOUT_MS"]),
         ),
         idempotency=MemoryIdempotencyStore(int(config["IDEMPOTENCY_TTL_SECONDS"]) * 1000),
@@ -167,6 +173,7 @@ def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
             reasons_method=check_reasons_method(str(config["REASONS_METHOD"])),
         ),
         shared=build_shared_state(config, key),
+        backlog_dir=spool_dir(config),
     )
     watcher.attach(scorer)  # models, policy and shadow, now and on every swap
     if config.get("ACCOUNTS_FILE"):

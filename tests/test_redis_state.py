@@ -327,6 +327,83 @@ def test_a_read_failing_inside_the_engine_degrades_and_the_event_still_counts(
     assert again["degraded"] is True and again["decision"] == answer["decision"]
 
 
+_KILLED_WORKER = """
+import json, os, signal, sys
+from risk_service import create_app
+config, first, degraded = (json.loads(a) for a in sys.argv[1:4])
+client = create_app(config).test_client()
+for body in first:
+    assert client.post("/score", json=body).get_json()["degraded"] is False
+print("scored", flush=True)
+sys.stdin.readline()  # the test takes Redis away
+for body in degraded:
+    assert client.post("/score", json=body).get_json()["degraded"] is True
+print("degraded", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no shutdown, no drain: a killed worker
+"""
+
+
+@pytest.mark.integration
+def test_a_worker_killed_during_an_outage_loses_no_velocity(
+    make_app: AppFactory, private_redis: tuple[PrivateRedis, FaultProxy], tmp_path: Path
+) -> None:
+    """Its degraded events are durable in its backlog file (identifiers hashed); the next
+    process adopts the orphan file and applies them once Redis is back."""
+    import json
+    import subprocess
+    import sys
+
+    _, proxy = private_redis
+    base = NOW - timedelta(hours=2)
+    ids = {"account_id": "acct-SECRET-7", "device_id": "dev-SECRET-7"}
+
+    def body(i: int) -> dict[str, Any]:
+        return payment(f"k{i}", timestamp=iso(base + timedelta(minutes=i)), **ids)
+
+    config = {
+        "MODELS_DIR": str(Path(__file__).resolve().parents[1] / "models"),
+        "DECISION_LOG_PATH": str(tmp_path / "killed.sqlite"),
+        "DECISION_LOG_SYNC": "NORMAL",
+        "HASH_KEY": "test-key-" + "x" * 32,
+        "GC_TUNING": False,
+        "RELOAD_INTERVAL_SECONDS": 0,
+        "STATE_URL": proxy.url,
+        "STATE_TIMEOUT_MS": 50.0,
+        "BREAKER_FAILURES": 1,
+    }
+    args = [json.dumps(config), json.dumps([body(0), body(1)])]
+    args.append(json.dumps([body(i) for i in range(2, 5)]))
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WORKER, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdout is not None and worker.stdin is not None
+    assert worker.stdout.readline().strip() == "scored"
+    proxy.set_down(True)
+    worker.stdin.write("go\n")
+    worker.stdin.flush()
+    assert worker.stdout.readline().strip() == "degraded"
+    assert worker.wait(timeout=30) == -9
+    worker.stdin.close()
+    worker.stdout.close()
+    left = sorted((tmp_path / "spool").glob("backlog-*.sqlite"))
+    assert len(left) == 1
+    on_disk = b"".join(p.read_bytes() for p in left[0].parent.glob(left[0].name + "*"))
+    assert b"k3" in on_disk  # the entries are there (event ids are not personal) ...
+    assert not any(v.encode() in on_disk for v in ids.values())  # ... identifiers hashed
+
+    proxy.set_down(False)
+    app = make_app(STATE_URL=proxy.url, STATE_TIMEOUT_MS=2000.0)  # the next process
+    scorer = app.extensions["risk"]
+    assert scorer.backlog.drain(timeout=10.0) and scorer.backlog.applied == 3
+    assert not left[0].exists()  # adopted, then deleted
+    final = payment("k-final", timestamp=iso(base + timedelta(minutes=30)), **ids)
+    assert app.test_client().post("/score", json=final).get_json()["degraded"] is False
+    assert features(app, "k-final")["account_events_24h"] == 5  # none lost, none twice
+
+
 @pytest.mark.integration
 def test_a_replica_with_another_hash_key_is_refused(
     make_app: AppFactory, redis_target: RedisTarget
