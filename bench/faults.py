@@ -11,6 +11,8 @@ client retries when it lost an answer; a failed attempt is retried with the same
 
 - kill-worker: one gunicorn worker killed with SIGKILL (gunicorn starts another);
 - redis-stop: the Redis server stopped (SIGTERM) for 10 s, then started again;
+- redis-stop-kill: both: Redis stopped for 10 s and, halfway, a worker killed with degraded
+  events waiting in its backlog (the new worker adopts its backlog file);
 - postgres-stop: the PostgreSQL server stopped (`pg_ctl stop -m fast`) for 10 s, then
   started again (decisions go to the local spool meanwhile, and are flushed after);
 - redis-slow: every Redis round trip slowed to 50 ms (25 ms each way in the proxy) for 10 s;
@@ -163,6 +165,15 @@ class Faults:
             except Exception:
                 time.sleep(0.1)
         return f"Redis started again, {keys:,} keys loaded from its append-only file"
+
+    def redis_stop_kill(self) -> str:
+        """Both at once: a worker dies with degraded events waiting in its backlog."""
+        stopped = self.redis_stop()
+        time.sleep(self.fault_s / 2)  # the workers' backlogs fill meanwhile
+        return f"{stopped}; {self.fault_s / 2:.0f} s later, {self.kill_worker()}"
+
+    def redis_start_worker_back(self) -> str:
+        return f"{self.redis_start()}; {self.worker_back()}"
 
     def redis_slow(self) -> str:
         assert self.stores.proxy is not None
@@ -452,6 +463,8 @@ def catalogue(f: Faults, rate: float, windows: tuple[float, float, float]) -> di
         Fault("kill-worker", "a gunicorn worker killed with SIGKILL", f.kill_worker, f.worker_back),
         Fault("redis-stop", f"Redis stopped for {seconds}, then started", f.redis_stop,
               f.redis_start),
+        Fault("redis-stop-kill", f"Redis stopped for {seconds} and a worker killed meanwhile",
+              f.redis_stop_kill, f.redis_start_worker_back),
         Fault("postgres-stop", f"PostgreSQL stopped for {seconds}, then started", f.pg_stop,
               f.pg_start),
         Fault("redis-slow", f"Redis slowed to 50 ms per call for {seconds}", f.redis_slow,
