@@ -441,6 +441,7 @@ PROXIED = {"redis-slow"}
 NAMES = (
     "kill-worker",
     "redis-stop",
+    "redis-stop-kill",
     "postgres-stop",
     "redis-slow",
     "promote",
