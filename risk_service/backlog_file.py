@@ -24,11 +24,12 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from risk_service.decision_log_spool import try_lock
+from risk_service.decision_log_spool import lock_orphan, try_lock
 
 log = logging.getLogger("risk_service.backlog")
 PATTERN = "backlog-*.sqlite"
 _SCHEMA = "CREATE TABLE IF NOT EXISTS pending (event_id TEXT PRIMARY KEY, entry BLOB NOT NULL)"
+_ALL = "SELECT event_id, entry FROM pending ORDER BY rowid"
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -51,6 +52,7 @@ class BacklogFile:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._refused: set[Path] = set()  # damaged orphans, left alone
         name = f"backlog-{os.getpid()}-{secrets.token_hex(4)}.sqlite"
         hidden = self.directory / f".{name}.creating"
         self._fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -76,16 +78,14 @@ class BacklogFile:
 
     def entries(self) -> list[tuple[str, bytes]]:
         with self._lock:
-            return self._conn.execute(
-                "SELECT event_id, entry FROM pending ORDER BY rowid"
-            ).fetchall()
+            return self._conn.execute(_ALL).fetchall()
 
     def adopt_orphans(self) -> list[tuple[str, bytes]]:
         """The entries of every backlog file no live process holds, now in this process's file
         (the orphans are deleted); oldest file first."""
         adopted: list[tuple[str, bytes]] = []
         for path in sorted(self.directory.glob(PATTERN)):
-            if path == self.path:
+            if path == self.path or path in self._refused:
                 continue
             entries = self._take(path)
             if entries is not None:
@@ -93,38 +93,29 @@ class BacklogFile:
         return adopted
 
     def _take(self, path: Path) -> list[tuple[str, bytes]] | None:
+        fd = lock_orphan(path)
+        if fd is None:
+            return None  # its process is alive, or another adopter took it
         try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            return None
-        try:
-            if not try_lock(fd):
-                return None  # its process is alive
-            if os.stat(path).st_ino != os.fstat(fd).st_ino:
-                return None  # deleted by another adopter between our open and our lock
+            orphan = _open(path)
             try:
-                orphan = _open(path)
-                try:
-                    entries = orphan.execute(
-                        "SELECT event_id, entry FROM pending ORDER BY rowid"
-                    ).fetchall()
-                finally:
-                    orphan.close()
-            except sqlite3.Error as exc:  # damaged: leave it for a human, keep serving
-                log.error("backlog file %s not adopted: %s", path, exc)
-                return None
+                entries = orphan.execute(_ALL).fetchall()
+            finally:
+                orphan.close()
             with self._lock:  # ours first, durably, then the orphan goes
                 self._conn.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?)", entries)
-            _delete(path)
-            if entries:
-                log.warning(
-                    "adopted %d degraded event(s) of a dead process from %s", len(entries), path
-                )
-            return entries
-        except FileNotFoundError:
+        except sqlite3.Error as exc:  # damaged: leave it for a human, keep serving
+            self._refused.add(path)
+            log.error("backlog file %s not adopted: %s", path, exc)
             return None
         finally:
             os.close(fd)
+        _delete(path)
+        if entries:
+            log.warning(
+                "adopted %d degraded event(s) of a dead process from %s", len(entries), path
+            )
+        return entries
 
     def close(self) -> None:
         """Release the file: deleted when empty, else left for the next process to adopt."""

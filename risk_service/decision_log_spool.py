@@ -64,6 +64,23 @@ def try_lock(fd: int) -> bool:
     return True
 
 
+def lock_orphan(path: Path) -> int | None:
+    """An fd of ``path`` holding its exclusive lock when no live process holds it and the
+    file is still the one at ``path`` (not retired between our open and our lock); else None.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        if try_lock(fd) and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            return fd
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+    return None
+
+
 class SpoolDir:
     """This process's spool file plus the orphans it adopted; reads look in all of them."""
 
@@ -114,18 +131,10 @@ class SpoolDir:
         return adopted
 
     def _try_adopt(self, path: Path) -> SpoolFile | None:
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
+        fd = lock_orphan(path)
+        if fd is None:
             return None
         try:
-            if not try_lock(fd):
-                os.close(fd)  # its process is alive
-                return None
-            # The file may have been retired (deleted) between our open and our lock.
-            if os.stat(path).st_ino != os.fstat(fd).st_ino:
-                os.close(fd)
-                return None
             return SpoolFile(path, fd, SQLiteDecisionLog(path, self._key, synchronous="FULL"))
         except FileNotFoundError:
             os.close(fd)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from risk_service.backlog import Backlog, DegradedEvent
 from risk_service.backlog_file import BacklogFile
 
@@ -58,3 +60,18 @@ def test_the_backlog_applies_adopted_entries_and_forgets_them(tmp_path: Path) ->
     assert second.file is not None and second.file.entries() == []
     second.stop()
     assert list(tmp_path.glob("backlog-*.sqlite")) == []
+
+
+def test_a_damaged_orphan_is_left_alone_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    damaged = tmp_path / "backlog-1-damaged.sqlite"
+    damaged.write_bytes(b"not a database" * 100)
+    mine = BacklogFile(tmp_path)
+    try:
+        assert mine.adopt_orphans() == []
+        assert mine.adopt_orphans() == []  # refused once, not retried every scan
+    finally:
+        mine.close()
+    assert damaged.exists()
+    assert len([r for r in caplog.records if "not adopted" in r.getMessage()]) == 1
