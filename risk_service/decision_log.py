@@ -133,7 +133,7 @@ _INSERT = (
     f"INSERT INTO decisions ({_COLUMNS}) VALUES ({', '.join('?' * len(DECISION_COLUMNS))}) "
     "ON CONFLICT (event_id) DO NOTHING"
 )
-_SELECT = f"SELECT {_COLUMNS} FROM decisions WHERE event_id = ?"
+SELECT_DECISION = f"SELECT {_COLUMNS} FROM decisions WHERE event_id = ?"
 _LABEL_COLUMNS = ", ".join(LABEL_COLUMNS)
 _INSERT_LABEL = (
     f"INSERT INTO labels ({_LABEL_COLUMNS}) VALUES ({', '.join('?' * len(LABEL_COLUMNS))}) "
@@ -287,7 +287,7 @@ class SQLiteDecisionLog:
     def get(self, event_id: str) -> DecisionRecord | None:
         """The logged record (identifiers as their hashes), or None."""
         with self._read_lock:
-            row = self._reader.execute(_SELECT, (event_id,)).fetchone()
+            row = self._reader.execute(SELECT_DECISION, (event_id,)).fetchone()
         return None if row is None else record_from_row(row)
 
     def other_answers(self, event_id: str) -> list[DecisionRecord]:

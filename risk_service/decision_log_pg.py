@@ -45,8 +45,9 @@ meet a different body in PostgreSQL when it is flushed; it is then kept in
 and another answer (decision or degraded flag): a retry answered while the first answer
 waited in another worker's spool and Redis could not tell either.
 
-**Reads.** ``get`` and ``labels`` look in this process's spool, then in PostgreSQL
-(another worker's spooled rows become visible once that worker flushes them);
+**Reads.** ``get`` and ``labels`` look in this process's spool (``get`` also, read-only,
+in the live spool files of the other processes on this host), then in PostgreSQL
+(another host's spooled rows become visible once its worker flushes them);
 ``count`` adds both. When PostgreSQL cannot answer within the timeout they raise
 ``DecisionLogError`` rather than give half an answer (``get`` still answers from
 the spool). Readiness should look at ``status()``: with the spool the service

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from risk_service.decision_log import SQLiteDecisionLog
-from risk_service.decision_records import DecisionLogError, DecisionRecord
+from risk_service.decision_log import SELECT_DECISION, SQLiteDecisionLog
+from risk_service.decision_records import DecisionLogError, DecisionRecord, record_from_row
 from risk_service.labels import LabelRecord
 
 log = logging.getLogger("risk_service.decision_log")
@@ -98,6 +98,7 @@ class SpoolDir:
         self._refused: set[Path] = set()
         self.own = self._create()
         self.adopted: list[SpoolFile] = []
+        self._siblings: dict[Path, sqlite3.Connection] = {}  # other processes' files, read-only
 
     def _create(self) -> SpoolFile:
         name = f"spool-{os.getpid()}-{secrets.token_hex(4)}.sqlite"
@@ -164,12 +165,41 @@ class SpoolDir:
             yield [self.own, *self.adopted]
 
     def get(self, event_id: str) -> DecisionRecord | None:
+        """In this process's files, then (read-only) in the live files of the other processes
+        on this host: a retry that reaches another worker finds the answer its first request
+        got there while PostgreSQL was away, instead of answering anew."""
         with self.reading() as files:
             for spool in files:
                 found = spool.log.get(event_id)
                 if found is not None:
                     return found
+        return self._peek(event_id)
+
+    def _peek(self, event_id: str) -> DecisionRecord | None:
+        with self._lock:
+            mine = {self.own.path, *(f.path for f in self.adopted), *self._refused}
+            for path in sorted(self.directory.glob(PATTERN)):
+                if path in mine:
+                    continue
+                try:
+                    conn = self._siblings.get(path)
+                    if conn is None:
+                        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.05)
+                        self._siblings[path] = conn
+                    row = conn.execute(SELECT_DECISION, (event_id,)).fetchone()
+                except sqlite3.Error:  # being created, retired or adopted: not there
+                    self._forget_sibling(path)
+                    continue
+                if row is not None:
+                    return record_from_row(row)
+            for gone in [p for p in self._siblings if not p.exists()]:
+                self._forget_sibling(gone)
         return None
+
+    def _forget_sibling(self, path: Path) -> None:
+        conn = self._siblings.pop(path, None)
+        if conn is not None:
+            conn.close()
 
     def labels(self, event_id: str) -> list[LabelRecord]:
         with self.reading() as files:
@@ -194,6 +224,8 @@ class SpoolDir:
                 except Exception:  # one bad file must not keep the others locked
                     log.exception("closing decision log spool %s failed", spool.path)
             self.adopted = []
+            for path in list(self._siblings):
+                self._forget_sibling(path)
 
 
 __all__ = ["PATTERN", "SpoolDir", "SpoolFile"]

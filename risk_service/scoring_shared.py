@@ -66,14 +66,9 @@ def score_shared(
     ids = {k: shared.hash(str(v)) for k, v in entity_ids(request.event, kinds).items()}
     idem_key = shared.idempotency_key(request.event_id)
     if scorer.backlog.pending(request.event_id):  # answered degraded, not yet in Redis
-        logged = _logged(scorer, request.event_id)
-        if logged is not None and logged.response is not None:
-            if logged.body_hash != request.canonical_body_hash:
-                raise Conflict(
-                    f"event_id {request.event_id!r} was already scored with a different body",
-                    field="event_id",
-                )
-            return {**logged.response, "timing_ms": _ms_since(started)}, True
+        before = _answered_before(scorer, request, started)
+        if before is not None:
+            return before, True
     entry: IdempotencyEntry | None = None
     for _ in range(MAX_ATTEMPTS):
         # One transaction at a time per process: threads of one worker never conflict with
@@ -101,6 +96,11 @@ def score_shared(
         if outcome == "CONFLICT" and time.perf_counter() > deadline:
             break  # EXISTS always goes round once more: the next begin answers as a retry
     if entry is None:  # the store is down or too contended: degraded, no state update now
+        # Redis cannot say whether this is a retry; the log (this host's spools included)
+        # may: a first answer found there is the answer (no second, different one)
+        before = _answered_before(scorer, request, started)
+        if before is not None:
+            return before, True
         entry = scorer._score_new(request, now_ms, None, None)
         response, replayed = _answer(scorer, entry, request, started)
         if not replayed:  # logged; its state update follows (backlog.py), durably, then the answer
@@ -258,6 +258,21 @@ def ingest_label_shared(
 
 def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _answered_before(
+    scorer: Scorer, request: ScoreRequest, started: float
+) -> dict[str, Any] | None:
+    """The logged answer to this event_id, if the log can tell; Conflict for another body."""
+    logged = _logged(scorer, request.event_id)
+    if logged is None or logged.response is None:
+        return None
+    if logged.body_hash != request.canonical_body_hash:
+        raise Conflict(
+            f"event_id {request.event_id!r} was already scored with a different body",
+            field="event_id",
+        )
+    return {**logged.response, "timing_ms": _ms_since(started)}
 
 
 def _logged(scorer: Scorer, event_id: str) -> DecisionRecord | None:

@@ -444,7 +444,9 @@ def test_two_processes_never_adopt_the_same_orphan(spool: Path) -> None:
     try:
         assert first.adopt_orphans() == [orphan]
         assert second.adopt_orphans() == []  # first holds its lock, and each other's own file
-        assert first.get("x") is not None and second.get("x") is None
+        assert orphan in [f.path for f in first.files()]
+        assert orphan not in [f.path for f in second.files()]  # only ever one adopter ...
+        assert first.get("x") is not None and second.get("x") is not None  # ... both can read
     finally:
         first.close()
         second.close()
@@ -550,3 +552,19 @@ def test_a_spooled_retry_with_another_answer_is_kept_aside(pg_url: str, spool: P
         others = reader.other_answers("r1")  # what GET /decisions/r1 shows beside the decision
         assert [(o.decision, o.degraded) for o in others] == [("review", True)]
         assert reader.other_answers("r2") == []
+
+
+def test_a_retry_on_another_worker_finds_the_answer_in_its_spool(pg_url: str, spool: Path) -> None:
+    """PostgreSQL away: worker A spools its answer; worker B (same host, same spool directory)
+    reads it from A's live file, so a retry B must answer without Redis gets A's answer."""
+    dead = pg_url.replace("127.0.0.1:5432", "127.0.0.1:1")
+    with (
+        PostgresDecisionLog(dead, KEY, spool_path=spool, **FAST) as a,  # type: ignore[arg-type]
+        PostgresDecisionLog(dead, KEY, spool_path=spool, **FAST) as b,  # type: ignore[arg-type]
+    ):
+        a.append(record("s1"))
+        found = b.get("s1")
+        assert found is not None and found.decision == "challenge"
+        with pytest.raises(DecisionLogError):  # in no spool: PostgreSQL is asked, and is away
+            b.get("s2")
+        assert a.spool.own.path not in [f.path for f in b.spool.files()]  # read, not adopted

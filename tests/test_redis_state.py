@@ -405,6 +405,27 @@ def test_a_worker_killed_during_an_outage_loses_no_velocity(
 
 
 @pytest.mark.integration
+def test_a_retry_without_redis_gets_the_answer_another_worker_spooled(
+    make_app: AppFactory, private_redis: tuple[PrivateRedis, FaultProxy]
+) -> None:
+    """PostgreSQL away and then Redis too: the first answer waits in worker A's spool, the
+    retry reaches worker B, which cannot ask Redis; it finds A's answer in A's live spool
+    file on this host and answers it, rather than a second, degraded answer."""
+    _, proxy = private_redis
+    away = "postgresql://127.0.0.1:1/test"  # nothing listens: every decision is spooled
+    settings = {"STATE_URL": proxy.url, "DECISION_LOG_URL": away, "BREAKER_FAILURES": 1}
+    a, b = make_app(**settings), make_app(**settings)  # one host: the same spool directory
+    body = payment("sp-1", amount=4000.0, device_id="brand-new-device")
+    first = a.test_client().post("/score", json=body).get_json()
+    assert first["degraded"] is False and first["decision"] == "challenge"
+    proxy.set_down(True)
+    retry = b.test_client().post("/score", json=body).get_json()
+    assert (retry["decision"], retry["degraded"]) == ("challenge", False)
+    fresh = b.test_client().post("/score", json=payment("sp-2")).get_json()
+    assert fresh["degraded"] is True  # a new event is answered degraded, as it should be
+
+
+@pytest.mark.integration
 def test_a_replica_with_another_hash_key_is_refused(
     make_app: AppFactory, redis_target: RedisTarget
 ) -> None:
