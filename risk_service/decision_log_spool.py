@@ -22,7 +22,7 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from risk_service.decision_log import SELECT_DECISION, SQLiteDecisionLog
@@ -184,7 +184,9 @@ class SpoolDir:
                 try:
                     conn = self._siblings.get(path)
                     if conn is None:
-                        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.05)
+                        conn = sqlite3.connect(  # used by any thread, under self._lock
+                            f"file:{path}?mode=ro", uri=True, timeout=0.05, check_same_thread=False
+                        )
                         self._siblings[path] = conn
                     row = conn.execute(SELECT_DECISION, (event_id,)).fetchone()
                 except sqlite3.Error:  # being created, retired or adopted: not there
@@ -199,7 +201,8 @@ class SpoolDir:
     def _forget_sibling(self, path: Path) -> None:
         conn = self._siblings.pop(path, None)
         if conn is not None:
-            conn.close()
+            with suppress(sqlite3.Error):
+                conn.close()
 
     def labels(self, event_id: str) -> list[LabelRecord]:
         with self.reading() as files:

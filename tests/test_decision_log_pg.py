@@ -444,6 +444,11 @@ def test_two_processes_never_adopt_the_same_orphan(spool: Path) -> None:
     try:
         assert first.adopt_orphans() == [orphan]
         assert second.adopt_orphans() == []  # first holds its lock, and each other's own file
+        found: list[object] = []  # from another thread too (the request threads of a worker)
+        reader = threading.Thread(target=lambda: found.append(second.get("x")))
+        reader.start()
+        reader.join()
+        assert found and found[0] is not None
         assert orphan in [f.path for f in first.files()]
         assert orphan not in [f.path for f in second.files()]  # only ever one adopter ...
         assert first.get("x") is not None and second.get("x") is not None  # ... both can read
