@@ -29,10 +29,9 @@ import orjson
 
 from risk_service.backlog_file import BacklogFile
 from risk_service.features.derived import is_missing
-from risk_service.features.spec import ENTITY_KEYS
+from risk_service.features.spec import ID_COLUMNS
 
 log = logging.getLogger("risk_service.backlog")
-_ID_COLUMNS = tuple(dict.fromkeys(ENTITY_KEYS.values()))
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class DegradedEvent:
     ) -> DegradedEvent:
         """From a validated ScoreRequest: identifiers replaced by ``key_hash`` of them."""
         event = dict(request.event)
-        for column in _ID_COLUMNS:
+        for column in ID_COLUMNS:
             if column in event and not is_missing(event[column]):
                 event[column] = key_hash(str(event[column]))
         account = None

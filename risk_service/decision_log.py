@@ -341,6 +341,11 @@ class SQLiteDecisionLog:
         self.close()
 
 
+def default_spool_dir(path: str | Path) -> Path:
+    """Where local durable files go when DECISION_LOG_SPOOL_DIR is not set: beside the log."""
+    return Path(path).parent / "spool"
+
+
 def open_decision_log(
     url: str | None,
     *,
@@ -365,7 +370,7 @@ def open_decision_log(
     elif url.startswith(("postgresql://", "postgres://")):
         from risk_service.decision_log_pg import PostgresDecisionLog
 
-        spool = Path(spool_dir) if spool_dir else Path(path).parent / "spool"
+        spool = Path(spool_dir) if spool_dir else default_spool_dir(path)
         return PostgresDecisionLog(url, hash_key, spool_path=spool, timeout_ms=timeout_ms)
     else:
         scheme = url.split(":", 1)[0]

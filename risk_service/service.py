@@ -17,7 +17,7 @@ import redis
 from risk_service import features as fs
 from risk_service import lifecycle, metrics
 from risk_service.breaker import CircuitBreaker
-from risk_service.decision_log import open_decision_log
+from risk_service.decision_log import default_spool_dir, open_decision_log
 from risk_service.fraud_model import check_reasons_method
 from risk_service.idempotency import MemoryIdempotencyStore
 from risk_service.lifecycle import ChampionWatcher, Serving
@@ -135,7 +135,7 @@ def _publish_versions(serving: Serving) -> None:
 def spool_dir(config: Mapping[str, Any]) -> Path:
     """The local durable directory: the PostgreSQL log's spool and the degraded backlog."""
     configured = config.get("DECISION_LOG_SPOOL_DIR")
-    return Path(configured) if configured else Path(config["DECISION_LOG_PATH"]).parent / "spool"
+    return Path(configured) if configured else default_spool_dir(config["DECISION_LOG_PATH"])
 
 
 def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:

@@ -30,6 +30,7 @@ from risk_service.features.spec import (
     FEATURE_NAMES,
     FILTERS,
     HOUR_MS,
+    ID_COLUMNS,
     LABELS,
     MIN_TRAVEL_MS,
     ROLLINGS,
@@ -42,7 +43,6 @@ from risk_service.features.store import MemoryStateStore, StateStore
 
 NAN = math.nan
 _KINDS = tuple(ENTITY_KEYS)
-_KEY_COLS = tuple(dict.fromkeys(ENTITY_KEYS.values()))
 _ROLL = {k: [r for r in ROLLINGS if r.state == k] for k in _KINDS}
 _DIST = {k: [x for x in DISTINCTS if x.state == k] for k in _KINDS}
 _LAB = {k: [x for x in LABELS if x.state == k] for k in _KINDS}
@@ -162,7 +162,7 @@ class OnlineFeatureEngine:
     # -- reading ---------------------------------------------------------------------------
     def _keys(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """Identifier column -> the entity key (None when missing), hashed if configured."""
-        keys = {c: _key(event.get(c)) for c in _KEY_COLS}
+        keys = {c: _key(event.get(c)) for c in ID_COLUMNS}
         h = self.key_hash
         if h is not None:
             keys = {c: None if v is None else h(str(v)) for c, v in keys.items()}

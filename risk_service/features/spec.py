@@ -54,6 +54,8 @@ ENTITY_KEYS: dict[str, str] = {
     "merchant": "merchant_id",
     "payee": "payee_account_id",  # the receiving side of transfers (mule inflow)
 }
+# The identifier columns an event carries (each once): what a shared store keeps hashed.
+ID_COLUMNS: tuple[str, ...] = tuple(dict.fromkeys(ENTITY_KEYS.values()))
 
 # Categorical request-time features: column -> its allowed values (code = position).
 CATEGORIES: dict[str, tuple[str, ...]] = {
