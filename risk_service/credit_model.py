@@ -2,7 +2,8 @@
 
 Loaded only from a verified bundle written by `training.credit.CreditModels.save`.
 The service scores the LightGBM champion; the scorecard challenger stays for
-reports and shadow scoring. Prediction is pinned to one thread.
+reports and shadow scoring. Scores and reasons come from the compiled forest
+(`risk_service.forest`, `risk_service.treeshap`): no LightGBM call, so no OpenMP threads.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import numpy as np
 
 from risk_service.bundles import VerifiedBundle
 from risk_service.forest import CompiledForest
+from risk_service.treeshap import ExactTreeShap, compile_or_none, shap_values
 
 BOOSTER_FILE = "credit_lgbm.txt"
 CALIBRATOR_FILE = "credit_calibrator.joblib"
 META_FILE = "credit_meta.json"
-PREDICT_PARAMS: dict[str, Any] = {"num_threads": 1}
 
 # DOMAIN.md scaling: 600 points at 50:1 good:bad odds, 20 points to double the odds.
 PDO, BASE_SCORE, BASE_ODDS = 20.0, 600.0, 50.0
@@ -64,7 +65,11 @@ class CreditModel:
         self.feature_names: list[str] = list(bundle.manifest["feature_names"])
         self.meta: dict[str, Any] = json.loads(bundle.path(META_FILE).read_text())
         self.booster = lgb.Booster(model_str=bundle.path(BOOSTER_FILE).read_text())
-        self.forest = CompiledForest.from_booster(self.booster)  # bit-identical, single-threaded
+        model_text = self.booster.model_to_string()  # the trees `booster.predict` uses
+        self.forest = CompiledForest(model_text)  # bit-identical, single-threaded
+        self.treeshap: ExactTreeShap | None = compile_or_none(
+            model_text, self.forest, f"credit bundle {self.version}"
+        )
         # Verified before this point: the joblib file's hash matched the manifest.
         calibrator = joblib.load(bundle.path(CALIBRATOR_FILE))
         method = self.meta["calibration"]["champion"]
@@ -104,7 +109,5 @@ class CreditModel:
         return self.bands[-1][0]
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
-        contrib = self.booster.predict(
-            np.asarray(X, np.float64), pred_contrib=True, **PREDICT_PARAMS
-        )
-        return np.asarray(contrib, dtype=np.float64)[:, :-1]
+        """TreeSHAP contributions to the raw log-odds, (n, n_features), bias dropped."""
+        return shap_values(self.treeshap, self.booster, X)

@@ -327,10 +327,11 @@ def test_prediction_is_single_threaded_on_the_request_path(
 
     monkeypatch.setattr(lgb.Booster, "predict", spy)
     client.post("/score", json=payment("t1", funding_source="credit_line"))
-    assert seen == []  # scores come from the compiled forest: no OpenMP at all
-    client.post("/score", json=payment("t2", funding_source="credit_line", explain=True))
-    assert len(seen) >= 1  # TreeSHAP contributions for the reasons
-    assert all(n == 1 for n in seen)
+    body = client.post("/score", json=payment("t2", funding_source="credit_line", explain=True))
+    assert body.get_json()["fraud"]["reasons"]
+    # scores and TreeSHAP reasons come from the compiled forest: no LightGBM, no OpenMP at all
+    # (LightGBM with one thread is the fallback: tests/test_reasons.py)
+    assert seen == []
 
 
 def test_path_reasons_need_no_lightgbm_call(

@@ -132,26 +132,52 @@ def test_reasons_method_switch(
     assert DEFAULTS["REASONS_METHOD"] in REASONS_METHODS
     by_default = FraudModel(bundle)
     assert by_default.reasons_method == DEFAULTS["REASONS_METHOD"] == "treeshap"
+    assert by_default.treeshap is not None
 
     path_model = FraudModel(bundle, reasons_method="path")
     calls.clear()
     path = path_model.contributions(X)
-    assert calls == []  # no LightGBM call at all: the compiled forest
     np.testing.assert_array_equal(path, path_model.forest.path_contributions(X)[:, :-1])
-
     shap = path_model.contributions(X, method="treeshap")  # a call may override the model
-    assert len(calls) == 1 and calls[0]["pred_contrib"] is True and calls[0]["num_threads"] == 1
+    np.testing.assert_array_equal(shap, by_default.contributions(X))
+    assert calls == []  # no LightGBM call at all: both on the compiled forest
     want = np.asarray(original(path_model.booster, X, pred_contrib=True, num_threads=1))[:, :-1]
-    np.testing.assert_array_equal(shap, want)
-    np.testing.assert_array_equal(by_default.contributions(X), want)
+    np.testing.assert_allclose(shap, want, rtol=0, atol=1e-10)
     np.testing.assert_array_equal(by_default.contributions(X, method="path"), path)
     assert path.shape == shap.shape == (len(X), len(NAMES))
-    assert not np.array_equal(path, shap)
+    assert not np.allclose(path, shap)
 
     with pytest.raises(ValueError, match="REASONS_METHOD must be one of path, treeshap"):
         FraudModel(bundle, reasons_method="shap")
     with pytest.raises(ValueError, match="REASONS_METHOD"):
         by_default.contributions(X, method="saabas")
+
+
+def test_treeshap_falls_back_to_lightgbm_single_threaded(
+    bundle: VerifiedBundle, flagged: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model the compiled TreeSHAP refuses still explains itself, through LightGBM with one
+    thread (its default OpenMP threads collapse a web worker's throughput)."""
+    import risk_service.treeshap as treeshap
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("TreeSHAP needs the text model's leaf_count and internal_count")
+
+    expected = FraudModel(bundle).contributions(flagged[:10])
+    monkeypatch.setattr(treeshap, "ExactTreeShap", refuse)
+    model = FraudModel(bundle)
+    assert model.treeshap is None
+    calls: list[dict[str, Any]] = []
+    original = lgb.Booster.predict
+
+    def spy(self: lgb.Booster, *args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(lgb.Booster, "predict", spy)
+    got = model.contributions(flagged[:10])
+    assert len(calls) == 1 and calls[0]["pred_contrib"] is True and calls[0]["num_threads"] == 1
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
 
 
 def test_reasons_look_the_same_either_way(model: FraudModel, flagged: np.ndarray) -> None:
