@@ -82,6 +82,13 @@ def _build_tables(
 ) -> None:
     """tables[table_start[l] + P] = v · W(P) · G(P) for every subset P of leaf l's features,
     where W(P) = Π z over the features not in P."""
+    biggest = 0
+    for leaf in range(leaf_k.shape[0]):
+        if table_start[leaf] >= 0:
+            biggest = max(biggest, leaf_k[leaf])
+    # row P: coefficients of Π_{j∈P} (y + z_j), built from P without its lowest member
+    poly = np.empty((1 << biggest, biggest + 1), dtype=np.float64)
+    w_out = np.empty(1 << biggest, dtype=np.float64)
     for leaf in range(leaf_k.shape[0]):
         start = table_start[leaf]
         if start < 0:
@@ -89,13 +96,18 @@ def _build_tables(
         k = leaf_k[leaf]
         s0 = leaf_slot_start[leaf]
         size = 1 << k
-        # coefficients of Π_{j∈P} (y + z_j), built from P without its lowest member
-        poly = np.zeros((size, k + 1), dtype=np.float64)
-        poly[0, 0] = 1.0
         v = leaf_value[leaf]
+        w_out[size - 1] = 1.0  # from the full set down: add one missing feature's z
+        for subset in range(size - 2, -1, -1):
+            low = 0
+            while (subset >> low) & 1:
+                low += 1
+            w_out[subset] = w_out[subset | (1 << low)] * slot_z[s0 + low]
         for subset in range(size):
-            n = 0
-            if subset:
+            n = 0  # members of subset
+            if subset == 0:
+                poly[0, 0] = 1.0
+            else:
                 low = 0
                 while (subset >> low) & 1 == 0:
                     low += 1
@@ -106,17 +118,14 @@ def _build_tables(
                     rest &= rest - 1
                     n += 1
                 poly[subset, 0] = z * poly[prev, 0]
-                for m in range(1, n + 2):
+                for m in range(1, n + 1):
                     poly[subset, m] = poly[prev, m - 1] + z * poly[prev, m]
+                poly[subset, n + 1] = poly[prev, n]
                 n += 1
             g = 0.0
             for m in range(min(n, k - 1) + 1):
                 g += weights[k, m] * poly[subset, m]
-            w_out = 1.0
-            for s in range(k):
-                if (subset >> s) & 1 == 0:
-                    w_out *= slot_z[s0 + s]
-            tables[start + subset] = v * w_out * g
+            tables[start + subset] = v * w_out[subset] * g
 
 
 @numba.njit(cache=True, nogil=True)
@@ -236,30 +245,33 @@ class ExactTreeShap:
             raise ValueError("the model text and the compiled forest have different trees")
         self.num_features = forest.num_features
         self._forest = forest
-        leaves = _Leaves(forest)
-        bias = 0.0
-        for t, tree in enumerate(trees):
-            bias += leaves.add_tree(int(forest._roots[t]), tree)
-        self.bias = bias
-        arrays = leaves.arrays(table_max_features)
-        (
-            self._leaf_k,
-            self._leaf_path_start,
-            self._path_step,
-            self._leaf_slot_start,
-            self._slot_feature,
-            self._slot_z,
+        if len(forest._nodes) >= 1 << 24:
+            raise ValueError("forest too large for TreeSHAP's packed paths (2^24 split nodes)")
+        node_count, leaf_count, tree_leaf_start = _covers(trees)
+        self._leaf_value = forest._leaf_values
+        walked = _walk(
+            forest._roots,
+            forest._nodes,
+            node_count,
+            leaf_count,
             self._leaf_value,
-            self._table_start,
-        ) = arrays
+            tree_leaf_start,
+            self.num_features,
+        )
+        self._leaf_k, self._leaf_path_start, self._path_step = walked[:3]
+        self._slot_feature, self._slot_z, self.bias = walked[3:]
+        if (self._leaf_k < 0).any():
+            raise ValueError(f"a path tests more than {MAX_PATH_FEATURES} features")
+        self._table_start = self._tables_layout(table_max_features)
+        arrays = (*walked[:5], self._table_start)
         with np.errstate(divide="ignore"):
             self._slot_c = (1.0 - self._slot_z) / self._slot_z  # inf where z = 0: untabled
         max_k = int(self._leaf_k.max()) if len(self._leaf_k) else 0
         self._weights = _shapley_weights(max(max_k, 1))
-        self._tables = np.zeros(leaves.table_size, dtype=np.float64)
+        self._tables = np.zeros(self._table_size, dtype=np.float64)
         _build_tables(
             self._leaf_k,
-            self._leaf_slot_start,
+            self._leaf_path_start,
             self._slot_z,
             self._leaf_value,
             self._table_start,
@@ -270,6 +282,22 @@ class ExactTreeShap:
             array.flags.writeable = False
         self.table_bytes = int(self._tables.nbytes)
         self.contributions(np.zeros((1, self.num_features)))  # compile / load the kernel now
+
+    def _tables_layout(self, table_max_features: int) -> np.ndarray:
+        """Where each leaf's table starts (-1: none), and the tables' total size.
+
+        A leaf gets one if it has at most `table_max_features` features and no zero cover
+        fraction (the kernel divides by them)."""
+        k = self._leaf_k
+        depth = np.diff(self._leaf_path_start)
+        leaf_of = np.repeat(np.arange(len(k)), depth)
+        position = np.arange(len(leaf_of)) - self._leaf_path_start[leaf_of]
+        zero = (position < k[leaf_of]) & (self._slot_z == 0.0)
+        has_zero = np.bincount(leaf_of[zero], minlength=len(k)) > 0
+        tabled = (k > 0) & (k <= table_max_features) & ~has_zero
+        sizes = np.where(tabled, np.left_shift(1, np.minimum(k, 62)), 0)
+        self._table_size = int(sizes.sum())
+        return np.where(tabled, np.cumsum(sizes) - sizes, -1)
 
     def contributions(self, X: Any) -> np.ndarray:
         """SHAP values per row in raw-margin units: float64 (n, num_features + 1), the bias
@@ -284,7 +312,7 @@ class ExactTreeShap:
             self._leaf_k,
             self._leaf_path_start,
             self._path_step,
-            self._leaf_slot_start,
+            self._leaf_path_start,  # a leaf's slots start where its path does
             self._slot_feature,
             self._slot_z,
             self._slot_c,
@@ -324,100 +352,120 @@ def shap_values(treeshap: ExactTreeShap | None, booster: Any, X: Any) -> np.ndar
     return np.asarray(contrib, dtype=np.float64)[:, :-1]
 
 
-class _Leaves:
-    """Each leaf's path (node, direction, feature slot) and its features' cover products.
-
-    Node and leaf numbers are the compiled forest's global ones, so the kernel reads the
-    forest's decisions directly.
-    """
-
-    def __init__(self, forest: CompiledForest) -> None:
-        self.nodes = np.asarray(forest._nodes)
-        self.leaf_values = np.asarray(forest._leaf_values)
-        self.n_leaves = len(self.leaf_values)
-        self.leaf_k = np.zeros(self.n_leaves, dtype=np.int64)
-        self.paths: list[list[tuple[int, bool, int]]] = [[] for _ in range(self.n_leaves)]
-        self.slots: list[list[tuple[int, float]]] = [[] for _ in range(self.n_leaves)]
-        self.node_base = self.leaf_base = 0
-        self.table_size = 0  # values in all leaves' tables, set by `arrays`
-
-    def add_tree(self, root: int, tree: dict[str, str]) -> float:
-        """Record the tree's leaves; returns its expected value (LightGBM's ExpectedValue)."""
-        leaf_count = _floats(tree.get("leaf_count", ""))
+def _covers(trees: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training rows per split node and per leaf, in the compiled forest's global order, and
+    where each tree's leaves start."""
+    node_counts: list[np.ndarray] = [np.zeros(0)]
+    leaf_counts: list[np.ndarray] = [np.zeros(0)]
+    tree_leaf_start = np.zeros(len(trees) + 1, dtype=np.int64)
+    for t, tree in enumerate(trees):
         num_leaves = int(tree["num_leaves"])
-        values = self.leaf_values[self.leaf_base : self.leaf_base + num_leaves]
-        if num_leaves == 1:
-            self.leaf_base += 1
-            return float(values[0])
+        tree_leaf_start[t + 1] = tree_leaf_start[t] + num_leaves
+        if num_leaves == 1:  # all bias: its count is never read
+            leaf_counts.append(np.zeros(1))
+            continue
+        leaves = _floats(tree.get("leaf_count", ""))
         internal = _floats(tree.get("internal_count", ""))
-        if len(leaf_count) != num_leaves or len(internal) != num_leaves - 1:
+        if len(leaves) != num_leaves or len(internal) != num_leaves - 1:
             raise ValueError("TreeSHAP needs the text model's leaf_count and internal_count")
-        total = internal[0]
-        expected = 0.0
-        for i in range(num_leaves):
-            expected += (leaf_count[i] / total) * values[i]
-        node_base, leaf_base = self.node_base, self.leaf_base
+        node_counts.append(internal)
+        leaf_counts.append(leaves)
+    return np.concatenate(node_counts), np.concatenate(leaf_counts), tree_leaf_start
 
-        def count(node: int) -> float:
-            """Training rows that reached a node (leaves are negative: ~global leaf)."""
-            if node < 0:
-                return float(leaf_count[-node - 1 - leaf_base])
-            return float(internal[node - node_base])
 
-        # depth-first walk: (node, path so far, slot of each feature, cover product per slot)
-        stack: list[tuple[int, list[tuple[int, bool, int]], dict[int, int], list[float]]] = [
-            (root, [], {}, [])
-        ]
-        while stack:
-            node, path, slot_of, zs = stack.pop()
+@numba.njit(cache=True, nogil=True)
+def _walk(
+    roots: np.ndarray,
+    nodes: np.ndarray,
+    node_count: np.ndarray,
+    leaf_count: np.ndarray,
+    leaf_value: np.ndarray,
+    tree_leaf_start: np.ndarray,
+    n_features: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Each leaf's path and features: (leaf_k, path_start, path_step, slot_feature, slot_z,
+    bias); a leaf's slots start where its path does; leaf_k = -1 marks a path over
+    MAX_PATH_FEATURES.
+
+    A path step packs ``node << 7 | slot << 1 | 1 if the path goes left``; a leaf's slots
+    number its features in order of first appearance from the root, and slot_z is the
+    product of the cover fractions (child count / parent count) of its nodes on that feature.
+    The bias is the sum of the trees' expected values, as LightGBM's ``ExpectedValue``.
+    """
+    n_leaves = leaf_value.shape[0]
+    depth = np.zeros(n_leaves, dtype=np.int64)
+    max_depth = 0
+    stack = np.empty((2 * nodes.shape[0] + 2, 2), dtype=np.int64)  # (node, depth)
+    for t in range(roots.shape[0]):  # pass 1: leaf depths
+        stack[0, 0], stack[0, 1], sp = roots[t], 0, 1
+        while sp:
+            sp -= 1
+            node, d = stack[sp, 0], stack[sp, 1]
             if node < 0:
-                leaf = -node - 1
-                self.paths[leaf] = path
-                features = sorted(slot_of, key=slot_of.__getitem__)
-                self.slots[leaf] = list(zip(features, zs, strict=True))
-                self.leaf_k[leaf] = len(features)
+                depth[-node - 1] = d
+                max_depth = max(max_depth, d)
                 continue
-            feature = int(self.nodes[node, FEATURE])
-            parent = count(node)
-            children = ((int(self.nodes[node, LEFT]), True), (int(self.nodes[node, RIGHT]), False))
-            for child, left in children:
-                slots = dict(slot_of)
-                child_zs = list(zs)
-                slot = slots.setdefault(feature, len(slots))
-                fraction = count(child) / parent
-                if slot == len(child_zs):
-                    child_zs.append(fraction)
+            stack[sp, 0], stack[sp, 1] = nodes[node, RIGHT], d + 1
+            stack[sp + 1, 0], stack[sp + 1, 1] = nodes[node, LEFT], d + 1
+            sp += 2
+    path_start = np.zeros(n_leaves + 1, dtype=np.int64)
+    for leaf in range(n_leaves):
+        path_start[leaf + 1] = path_start[leaf] + depth[leaf]
+    total = path_start[n_leaves]
+    path_step = np.zeros(total, dtype=np.int32)
+    slot_feature = np.zeros(total, dtype=np.int32)
+    slot_z = np.zeros(total, dtype=np.float64)
+    leaf_k = np.zeros(n_leaves, dtype=np.int64)
+    path_node = np.empty(max_depth + 1, dtype=np.int64)  # the current path, by depth
+    path_left = np.empty(max_depth + 1, dtype=np.int64)
+    slot_of = np.full(n_features, -1, dtype=np.int64)
+    parents = np.empty((2 * nodes.shape[0] + 2, 2), dtype=np.int64)  # (parent, went left)
+    bias = 0.0
+    for t in range(roots.shape[0]):  # pass 2: paths in leaf order
+        first, last = tree_leaf_start[t], tree_leaf_start[t + 1]
+        if roots[t] < 0:
+            bias += leaf_value[first]
+            continue
+        everyone = node_count[roots[t]]
+        expected = 0.0
+        for leaf in range(first, last):
+            expected += (leaf_count[leaf] / everyone) * leaf_value[leaf]
+        bias += expected
+        stack[0, 0], stack[0, 1], sp = roots[t], 0, 1
+        parents[0, 0], parents[0, 1] = -1, 0
+        while sp:
+            sp -= 1
+            node, d = stack[sp, 0], stack[sp, 1]
+            if d > 0:
+                path_node[d - 1], path_left[d - 1] = parents[sp, 0], parents[sp, 1]
+            if node >= 0:
+                stack[sp, 0], stack[sp, 1] = nodes[node, RIGHT], d + 1
+                parents[sp, 0], parents[sp, 1] = node, 0
+                stack[sp + 1, 0], stack[sp + 1, 1] = nodes[node, LEFT], d + 1
+                parents[sp + 1, 0], parents[sp + 1, 1] = node, 1
+                sp += 2
+                continue
+            leaf = -node - 1
+            k = 0
+            s0 = path_start[leaf]  # a leaf's slots sit where its path does (k <= depth)
+            for i in range(d):
+                parent = path_node[i]
+                child = nodes[parent, LEFT] if path_left[i] else nodes[parent, RIGHT]
+                below = leaf_count[-child - 1] if child < 0 else node_count[child]
+                fraction = below / node_count[parent]
+                feature = nodes[parent, FEATURE]
+                slot = slot_of[feature]
+                if slot < 0:
+                    slot = slot_of[feature] = k
+                    slot_feature[s0 + k] = feature
+                    slot_z[s0 + k] = fraction
+                    k += 1
                 else:
-                    child_zs[slot] *= fraction
-                if len(slots) > MAX_PATH_FEATURES:
-                    raise ValueError(f"a path tests more than {MAX_PATH_FEATURES} features")
-                stack.append((child, [*path, (node, left, slot)], slots, child_zs))
-        self.node_base += num_leaves - 1
-        self.leaf_base += num_leaves
-        return expected
-
-    def arrays(self, table_max_features: int) -> tuple[np.ndarray, ...]:
-        path_start = np.zeros(self.n_leaves + 1, dtype=np.int64)
-        slot_start = np.zeros(self.n_leaves + 1, dtype=np.int64)
-        path_start[1:] = np.cumsum([len(p) for p in self.paths])
-        slot_start[1:] = np.cumsum([len(s) for s in self.slots])
-        flat_paths = [step for path in self.paths for step in path]
-        flat_slots = [slot for slots in self.slots for slot in slots]
-        table_start = np.full(self.n_leaves, -1, dtype=np.int64)
-        offset = 0
-        for leaf, k in enumerate(self.leaf_k):
-            # a zero cover fraction (an empty child) would divide by zero in the kernel
-            if 0 < k <= table_max_features and all(z > 0.0 for _, z in self.slots[leaf]):
-                table_start[leaf] = offset
-                offset += 1 << int(k)
-        self.table_size = offset
-        return (
-            self.leaf_k,
-            path_start,
-            np.array([n << 7 | slot << 1 | left for n, left, slot in flat_paths], dtype=np.int32),
-            slot_start,
-            np.array([s[0] for s in flat_slots], dtype=np.int32),
-            np.array([s[1] for s in flat_slots], dtype=np.float64),
-            np.ascontiguousarray(self.leaf_values, dtype=np.float64),
-            table_start,
-        )
+                    slot_z[s0 + slot] *= fraction
+                path_step[path_start[leaf] + i] = (
+                    (parent << 7) | (min(slot, 63) << 1) | path_left[i]
+                )
+            for i in range(k):
+                slot_of[slot_feature[s0 + i]] = -1
+            leaf_k[leaf] = k if k <= MAX_PATH_FEATURES else -1
+    return leaf_k, path_start, path_step, slot_feature, slot_z, bias
