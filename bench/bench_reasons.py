@@ -1,4 +1,5 @@
-"""Benchmark: fraud reasons per row, TreeSHAP (LightGBM pred_contrib) vs path attribution.
+"""Benchmark: fraud reasons per row: TreeSHAP (compiled, and LightGBM's pred_contrib) and path
+attribution.
 
 Loads the committed fraud champion as the service does (`FraudModel`, verified bundle),
 takes the events it flags in the out-of-time test period of the default world (offline
@@ -7,8 +8,12 @@ features of `data/default-world`; without it, a generated 2,000-account world), 
 - checks that path attribution adds up (bias + contributions = raw margin) on every row;
 - measures how often the two methods give the same reasons (`explain.compare_reasons`,
   TreeSHAP as the reference) on three sets of flagged rows;
+- checks that the compiled TreeSHAP (`risk_service.treeshap`) equals LightGBM's
+  ``pred_contrib`` on every flagged row compared;
 - times one `FraudModel.contributions(row, method=...)` call per row, as the service
-  makes it, after a warm-up: p50 / p99 per method and the ratio.
+  makes it, after a warm-up, and LightGBM's ``pred_contrib`` on one thread (what the service
+  used before, and its fallback), interleaved row by row so that a slower moment of the
+  machine hits all three alike: p50 / p99 per method and the ratios.
 
 Usage: python bench/bench_reasons.py [--data data/default-world] [--rows 1000] [--repeats 3]
 """
@@ -59,20 +64,6 @@ def feature_rows(data: Path, model: FraudModel) -> tuple[str, np.ndarray]:
     return source, np.ascontiguousarray(X[(times >= start).to_numpy()], dtype=np.float64)
 
 
-def time_single_rows(call: Callable[[np.ndarray], np.ndarray], X: np.ndarray) -> np.ndarray:
-    """Nanoseconds per one-row call (each row a fresh (1, n) array), after 100 warm-up calls."""
-    rows = [X[i : i + 1].copy() for i in range(len(X))]
-    for row in rows[:100]:
-        call(row)
-    out = np.empty(len(rows), dtype=np.int64)
-    clock = time.perf_counter_ns
-    for i, row in enumerate(rows):
-        start = clock()
-        call(row)
-        out[i] = clock() - start
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("data/default-world"))
@@ -97,38 +88,64 @@ def main() -> None:
     print()
     print("| flagged rows | rows | top-1 | top-3 as set | top-3 share | top-1 in SHAP top-3 |")
     print("|---|---|---|---|---|---|")
-    worst = 0.0
+    worst = shap_diff = 0.0
     for label, index in groups.items():
         index = np.sort(rng.choice(index, min(len(index), args.rows * 2), replace=False))
         rows = X[index]
         path = model.forest.path_contributions(rows)
         worst = max(worst, float(np.abs(path.sum(axis=1) - model.forest.predict_raw(rows)).max()))
-        agree = explain.compare_reasons(
-            names, rows, path[:, :-1], model.contributions(rows, method="treeshap")
-        )
+        shap = model.contributions(rows, method="treeshap")
+        reference = model.booster.predict(rows, pred_contrib=True, num_threads=1)[:, :-1]
+        shap_diff = max(shap_diff, float(np.abs(shap - reference).max()))
+        agree = explain.compare_reasons(names, rows, path[:, :-1], shap)
         print(
             f"| {label} | {len(rows):,} | {agree['top1']:.1%} | {agree['top3_set']:.1%} "
             f"| {agree['top3_share']:.1%} | {agree['top1_in_top3']:.1%} |"
         )
     print(f"\nadditivity: max |bias + sum(contributions) - margin| = {worst:.1e}")
+    print(f"compiled TreeSHAP vs LightGBM pred_contrib: max |difference| = {shap_diff:.1e}")
 
     flagged = groups["non-approve (p >= challenge)"]
     timed = X[rng.choice(flagged, min(len(flagged), args.rows), replace=False)]
-    stats: dict[str, np.ndarray] = {}
-    for method in ("treeshap", "path"):
-
-        def call(row: np.ndarray, method: str = method) -> np.ndarray:
-            return model.contributions(row, method=method)
-
-        runs = [time_single_rows(call, timed) for _ in range(args.repeats)]
-        stats[method] = np.percentile(np.concatenate(runs), [50, 99]) / 1e3
-    print(f"\none-row FraudModel.contributions on {len(timed):,} non-approve rows x {args.repeats}")
+    calls: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "treeshap (compiled)": lambda row: model.contributions(row, method="treeshap"),
+        "treeshap (LightGBM pred_contrib, 1 thread)": lambda row: model.booster.predict(
+            row, pred_contrib=True, num_threads=1
+        ),
+        "path": lambda row: model.contributions(row, method="path"),
+    }
+    runs = time_interleaved(calls, timed, args.repeats)
+    stats = {name: np.percentile(ns, [50, 99]) / 1e3 for name, ns in runs.items()}
+    print(f"\none-row calls on {len(timed):,} non-approve rows x {args.repeats}, interleaved")
     print("| method | p50 (µs) | p99 (µs) |")
     print("|---|---|---|")
     for method, (p50, p99) in stats.items():
         print(f"| {method} | {p50:,.1f} | {p99:,.1f} |")
-    ratio = stats["treeshap"] / stats["path"]
-    print(f"\nTreeSHAP / path: {ratio[0]:.0f}x at p50, {ratio[1]:.0f}x at p99")
+    compiled, lightgbm, path = stats.values()
+    print(
+        f"\nLightGBM / compiled TreeSHAP: {lightgbm[0] / compiled[0]:.1f}x at p50, "
+        f"{lightgbm[1] / compiled[1]:.1f}x at p99; compiled TreeSHAP / path: "
+        f"{compiled[0] / path[0]:.0f}x at p50"
+    )
+
+
+def time_interleaved(
+    calls: dict[str, Callable[[np.ndarray], np.ndarray]], X: np.ndarray, repeats: int
+) -> dict[str, np.ndarray]:
+    """Nanoseconds per one-row call of each method, the methods taking turns on each row."""
+    rows = [X[i : i + 1].copy() for i in range(len(X))]
+    for call in calls.values():
+        for row in rows[:100]:
+            call(row)
+    out = {name: np.empty(len(rows) * repeats, dtype=np.int64) for name in calls}
+    clock = time.perf_counter_ns
+    for r in range(repeats):
+        for i, row in enumerate(rows):
+            for name, call in calls.items():
+                start = clock()
+                call(row)
+                out[name][r * len(rows) + i] = clock() - start
+    return out
 
 
 if __name__ == "__main__":

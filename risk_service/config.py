@@ -55,9 +55,9 @@ DEFAULTS: dict[str, Any] = {
     "REQUEST_DEADLINE_MS": 50.0,
     # a retry finishes a committed decision that its first request never logged after this
     "TAKEOVER_MS": 1000.0,
-    # how fraud reasons get their contributions: "treeshap" (LightGBM's exact TreeSHAP, 2-5 ms
-    # a row) or "path" (path attribution on the compiled forest, ~60 µs: the same first reason
-    # as TreeSHAP for only 57-66% of flagged events; risk_service/explain.py)
+    # how fraud reasons get their contributions: "treeshap" (exact TreeSHAP on the compiled
+    # forest, ~1.5 ms a row) or "path" (path attribution on the compiled forest, ~60 µs: the
+    # same first reason as TreeSHAP for only 57-66% of flagged events; risk_service/explain.py)
     "REASONS_METHOD": "treeshap",
     # credit decisions on the probability of default
     "CREDIT_APPROVE_MAX_PD": 0.2,

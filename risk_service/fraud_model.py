@@ -5,8 +5,8 @@ default OpenMP threads inside sync web workers collapse throughput.
 
 Contributions for reasons come one of two ways (`REASONS_METHODS`, the service setting
 ``REASONS_METHOD``): ``"treeshap"``, exact TreeSHAP, the values of LightGBM's
-``pred_contrib`` computed on the compiled forest (`risk_service.treeshap`, about 1.5 ms a
-row on the fraud model against LightGBM's 3-5 ms), or ``"path"``, path attribution on the
+``pred_contrib`` computed on the compiled forest (`risk_service.treeshap`, about a third of
+LightGBM's own time: 1.2-1.8 ms a row on the fraud model), or ``"path"``, path attribution on the
 compiled forest (tens of µs a row; what it means and how often it names the same reasons:
 `risk_service.explain`).
 """

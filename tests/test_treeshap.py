@@ -3,8 +3,8 @@
 The same synthetic models and adversarial rows as tests/test_forest.py (NaN / Zero / None
 missing types, one-hot and bitset categorical splits, early stopping, exact thresholds,
 ±inf, sub-kZeroThreshold values, unseen and out-of-int32 categories), and the committed
-fraud and credit champions on rows spanning their features. Leaves with a pattern table and
-leaves computed from the polynomial must agree, since a model has both kinds.
+fraud and credit champions on rows spanning their features (the fraud model has paths with
+up to 18 distinct features, so up to 9 quadrature points).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ def lightgbm_shap(booster: lgb.Booster, X: np.ndarray) -> np.ndarray:
     return np.asarray(booster.predict(X, pred_contrib=True, num_threads=1), dtype=np.float64)
 
 
-def compiled(booster: lgb.Booster, **kwargs: int) -> ExactTreeShap:
+def compiled(booster: lgb.Booster) -> ExactTreeShap:
     text = booster.model_to_string()
-    return ExactTreeShap(text, CompiledForest(text), **kwargs)
+    return ExactTreeShap(text, CompiledForest(text))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -53,9 +53,7 @@ def test_synthetic_models_match_lightgbm(name: str) -> None:
     )
     want = lightgbm_shap(booster, X)
     assert np.abs(want[:, :-1]).max() > 0.1  # the rows do exercise the trees
-    for table_max_features in (0, 3, 62):  # polynomial only, mixed, tables only
-        shap = compiled(booster, table_max_features=table_max_features)
-        np.testing.assert_allclose(shap.contributions(X), want, rtol=0, atol=TOL)
+    np.testing.assert_allclose(compiled(booster).contributions(X), want, rtol=0, atol=TOL)
 
 
 @pytest.mark.parametrize("kind", ["fraud", "credit"])
@@ -77,13 +75,12 @@ def test_committed_champions_match_lightgbm(kind: str) -> None:
     )
 
 
-def test_the_fraud_model_has_both_kinds_of_leaves() -> None:
-    """The default table limit leaves the deepest leaves to the polynomial path, so the
-    committed-champion test above covers both."""
+def test_quadrature_points_follow_each_trees_paths() -> None:
+    """ceil(k/2) points per tree, k its most distinct features on a path: the fraud model's
+    deepest paths need 9 (exact for degree 17), most trees fewer."""
     shap = compiled(champion_booster("fraud"))
-    tabled = int((shap._table_start >= 0).sum())
-    assert 0 < tabled < len(shap._leaf_k)
-    assert 0 < shap.table_bytes < 64 * 2**20
+    points = shap._tree_points
+    assert points.max() == 9 and points.min() >= 1 and points.mean() < 7
 
 
 def test_single_rows_one_leaf_trees_and_threads() -> None:
