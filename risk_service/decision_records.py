@@ -80,21 +80,36 @@ class Pseudonymiser:
 
     def scrub(self, obj: Any) -> Any:
         """A copy of ``obj`` with personal identifiers hashed and locations coarsened."""
+        if type(obj) in _SCALARS:
+            return obj
         if isinstance(obj, Mapping):
             out: dict[Any, Any] = {}
             for key, value in obj.items():
-                if key in PERSONAL_FIELDS and isinstance(value, str):
+                kind = type(value)
+                if kind is str:
+                    out[key] = self(value) if key in PERSONAL_FIELDS else value
+                elif kind is float:
+                    located = key in LOCATION_FIELDS
+                    out[key] = round(value, LOCATION_DECIMALS) if located else value
+                elif kind in _SCALARS:
+                    out[key] = value
+                elif isinstance(value, (Mapping, list, tuple)):
+                    out[key] = self.scrub(value)
+                elif key in PERSONAL_FIELDS and isinstance(value, str):  # a str subclass
                     out[key] = self(value)
                 elif key in LOCATION_FIELDS and isinstance(value, float):
                     out[key] = round(value, LOCATION_DECIMALS)
-                elif isinstance(value, (Mapping, list, tuple)):
-                    out[key] = self.scrub(value)
                 else:
                     out[key] = value
             return out
         if isinstance(obj, (list, tuple)):
             return [self.scrub(x) for x in obj]
         return obj
+
+
+# Types that hold no identifier and no location: `scrub` passes them without the slower ABC
+# checks (most of a record's values).
+_SCALARS: frozenset[type] = frozenset({int, bool, type(None)})
 
 
 DECISION_COLUMNS: tuple[str, ...] = (
