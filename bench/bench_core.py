@@ -83,7 +83,8 @@ def main() -> None:
     now_ms = int(time.time() * 1000)
     for request in requests[half:]:
         started = time.perf_counter()
-        entry = scorer._score_new(request, now_ms)
+        entry = scorer._score_new(request, now_ms, scorer.engine, scorer.watermark_ms)
+        scorer.watermark_ms = max(scorer.watermark_ms, request.timestamp_ms)
         scorer._finish(entry, request, started)
         full.append(time.perf_counter() - started)
     assert _CREDIT_INDEX  # the same indexes the service uses
