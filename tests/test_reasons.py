@@ -117,10 +117,9 @@ def test_path_reasons_agree_with_treeshap_above_the_floors(
     assert explain.compare_reasons(NAMES, flagged, shap, shap)["top3_set"] == 1.0
 
 
-def test_reasons_method_switch(
-    bundle: VerifiedBundle, flagged: np.ndarray, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    X = flagged[:20]
+@pytest.fixture
+def booster_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The keyword arguments of every `lgb.Booster.predict` call from here on."""
     calls: list[dict[str, Any]] = []
     original = lgb.Booster.predict
 
@@ -129,6 +128,14 @@ def test_reasons_method_switch(
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(lgb.Booster, "predict", spy)
+    return calls
+
+
+def test_reasons_method_switch(
+    bundle: VerifiedBundle, flagged: np.ndarray, booster_calls: list[dict[str, Any]]
+) -> None:
+    X = flagged[:20]
+    calls = booster_calls
     assert DEFAULTS["REASONS_METHOD"] in REASONS_METHODS
     by_default = FraudModel(bundle)
     assert by_default.reasons_method == DEFAULTS["REASONS_METHOD"] == "treeshap"
@@ -141,7 +148,7 @@ def test_reasons_method_switch(
     shap = path_model.contributions(X, method="treeshap")  # a call may override the model
     np.testing.assert_array_equal(shap, by_default.contributions(X))
     assert calls == []  # no LightGBM call at all: both on the compiled forest
-    want = np.asarray(original(path_model.booster, X, pred_contrib=True, num_threads=1))[:, :-1]
+    want = path_model.booster.predict(X, pred_contrib=True, num_threads=1)[:, :-1]
     np.testing.assert_allclose(shap, want, rtol=0, atol=1e-10)
     np.testing.assert_array_equal(by_default.contributions(X, method="path"), path)
     assert path.shape == shap.shape == (len(X), len(NAMES))
@@ -154,7 +161,10 @@ def test_reasons_method_switch(
 
 
 def test_treeshap_falls_back_to_lightgbm_single_threaded(
-    bundle: VerifiedBundle, flagged: np.ndarray, monkeypatch: pytest.MonkeyPatch
+    bundle: VerifiedBundle,
+    flagged: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    booster_calls: list[dict[str, Any]],
 ) -> None:
     """A model the compiled TreeSHAP refuses still explains itself, through LightGBM with one
     thread (its default OpenMP threads collapse a web worker's throughput)."""
@@ -164,18 +174,12 @@ def test_treeshap_falls_back_to_lightgbm_single_threaded(
         raise ValueError("TreeSHAP needs the text model's leaf_count and internal_count")
 
     expected = FraudModel(bundle).contributions(flagged[:10])
+    assert booster_calls == []  # the compiled TreeSHAP
     monkeypatch.setattr(treeshap, "ExactTreeShap", refuse)
     model = FraudModel(bundle)
     assert model.treeshap is None
-    calls: list[dict[str, Any]] = []
-    original = lgb.Booster.predict
-
-    def spy(self: lgb.Booster, *args: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(lgb.Booster, "predict", spy)
     got = model.contributions(flagged[:10])
+    calls = booster_calls
     assert len(calls) == 1 and calls[0]["pred_contrib"] is True and calls[0]["num_threads"] == 1
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
 
