@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--scheduler", default=None, help="'local' (LocalCluster) or an address")
     back.add_argument("--config", type=Path, default=None, help="costs and capacity (TOML)")
     back.add_argument(
-        "--no-reasons", action="store_true", help="skip TreeSHAP reasons (~1.5 ms per flagged event)"
+        "--no-reasons", action="store_true", help="skip TreeSHAP reasons (~2 ms per flagged event)"
     )
     back.add_argument("--quiet", action="store_true")
     back.set_defaults(handler=_cmd_backtest)
