@@ -56,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
     # a retry finishes a committed decision that its first request never logged after this
     "TAKEOVER_MS": 1000.0,
     # how fraud reasons get their contributions: "treeshap" (exact TreeSHAP on the compiled
-    # forest, a third of LightGBM's time: ~1.3-1.9 ms a row) or "path" (path attribution,
+    # forest, a third of LightGBM's time: ~1.9 ms a row) or "path" (path attribution,
     # ~60-160 µs: the same first reason as TreeSHAP for only 57-66% of flagged events;
     # risk_service/explain.py)
     "REASONS_METHOD": "treeshap",

@@ -9,7 +9,7 @@ row's contributions plus a bias add up to its raw margin:
   computed on the compiled forest (`risk_service.treeshap`). A feature's contribution is
   its Shapley value: its average effect over all orders of revealing the features, with
   "unknown" features averaged over the training rows' paths (counts). Exact and
-  consistent, but 1.3-1.9 ms a row on the fraud model (a third of LightGBM's own), so the
+  consistent, but ~1.9 ms a row on the fraud model (a third of LightGBM's own), so the
   service computes reasons for non-approve decisions and for approvals only on request.
 * ``"path"``: path attribution (Saabas, "treeinterpreter") on the compiled forest
   (`CompiledForest.path_contributions`), about 60 µs a row. In each tree, the row's
