@@ -18,8 +18,7 @@ import lightgbm as lgb
 import numpy as np
 
 from risk_service.bundles import VerifiedBundle
-from risk_service.forest import CompiledForest
-from risk_service.treeshap import ExactTreeShap, compile_or_none, shap_values
+from risk_service.treeshap import compile_booster, shap_values
 
 BOOSTER_FILE = "credit_lgbm.txt"
 CALIBRATOR_FILE = "credit_calibrator.joblib"
@@ -65,11 +64,8 @@ class CreditModel:
         self.feature_names: list[str] = list(bundle.manifest["feature_names"])
         self.meta: dict[str, Any] = json.loads(bundle.path(META_FILE).read_text())
         self.booster = lgb.Booster(model_str=bundle.path(BOOSTER_FILE).read_text())
-        model_text = self.booster.model_to_string()  # the trees `booster.predict` uses
-        self.forest = CompiledForest(model_text)  # bit-identical, single-threaded
-        self.treeshap: ExactTreeShap | None = compile_or_none(
-            model_text, self.forest, f"credit bundle {self.version}"
-        )
+        # bit-identical scores and TreeSHAP, single-threaded
+        self.forest, self.treeshap = compile_booster(self.booster, f"credit bundle {self.version}")
         # Verified before this point: the joblib file's hash matched the manifest.
         calibrator = joblib.load(bundle.path(CALIBRATOR_FILE))
         method = self.meta["calibration"]["champion"]

@@ -116,6 +116,21 @@ def _categorical_left(fval: float, flags: int, start: int, words: int, bits: np.
     return ((bits[start + word] >> np.uint32(category & 31)) & np.uint32(1)) != 0
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _goes_left(
+    fval: float, node: int, nodes: np.ndarray, thresholds: np.ndarray, cat_bits: np.ndarray
+) -> bool:
+    """LightGBM's decision at a split node for a row's value (every kernel's split test)."""
+    if -K_ZERO_THRESHOLD <= fval <= K_ZERO_THRESHOLD:
+        fval = 0.0  # the C API drops near-zero entries of a dense row
+    flags = nodes[node, FLAGS]
+    if flags & CATEGORICAL:
+        return _categorical_left(
+            fval, flags, nodes[node, CAT_START], nodes[node, CAT_WORDS], cat_bits
+        )
+    return _numerical_left(fval, flags, thresholds[node])
+
+
 @numba.njit(cache=True, nogil=True)
 def _forest_kernel(
     X: np.ndarray,
@@ -134,16 +149,7 @@ def _forest_kernel(
         for t in range(roots.shape[0]):
             node = roots[t]
             while node >= 0:
-                fval = X[r, nodes[node, FEATURE]]
-                if -K_ZERO_THRESHOLD <= fval <= K_ZERO_THRESHOLD:
-                    fval = 0.0  # the C API drops near-zero entries of a dense row
-                flags = nodes[node, FLAGS]
-                if flags & CATEGORICAL:
-                    left = _categorical_left(
-                        fval, flags, nodes[node, CAT_START], nodes[node, CAT_WORDS], cat_bits
-                    )
-                else:
-                    left = _numerical_left(fval, flags, thresholds[node])
+                left = _goes_left(X[r, nodes[node, FEATURE]], node, nodes, thresholds, cat_bits)
                 node = nodes[node, LEFT] if left else nodes[node, RIGHT]
             margin += leaf_values[-node - 1]
         if sigmoid > 0.0:
@@ -167,8 +173,8 @@ def _path_kernel(
 
     Along each tree's decision path, the change from a split node's expected value to its
     chosen child's is credited to the split feature; the bias is the sum of the roots'
-    expected values (a one-leaf tree's value goes to the bias). The split test is written
-    out as in `_forest_kernel`: a shared helper returning the child made both 3x slower.
+    expected values (a one-leaf tree's value goes to the bias). The split test is
+    `_goes_left`, inlined (a helper returning the child instead made both kernels 3x slower).
     """
     n_rows, n_features = X.shape
     out = np.zeros((n_rows, n_features + 1), dtype=np.float64)
@@ -183,16 +189,7 @@ def _path_kernel(
             bias += value
             while node >= 0:
                 feature = nodes[node, FEATURE]
-                fval = X[r, feature]
-                if -K_ZERO_THRESHOLD <= fval <= K_ZERO_THRESHOLD:
-                    fval = 0.0  # as in _forest_kernel
-                flags = nodes[node, FLAGS]
-                if flags & CATEGORICAL:
-                    left = _categorical_left(
-                        fval, flags, nodes[node, CAT_START], nodes[node, CAT_WORDS], cat_bits
-                    )
-                else:
-                    left = _numerical_left(fval, flags, thresholds[node])
+                left = _goes_left(X[r, feature], node, nodes, thresholds, cat_bits)
                 node = nodes[node, LEFT] if left else nodes[node, RIGHT]
                 child_value = node_values[node] if node >= 0 else leaf_values[-node - 1]
                 out[r, feature] += child_value - value

@@ -38,17 +38,13 @@ import numba
 import numpy as np
 
 from risk_service.forest import (
-    CATEGORICAL,
     FEATURE,
-    FLAGS,
-    K_ZERO_THRESHOLD,
     LEFT,
     RIGHT,
     CompiledForest,
     _as_rows,
-    _categorical_left,
     _floats,
-    _numerical_left,
+    _goes_left,
     _parse_model_text,
 )
 
@@ -132,15 +128,7 @@ def _shap_kernel(
                         below[iq + q] = 0.0
                         held[iq + q] = 0.0
                     fval = X[r, nodes[node, FEATURE]]
-                    if -K_ZERO_THRESHOLD <= fval <= K_ZERO_THRESHOLD:
-                        fval = 0.0  # as in `_forest_kernel`
-                    flags = nodes[node, FLAGS]
-                    if flags & CATEGORICAL:
-                        went_left[i] = _categorical_left(
-                            fval, flags, nodes[node, 4], nodes[node, 5], cat_bits
-                        )
-                    else:
-                        went_left[i] = _numerical_left(fval, flags, thresholds[node])
+                    went_left[i] = _goes_left(fval, node, nodes, thresholds, cat_bits)
                 else:
                     v = leaf_values[-node - 1]
                     for q in range(Q):
@@ -181,7 +169,6 @@ def _layout(
     leaf_count: np.ndarray,
     leaf_values: np.ndarray,
     tree_leaf_start: np.ndarray,
-    n_features: int,
 ) -> tuple[np.ndarray, ...]:
     """Every tree's positions in preorder (pos_node, pos_parent, pos_left, pos_feature,
     pos_prev, pos_z: see `_shap_kernel`), where each tree starts, the most distinct features
@@ -314,7 +301,6 @@ class ExactTreeShap:
             leaf_count,
             forest._leaf_values,
             tree_leaf_start,
-            self.num_features,
         )
         self._positions: tuple[np.ndarray, ...] = tuple(positions)
         self.bias = float(sum(expected.tolist()))  # tree by tree, as LightGBM adds them
@@ -354,14 +340,16 @@ class ExactTreeShap:
         )
 
 
-def compile_or_none(model_text: str, forest: CompiledForest, what: str) -> ExactTreeShap | None:
-    """The model's compiled TreeSHAP, or None (logged) where it cannot be built; `shap_values`
-    then asks LightGBM."""
+def compile_booster(booster: Any, what: str) -> tuple[CompiledForest, ExactTreeShap | None]:
+    """The compiled forest of the trees `booster.predict` uses, and its TreeSHAP, or None
+    (logged) where that cannot be built: `shap_values` then asks LightGBM."""
+    model_text = booster.model_to_string()
+    forest = CompiledForest(model_text)
     try:
-        return ExactTreeShap(model_text, forest)
+        return forest, ExactTreeShap(model_text, forest)
     except ValueError as exc:  # e.g. a text model without node counts
         log.warning("%s: TreeSHAP falls back to LightGBM's pred_contrib (%s)", what, exc)
-        return None
+        return forest, None
 
 
 def shap_values(treeshap: ExactTreeShap | None, booster: Any, X: Any) -> np.ndarray:
