@@ -34,6 +34,7 @@ import selectors
 import socket
 import time
 from collections.abc import Mapping
+from concurrent import futures
 from typing import Any, NamedTuple
 
 from gunicorn import util
@@ -153,6 +154,8 @@ class BufferingThreadWorker(ThreadWorker):
         # both in deadline order: a deadline is always now + a constant
         self.buffering: dict[_Conn, _Pending] = {}
         self.lingering: dict[socket.socket, _Linger] = {}
+        # one thread: requests are answered in the loop, without the pool (`serve_inline`)
+        self.inline = self.cfg.threads == 1 and not self.passthrough
         self.timed_out = 0  # since the last warning
         self.warned_at = -math.inf
 
@@ -246,14 +249,39 @@ class BufferingThreadWorker(ThreadWorker):
             pending.conn.close()
 
     def hand_off(self, pending: _Pending, *, whole: bool) -> None:
-        """To the thread pool, with the bytes read (the parser gets them in `handle`)."""
+        """To the thread pool, with the bytes read (the parser gets them in `handle`); with
+        one thread, answered here in the loop (`serve_inline`)."""
         self.finish(pending, closing=False)
         conn = pending.conn
         conn.buffered = pending.reader.new_bytes()
         conn.whole = whole
         conn.continued = pending.continued
         conn.data_ready = True  # gthread's handle() must not wait for a first byte again
-        super().enqueue_req(conn)
+        if self.inline:
+            self.serve_inline(conn)
+        else:
+            super().enqueue_req(conn)
+
+    def serve_inline(self, conn: _Conn) -> None:
+        """Answer a whole request in the loop's own thread, then do what gthread does when a
+        pool thread is done (`finish_request`: keep alive, or close).
+
+        With one thread the pool only adds two hand-offs a request (submit to the thread, its
+        "done" back to the loop through a pipe), each a wake-up of another thread and a turn
+        of the GIL: measured as a third of the CPU of a request to the empty route. A request
+        already read ahead on the connection (pipelining) is answered on the next turn of the
+        loop, so a client sending many at once cannot make this recurse.
+        """
+        done: futures.Future[Any] = futures.Future()
+        try:
+            done.set_result(self.handle(conn))
+        except Exception as exc:  # as the pool keeps it: finish_request closes the connection
+            done.set_exception(exc)
+        parser = conn.parser
+        if parser is not None and parser.unreader.buf.getvalue():
+            self.method_queue.defer(self.finish_request, conn, done)
+        else:
+            self.finish_request(conn, done)
 
     def finish(self, pending: _Pending, *, closing: bool = True) -> None:
         """Stop reading this connection; `closing`: it is about to be closed."""

@@ -1,10 +1,12 @@
 """The buffering gunicorn worker (risk_service/worker.py): slow clients cannot starve the threads.
 
 `RequestReader` is checked on its own (every request split at every byte must read the same,
-and never whole too early). The rest runs against a real `risk serve --threads 2` with
-``RISK_CLIENT_TIMEOUT_SECONDS=1``, over raw sockets: more slow connections than threads while
-an ordinary client is served, 408 and closing on timeouts, pipelining and keep-alive,
-chunked and Content-Length bodies, ``Expect: 100-continue`` and the limits.
+and never whole too early). The rest runs against a real `risk serve` with
+``RISK_CLIENT_TIMEOUT_SECONDS=1``, twice: with ``--threads 2`` (requests go to the thread pool)
+and with ``--threads 1`` (answered in the event loop, `serve_inline`), over raw sockets: more
+slow connections than threads while an ordinary client is served, 408 and closing on
+timeouts, pipelining and keep-alive, chunked and Content-Length bodies,
+``Expect: 100-continue`` and the limits.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def serve_command(port: int) -> list[str]:
+def serve_command(port: int, threads: int = 2) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -143,7 +145,7 @@ def serve_command(port: int) -> list[str]:
         "serve",
         "--quiet",
         "--threads",
-        "2",
+        str(threads),
         "--port",
         str(port),
         "--models",
@@ -152,17 +154,21 @@ def serve_command(port: int) -> list[str]:
 
 
 class Server:
-    def __init__(self, port: int, log: Path) -> None:
+    def __init__(self, port: int, log: Path, threads: int) -> None:
         self.port = port
         self.log = log
+        self.threads = threads
 
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=5)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("worker")
+@pytest.fixture(scope="module", params=[2, 1], ids=["pool", "inline"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
+    threads: int = request.param
+    tmp = tmp_path_factory.mktemp(f"worker-{threads}")
     port = free_port()
     env = {
         **os.environ,
@@ -174,7 +180,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            serve_command(port), env=env, cwd=tmp, stdout=out, stderr=out, start_new_session=True
+            serve_command(port, threads),
+            env=env,
+            cwd=tmp,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 60
@@ -186,7 +197,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
                 time.sleep(0.2)
-        yield Server(port, log)
+        yield Server(port, log, threads)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -238,8 +249,9 @@ def with_length(body: bytes, extra: bytes = b"") -> bytes:
 
 
 def test_slow_clients_do_not_starve_the_threads(server: Server) -> None:
-    """16 slow connections on 2 threads (half drip their head, half their body) for 3 s, cut
-    and reopened; meanwhile every ordinary request is answered in well under a second."""
+    """16 slow connections on 2 threads, or on the loop alone (half drip their head, half
+    their body) for 3 s, cut and reopened; meanwhile every ordinary request is answered in
+    well under a second."""
     stop = threading.Event()
 
     def slow(drip_body: bool) -> None:
@@ -326,6 +338,29 @@ def test_pipelined_requests_and_a_request_in_pieces_on_a_kept_alive_connection(
         status, headers, body = read_response(sock, buf)
         assert status == 200 and json.loads(body)["event_id"] == "pieces"
         assert headers["connection"] == "keep-alive" and not buf
+
+
+def test_hundreds_of_requests_pipelined_at_once_are_all_answered_in_order(
+    server: Server,
+) -> None:
+    """One send holding 400 requests: each is answered in turn (inline, the ones read ahead
+    wait for the next turn of the loop instead of recursing), and other clients meanwhile."""
+    n = 400
+    health = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+    batch = b"".join(with_length(event(f"many-{i}")) if i % 4 == 0 else health for i in range(n))
+    with server.connect() as sock, server.connect() as other:
+        sock.settimeout(30)
+        sock.sendall(batch)
+        other.sendall(health)
+        assert read_response(other, bytearray())[0] == 200
+        buf = bytearray()
+        for i in range(n):
+            status, _, body = read_response(sock, buf)
+            assert status == 200, i
+            if i % 4 == 0:
+                assert json.loads(body)["event_id"] == f"many-{i}"
+        assert not buf
+    assert "RecursionError" not in server.log.read_text()
 
 
 def test_chunked_and_length_bodies_expect_continue_and_the_limits(server: Server) -> None:
