@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import main
+from training.cli import default_threads, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +34,18 @@ def test_more_than_one_worker_is_refused_with_the_memory_store(
     assert main(["serve", "--workers", "2", "--models", str(ROOT / "models")]) == 2
     err = capsys.readouterr().err
     assert "--workers 2" in err and "in-memory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_one_thread_by_default_only_where_requests_never_wait() -> None:
+    """In memory and SQLite without an fsync per commit: the event loop answers (1 thread);
+    Redis, PostgreSQL or an fsync per commit: threads overlap the waits (4)."""
+    assert default_threads({}) == 1
+    assert default_threads({"RISK_DECISION_LOG_SYNC": "NORMAL"}) == 1
+    assert default_threads({"RISK_DECISION_LOG_URL": "sqlite:///var/d.sqlite"}) == 1
+    assert default_threads({"RISK_STATE_URL": "redis://127.0.0.1:6379/0"}) == 4
+    assert default_threads({"RISK_DECISION_LOG_URL": "postgresql://h/db"}) == 4
+    assert default_threads({"RISK_DECISION_LOG_SYNC": "FULL"}) == 4
+    assert default_threads({"RISK_DECISION_LOG_SYNC": '"full"'}) == 4
 
 
 def test_missing_models_are_a_clear_error(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -103,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive_int, default=int(os.environ.get("RISK_WORKERS", "1"))
     )
     serve.add_argument(
-        "--threads", type=_positive_int, default=int(os.environ.get("RISK_THREADS", "4"))
+        "--threads",
+        type=_positive_int,
+        default=int(os.environ["RISK_THREADS"]) if os.environ.get("RISK_THREADS") else None,
+        help="threads per worker (RISK_THREADS); default: 1 with the embedded stores, else 4 "
+        "(see default_threads)",
     )
     serve.add_argument(
         "--models", type=Path, default=None, help="models directory (RISK_MODELS_DIR)"
@@ -261,6 +265,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_threads(env: Mapping[str, str]) -> int:
+    """Threads per worker when neither --threads nor RISK_THREADS says: 1 where a request never
+    waits (in-memory state, SQLite log without an fsync per commit), else 4.
+
+    With one thread the worker answers each request in its event loop (`serve_inline` in
+    risk_service/worker.py): no hand-off to a pool thread and back, measured at a third less
+    CPU per /score and 35-50% more of them a second (docs/benchmarks.md). Where requests wait
+    on Redis, PostgreSQL or an fsync, threads overlap those waits (and share fsyncs in one
+    group commit), so there they stay.
+    """
+    state = env.get("RISK_STATE_URL", "").strip()
+    log_url = env.get("RISK_DECISION_LOG_URL", "").strip().strip('"')
+    sync = env.get("RISK_DECISION_LOG_SYNC", "NORMAL").strip().strip('"').upper()
+    waits = bool(state) or log_url.startswith("postgres") or sync != "NORMAL"
+    return 4 if waits else 1
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     """Verify the models here (a clear error beats a worker boot loop), then exec gunicorn."""
     env = dict(os.environ)
@@ -272,6 +293,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             env[key] = str(value)
+    threads = args.threads if args.threads is not None else default_threads(env)
     if args.workers > 1 and not env.get("RISK_STATE_URL"):
         raise UsageError(
             f"--workers {args.workers}: the in-memory state store keeps velocities per process, "
@@ -301,7 +323,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "--workers",
         str(args.workers),
         "--threads",
-        str(args.threads),
+        str(threads),
         "--worker-class",
         "risk_service.worker.BufferingThreadWorker",
         "--bind",
