@@ -39,12 +39,29 @@ def _scorer() -> Scorer:
 def read_json_body() -> Any:
     """The request's JSON body within the configured size and depth limits (else a 4xx)."""
     config = current_app.config
+    max_bytes = int(config["MAX_BODY_BYTES"])
     return parse_json_body(
-        request.get_data(cache=False),
-        request.content_type,
-        int(config["MAX_BODY_BYTES"]),
-        int(config["MAX_JSON_DEPTH"]),
+        _body_bytes(max_bytes), request.content_type, max_bytes, int(config["MAX_JSON_DEPTH"])
     )
+
+
+def _body_bytes(max_bytes: int) -> bytes:
+    """The raw body. A Content-Length within the limit, without chunked framing, is read
+    straight from the server's input: werkzeug's stream wrappers cost more than the read
+    (~10-30 µs a request); a client that sent less gets a 400 either way (its JSON is cut).
+    Anything else takes werkzeug's way, with its checks (413 from the header, chunked
+    bodies)."""
+    environ = request.environ
+    length = environ.get("CONTENT_LENGTH", "")
+    if (
+        length.isascii()
+        and length.isdigit()
+        and int(length) <= max_bytes
+        and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    ):
+        body: bytes = environ["wsgi.input"].read(int(length))
+        return body
+    return request.get_data(cache=False)
 
 
 @bp.post("/score")

@@ -39,7 +39,9 @@ def check_reasons_method(method: str) -> str:
 
 
 def logit(p: np.ndarray) -> np.ndarray:
-    clipped = np.clip(np.asarray(p, dtype=np.float64), 1e-9, 1 - 1e-9)
+    # np.minimum/np.maximum rather than np.clip: the same values (NaN stays NaN), without
+    # np.clip's Python dispatch, which cost more than the arithmetic on a request's one row
+    clipped = np.minimum(np.maximum(np.asarray(p, dtype=np.float64), 1e-9), 1 - 1e-9)
     return np.log(clipped / (1.0 - clipped))
 
 

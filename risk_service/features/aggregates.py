@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
+from collections.abc import Sequence
 
 from risk_service.features.spec import DISTINCT_CAP, Window
 
@@ -50,7 +51,7 @@ class RollingSums:
                 self._expire(cutoff)
         return self.totals
 
-    def update(self, t_ms: int, values: list[int]) -> None:
+    def update(self, t_ms: int, values: Sequence[int]) -> None:
         b = t_ms // self.bucket_ms
         cutoff = b - self.n
         if cutoff > self.cutoff:

@@ -9,7 +9,8 @@ at their ``label_time`` before any later event) reproduces ``compute_offline_fea
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -49,10 +50,15 @@ _LAB = {k: [x for x in LABELS if x.state == k] for k in _KINDS}
 _FILTER_INDEX = {f: i for i, f in enumerate(FILTERS)}
 
 
-def _channel_getter(channels: tuple[tuple[str, str], ...]) -> Callable[[list[int]], list[int]]:
+def _channel_getter(
+    channels: tuple[tuple[str, str], ...],
+) -> Callable[[list[int]], Sequence[int]]:
     """Picks a rolling aggregate's channel values from the per-event value vector."""
     idx = [2 * _FILTER_INDEX[f] + (v == "amount") for f, v in channels]
-    return lambda pv: [pv[i] for i in idx]
+    if len(idx) == 1:  # itemgetter of one index gives the value, not a tuple
+        only = idx[0]
+        return lambda pv: (pv[only],)
+    return itemgetter(*idx)
 
 
 _CHANNELS = {k: [_channel_getter(r.channels) for r in _ROLL[k]] for k in _KINDS}
