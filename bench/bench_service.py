@@ -9,8 +9,9 @@ log) goes to a file.
 
 Two configurations:
 
-* default: the README's (one gunicorn worker, gthread, the embedded in-memory state and SQLite
-  decision log, the default world's account profiles loaded, no API key: loopback only);
+* default: the README's (one gunicorn worker with `risk serve`'s default threads, the embedded
+  in-memory state and SQLite decision log, the default world's account profiles loaded, no API
+  key: loopback only);
 * ``--production``: the machine's Redis (``redis://127.0.0.1:6379/0``, a fresh key prefix,
   deleted after) and PostgreSQL (``postgresql://127.0.0.1:5432/test``, a fresh schema, dropped
   after), ``--workers 2`` by default, an API key sent by wrk on both routes (``/_empty`` is
@@ -25,7 +26,7 @@ Latency "at about 1,000 req/s": wrk cannot hold a rate, so each connection pause
 ``--paced-delay-ms`` after every answer and the number of connections is calibrated to the
 rate; when /score cannot reach it, the latency is also measured at half its maximum.
 
-Usage: python bench/bench_service.py [--production] [--workers N] [--threads 4]
+Usage: python bench/bench_service.py [--production] [--workers N] [--threads N]
        [--connections 8] [--seconds 10] [--rounds 2] [--profile 15] [--out FILE]
 Prints throughput of each route, the ratio, and latency at the paced rates.
 """
@@ -48,6 +49,8 @@ import urllib.request
 from pathlib import Path
 
 import production_stores
+
+from training.cli import default_threads
 
 LUA = r"""
 -- Replays real default-world events in time order (profiles loaded in the server),
@@ -315,17 +318,30 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help="gunicorn workers (production: 2, else 1)"
     )
-    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="gunicorn threads per worker (default: risk serve's, 1 embedded, 4 production)",
+    )
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=30, help="seconds of warm-up traffic")
-    parser.add_argument("--paced-rate", type=float, default=1000.0, help="latency runs: req/s")
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        default=1000.0,
+        help="latency runs: req/s (0: none, for quick A/B runs of throughput)",
+    )
     parser.add_argument(
         "--paced-delay-ms", type=int, default=9, help="latency runs: pause per connection"
     )
     parser.add_argument(
-        "--profile", type=int, default=0, help="seconds of py-spy on one worker (production)"
+        "--profile",
+        type=int,
+        default=0,
+        help="seconds of py-spy on one worker (--keep keeps the raw samples)",
     )
     parser.add_argument(
         "--profiles",
@@ -387,7 +403,10 @@ def main() -> None:
     if args.reuse_port:
         env["GUNICORN_CMD_ARGS"] = "--reuse-port"
     command = [sys.executable, "-m", "training.cli", "serve", "--quiet", "--port", str(port)]
-    command += ["--workers", str(workers), "--threads", str(args.threads), "--models", args.models]
+    command += ["--workers", str(workers), "--models", args.models]
+    if args.threads is not None:
+        command += ["--threads", str(args.threads)]
+    threads = args.threads if args.threads is not None else default_threads(env)
     server_log = work / "server.log"  # the JSON access log (stderr): a file, as in production
     with server_log.open("wb") as log_file:
         server = subprocess.Popen(
@@ -411,13 +430,15 @@ def main() -> None:
                 rounds.append(
                     {"empty": empty, "score": score, "ratio": score["rps"] / empty["rps"]}
                 )
-            paced = [run.paced(args.paced_rate, args.paced_delay_ms, args.seconds)]
-            most = max(r["score"]["rps"] for r in rounds)
-            if most < 1.1 * args.paced_rate:  # the target saturates /score: also at half its max
-                paced.append(run.paced(most / 2, args.paced_delay_ms, args.seconds))
+            paced = []
+            if args.paced_rate > 0:
+                paced.append(run.paced(args.paced_rate, args.paced_delay_ms, args.seconds))
+                most = max(r["score"]["rps"] for r in rounds)
+                if most < 1.1 * args.paced_rate:  # the target saturates /score: also at half
+                    paced.append(run.paced(most / 2, args.paced_delay_ms, args.seconds))
             profile = (
                 profile_worker(run, server.pid, args.profile, args.connections, work)
-                if args.profile and stores is not None
+                if args.profile
                 else {}
             )
             if stores is not None:
@@ -444,7 +465,7 @@ def main() -> None:
             "profiles_loaded_by": args.profiles if args.production else "service",
             "reuse_port": args.reuse_port,
             "workers": workers,
-            "threads": args.threads,
+            "threads": threads,
             "connections": args.connections,
             "seconds": args.seconds,
             "cpus": os.cpu_count(),
@@ -459,6 +480,8 @@ def main() -> None:
         "decision_mix": mix,
         "server_log": {"lines": len(lines), "score_200_access_lines": access_200},
     }
+    if profile:
+        result["profile"] = profile
     if stores is not None:
         result["decision_log"] = {
             "score_2xx_seen_by_wrk": SCORE_200["wrk"],
@@ -468,13 +491,12 @@ def main() -> None:
         }
         result["server_totals"] = counters
         result["redis"] = footprint
-        result["profile"] = profile
     print(json.dumps(result, indent=2))
     name = "production" if args.production else "embedded"
     best = max(rounds, key=lambda r: r["ratio"])
     worst = min(rounds, key=lambda r: r["ratio"])
     print(
-        f"| /score vs empty, {name}, {workers} worker(s) x {args.threads} threads | "
+        f"| /score vs empty, {name}, {workers} worker(s) x {threads} threads | "
         f"{rounds[-1]['score']['rps']:,.0f} vs {rounds[-1]['empty']['rps']:,.0f} req/s | "
         f"ratio {worst['ratio']:.2f}-{best['ratio']:.2f} |"
     )

@@ -132,7 +132,8 @@ class ProductionStores:
         for key in self.redis.scan_iter(match=self.prefix + "*", count=1000):
             n += 1
             if n <= sample:
-                kind = key.decode()[len(self.prefix) :].split(":")[-2]
+                parts = key.decode()[len(self.prefix) :].split(":")
+                kind = parts[-2] if len(parts) > 1 else parts[0]  # e.g. the watermark
                 sizes[kind].append(int(self.redis.strlen(key)))
         return {
             "keys": n,
@@ -271,6 +272,7 @@ def _lock_line() -> str:
 STAGES: tuple[tuple[str, str], ...] = (
     ("PostgreSQL append: waiting for another thread's group commit", r"^$"),  # see _stage
     ("PostgreSQL append: own commit (INSERT round trip, COMMIT)", r"decision_log_pg\.py"),
+    ("SQLite append (embedded decision log)", r"decision_log\.py"),
     ("Redis begin (MGET round trip)", r"^RedisState\.begin "),
     ("Redis commit (Lua script round trip)", r"^RedisState\.commit "),
     ("Redis other calls", r"redis_state\.py"),

@@ -20,6 +20,14 @@ that arrived during that commit wait and form the next batch. There is no
 background thread, so a lone append pays no hand-off. Each append still
 returns only once its own batch has committed.
 
+**Checkpoints.** SQLite copies the WAL back into the database file every 1,000 pages
+(about 250 decisions), in whichever commit crosses that mark, and that checkpoint syncs the
+file: measured at 5-9 ms, during which a one-thread server answers nobody. The log turns
+SQLite's automatic checkpoints off on its writer and runs a PASSIVE checkpoint every
+``checkpoint_interval_s`` from a thread of its own, on its own connection; a PASSIVE
+checkpoint never blocks the writer, and the thread waits for I/O without the GIL. Durability
+is unchanged: a commit is durable once in the WAL, checkpointed or not.
+
 **Personal data.** Identifiers that could be personal (account, payee, device,
 IP, instrument and merchant ids, wherever they appear in the request or
 response) are stored as keyed hashes, HMAC-SHA256 with ``hash_key``, in hex
@@ -39,6 +47,7 @@ migrates it in place in one transaction (version 2 added ``decisions.shadow`` an
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -145,6 +154,10 @@ _SELECT_LABELS = (
 )
 
 
+CHECKPOINT_INTERVAL_S = 1.0  # the service's log: the WAL holds about a second of decisions
+log = logging.getLogger("risk_service.decision_log")
+
+
 class SQLiteDecisionLog:
     """The decision log in one SQLite file (WAL, group commit); safe to share across threads.
 
@@ -160,9 +173,14 @@ class SQLiteDecisionLog:
         synchronous: str = "FULL",
         max_batch: int = 512,
         busy_timeout_ms: int = 5000,
+        checkpoint_interval_s: float | None = None,
     ) -> None:
+        """``checkpoint_interval_s``: checkpoint from a thread of the log's own that often (see
+        the module docstring); None leaves SQLite's automatic checkpoints in the commits."""
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be FULL, EXTRA or NORMAL, got {synchronous!r}")
+        if checkpoint_interval_s is not None and not checkpoint_interval_s > 0:
+            raise ValueError(f"checkpoint_interval_s must be > 0, got {checkpoint_interval_s}")
         self.path = Path(path)
         self.pseudonymise = Pseudonymiser(hash_key)
         self._group = GroupCommit(
@@ -178,6 +196,18 @@ class SQLiteDecisionLog:
         except BaseException:
             self._writer.close()
             raise
+        self.checkpoints = 0  # done by the checkpoint thread
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
+        if checkpoint_interval_s is not None:
+            self._writer.execute("PRAGMA wal_autocheckpoint = 0")
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_every,
+                args=(checkpoint_interval_s, self._connect(synchronous, busy_timeout_ms)),
+                name="decision-log-checkpoint",
+                daemon=True,
+            )
+            self._checkpointer.start()
 
     # -- opening -----------------------------------------------------------------------------
     def _connect(self, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -283,6 +313,18 @@ class SQLiteDecisionLog:
                     conn.execute("ROLLBACK")
                 raise
 
+    def _checkpoint_every(self, interval_s: float, conn: sqlite3.Connection) -> None:
+        """The checkpoint thread: a PASSIVE checkpoint per interval until the log closes."""
+        try:
+            while not self._stop_checkpoints.wait(interval_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.checkpoints += 1
+                except sqlite3.Error:  # e.g. the disk is full: the commits will say so
+                    log.warning("decision log checkpoint failed", exc_info=True)
+        finally:
+            conn.close()
+
     # -- reading -----------------------------------------------------------------------------
     def get(self, event_id: str) -> DecisionRecord | None:
         """The logged record (identifiers as their hashes), or None."""
@@ -330,9 +372,12 @@ class SQLiteDecisionLog:
         """Refuse new appends, let a commit in progress finish, checkpoint and close."""
         if not self._group.close():
             return
+        if self._checkpointer is not None:
+            self._stop_checkpoints.set()
+            self._checkpointer.join()
         with self._read_lock:
             self._reader.close()
-        self._writer.close()
+        self._writer.close()  # the last connection: SQLite checkpoints what is left
 
     def __enter__(self) -> SQLiteDecisionLog:
         return self
@@ -379,7 +424,9 @@ def open_decision_log(
             "postgresql://..."
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    return SQLiteDecisionLog(target, hash_key, synchronous=synchronous)
+    return SQLiteDecisionLog(
+        target, hash_key, synchronous=synchronous, checkpoint_interval_s=CHECKPOINT_INTERVAL_S
+    )
 
 
 __all__ = [

@@ -447,3 +447,37 @@ def test_status_and_factory(tmp_path: Path) -> None:
     other.close()
     with pytest.raises(ValueError, match="scheme 'mysql' is not supported"):
         open_decision_log("mysql://x/y", path="x.db", hash_key=KEY)
+
+
+def test_checkpoints_run_on_the_logs_own_thread_not_in_the_commits(tmp_path: Path) -> None:
+    """The service's log: SQLite's automatic checkpoint (a 5-9 ms sync inside whichever commit
+    crosses 1,000 WAL pages) is off on the writer; a thread checkpoints every interval."""
+    path = tmp_path / "decisions.sqlite"
+    log = SQLiteDecisionLog(path, KEY, synchronous="NORMAL", checkpoint_interval_s=0.05)
+    assert log._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for i in range(400):  # ~1,000 pages or more of WAL: SQLite alone would have checkpointed
+        log.append(record(f"ck-{i}"))
+    done = log.checkpoints
+    deadline = time.monotonic() + 10
+    while log.checkpoints < done + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log.checkpoints >= done + 2
+    # the rows reached the database file itself (only a checkpoint writes there: ~20 KB before)
+    assert path.stat().st_size > 200 * 1024
+    checkpointer = log._checkpointer
+    assert checkpointer is not None and checkpointer.is_alive()
+    log.close()
+    assert not checkpointer.is_alive()
+    with SQLiteDecisionLog(path, KEY) as reopened:  # SQLite's own checkpoints: the spool's way
+        assert reopened.count() == 400 and reopened._checkpointer is None
+        assert reopened._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    with pytest.raises(ValueError, match="checkpoint_interval_s must be > 0"):
+        SQLiteDecisionLog(tmp_path / "other.sqlite", KEY, checkpoint_interval_s=0)
+
+
+def test_the_service_log_checkpoints_in_the_background(tmp_path: Path) -> None:
+    log = open_decision_log(None, path=tmp_path / "d.sqlite", hash_key=KEY)
+    try:
+        assert isinstance(log, SQLiteDecisionLog) and log._checkpointer is not None
+    finally:
+        log.close()
