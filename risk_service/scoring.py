@@ -582,4 +582,6 @@ def _nan_to_zero(value: float) -> float:
 
 
 def _features_dict(names: tuple[str, ...], x: np.ndarray) -> dict[str, float | None]:
-    return {n: (None if v != v else float(v)) for n, v in zip(names, x.tolist(), strict=True)}
+    """Feature name -> value for the log; a missing value stays NaN here, which the log's
+    JSON (orjson) writes as null, so a logged record reads it back as None."""
+    return dict(zip(names, x.tolist(), strict=True))
