@@ -268,7 +268,7 @@ class BufferingThreadWorker(ThreadWorker):
 
         With one thread the pool only adds two hand-offs a request (submit to the thread, its
         "done" back to the loop through a pipe), each a wake-up of another thread and a turn
-        of the GIL: measured as a third of the CPU of a request to the empty route. A request
+        of the GIL: measured as more than half the CPU of a request to the empty route. A request
         already read ahead on the connection (pipelining) is answered on the next turn of the
         loop, so a client sending many at once cannot make this recurse.
         """

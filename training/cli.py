@@ -270,8 +270,8 @@ def default_threads(env: Mapping[str, str]) -> int:
     waits (in-memory state, SQLite log without an fsync per commit), else 4.
 
     With one thread the worker answers each request in its event loop (`serve_inline` in
-    risk_service/worker.py): no hand-off to a pool thread and back, measured at a third less
-    CPU per /score and 35-50% more of them a second (docs/benchmarks.md). Where requests wait
+    risk_service/worker.py): no hand-off to a pool thread and back, measured at half the CPU
+    per /score and 1.8x the requests a second of 4 threads (docs/benchmarks.md). Where requests wait
     on Redis, PostgreSQL or an fsync, threads overlap those waits (and share fsyncs in one
     group commit), so there they stay.
     """
