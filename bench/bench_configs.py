@@ -11,6 +11,11 @@ A configuration is ``NAME:THREADS`` or ``NAME:THREADS:SOURCE`` where SOURCE is a
 of the project (a ``git worktree`` of another commit) whose code that server runs, with
 this virtualenv. The embedded default otherwise, as `bench_service.py` runs it.
 
+``--production``: every server on the machine's Redis and PostgreSQL, each with a fresh key
+prefix and schema of its own (`production_stores.ProductionStores`, removed after), the
+profiles loaded into its Redis space, ``--workers 2``, one API key for all (wrk sends it).
+CPU per request is then also given for the whole machine (workers, Redis, PostgreSQL).
+
 Then the latency at one offered load (``--paced-connections`` connections each pausing
 ``--paced-delay-ms`` after an answer, the same for every configuration), in turns too.
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -46,12 +52,14 @@ class Server:
     offset: int = 0  # where this server's event stream continues
     runs: list[dict] = field(default_factory=list)
     paced: list[dict] = field(default_factory=list)
+    stores: production_stores.ProductionStores | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, data: Path, models: str) -> None:
+    def start(self, data: Path, models: str, api_key: str | None) -> None:
+        """``api_key``: on the production stores (see the module docstring), else embedded."""
         (self.work / "metrics").mkdir(parents=True)
         self.port = free_port()
         env = {
@@ -64,8 +72,16 @@ class Server:
             "RISK_ACCOUNTS_FILE": str(data.resolve() / "accounts.parquet"),
             "PROMETHEUS_MULTIPROC_DIR": str(self.work / "metrics"),
         }
+        workers = 1
+        if api_key is not None:
+            self.stores = production_stores.ProductionStores()
+            env.update(self.stores.env(), RISK_API_KEYS=api_key)
+            del env["RISK_ACCOUNTS_FILE"]
+            self.stores.load_profiles(data / "accounts.parquet", env["RISK_HASH_KEY"].encode())
+            workers = 2
         command = [sys.executable, "-m", "training.cli", "serve", "--quiet"]
         command += ["--port", str(self.port), "--threads", str(self.threads)]
+        command += ["--workers", str(workers)]
         command += ["--models", str(Path(models).resolve())]
         with (self.work / "server.log").open("wb") as log:
             self.process = subprocess.Popen(
@@ -98,12 +114,15 @@ class Server:
         )
         result["service_cores"] = cores["service"]
         result["cpu_ms_per_request"] = 1000 * cores["service"] / max(result["rps"], 1e-9)
+        result["machine_ms_per_request"] = 1000 * cores["machine"] / max(result["rps"], 1e-9)
         return result
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, 15)
             self.process.wait(timeout=30)
+        if self.stores is not None:
+            self.stores.close()
 
 
 def parse_config(spec: str, here: Path, root: Path) -> Server:
@@ -132,6 +151,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/default-world"))
     parser.add_argument("--bodies", type=int, default=200_000)
     parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
+    parser.add_argument("--production", action="store_true", help="Redis, PostgreSQL, 2 workers")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed (a benchmark tool, not a project dependency): apt-get install wrk")
@@ -143,9 +163,12 @@ def main() -> None:
     bodies = root / "bodies.jsonl"
     write_bodies(args.data, bodies, args.bodies)
     os.environ["BENCH_BODIES"] = str(bodies)
+    api_key = secrets.token_urlsafe(32) if args.production else None
+    if api_key is not None:
+        os.environ["BENCH_API_KEY"] = api_key  # wrk's script sends it
     try:
         for server in servers:
-            server.start(args.data, args.models)
+            server.start(args.data, args.models, api_key)
         for server in servers:
             wait_ready(server.url, timeout=180)
             server.load(
@@ -194,6 +217,7 @@ def main() -> None:
             "ratio": statistics.median(run["ratio"] for run in s.runs),
             "ratios": [round(run["ratio"], 3) for run in s.runs],
             "score_cpu_ms": median(scores, "cpu_ms_per_request"),
+            "score_machine_ms": median(scores, "machine_ms_per_request"),
             "empty_cpu_ms": median(empties, "cpu_ms_per_request"),
             "paced_rps": median(s.paced, "rps"),
             "paced_p50_ms": median(s.paced, "p50_ms"),
@@ -204,14 +228,15 @@ def main() -> None:
         }
     print(
         "| config | /score req/s | empty req/s | ratio (median, range) | CPU ms per /score "
-        "| per empty | paced: req/s, p50, p99, p99.9 (ms) |"
+        "(server; machine) | per empty | paced: req/s, p50, p99, p99.9 (ms) |"
     )
     print("|---|---|---|---|---|---|---|")
     for name, r in result.items():
         print(
             f"| {name} ({r['threads']} thread{'s' * (r['threads'] > 1)}) | {r['score_rps']:,.0f} "
             f"| {r['empty_rps']:,.0f} | {r['ratio']:.2f} ({min(r['ratios']):.2f}-"
-            f"{max(r['ratios']):.2f}) | {r['score_cpu_ms']:.2f} | {r['empty_cpu_ms']:.2f} "
+            f"{max(r['ratios']):.2f}) | {r['score_cpu_ms']:.2f}; {r['score_machine_ms']:.2f} "
+            f"| {r['empty_cpu_ms']:.2f} "
             f"| {r['paced_rps']:,.0f}, {r['paced_p50_ms']:.2f}, {r['paced_p99_ms']:.2f}, "
             f"{r['paced_p999_ms']:.2f} |"
         )
