@@ -38,7 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import production_stores
-from bench_service import LUA, free_port, parse_wrk, wait_ready, write_bodies, wrk_command
+from bench_service import (
+    LUA,
+    free_port,
+    parse_wrk,
+    server_env,
+    wait_ready,
+    write_bodies,
+    wrk_command,
+)
 
 
 @dataclass
@@ -62,16 +70,7 @@ class Server:
         """``api_key``: on the production stores (see the module docstring), else embedded."""
         (self.work / "metrics").mkdir(parents=True)
         self.port = free_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(self.source),
-            "RISK_BENCH_EMPTY_ENDPOINT": "true",
-            "RISK_DECISION_LOG_PATH": str(self.work / "decisions.sqlite"),
-            "RISK_HASH_KEY": "bench-" + "k" * 32,
-            "RISK_MAX_LATENESS_SECONDS": str(10**9),
-            "RISK_ACCOUNTS_FILE": str(data.resolve() / "accounts.parquet"),
-            "PROMETHEUS_MULTIPROC_DIR": str(self.work / "metrics"),
-        }
+        env = {**server_env(self.work, data), "PYTHONPATH": str(self.source)}
         workers = 1
         if api_key is not None:
             self.stores = production_stores.ProductionStores()

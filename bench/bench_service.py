@@ -112,6 +112,21 @@ def write_bodies(data: Path, path: Path, count: int) -> None:
             handle.write(json.dumps(body) + "\n")
 
 
+def server_env(work: Path, data: Path) -> dict[str, str]:
+    """The environment of a benchmarked `risk serve` (embedded stores): the /_empty route on,
+    its decision log and metrics files in `work`, the default world's profiles, no lateness
+    limit (replayed events keep their real spacing)."""
+    return {
+        **os.environ,
+        "RISK_BENCH_EMPTY_ENDPOINT": "true",
+        "RISK_DECISION_LOG_PATH": str(work / "decisions.sqlite"),
+        "RISK_HASH_KEY": "bench-" + "k" * 32,
+        "RISK_MAX_LATENESS_SECONDS": str(10**9),
+        "RISK_ACCOUNTS_FILE": str(data.resolve() / "accounts.parquet"),
+        "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics"),
+    }
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -378,15 +393,7 @@ def main() -> None:
     os.environ["BENCH_BODIES"] = str(bodies)
     (work / "metrics").mkdir()
     port = free_port()
-    env = {
-        **os.environ,
-        "RISK_BENCH_EMPTY_ENDPOINT": "true",
-        "RISK_DECISION_LOG_PATH": str(work / "decisions.sqlite"),
-        "RISK_HASH_KEY": "bench-" + "k" * 32,
-        "RISK_MAX_LATENESS_SECONDS": str(10**9),
-        "RISK_ACCOUNTS_FILE": str(args.data / "accounts.parquet"),
-        "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics"),
-    }
+    env = server_env(work, args.data)
     stores = production_stores.ProductionStores() if args.production else None
     if stores is not None:
         # a key with every scope; /_empty is outside the scope table, so it needs a valid key

@@ -52,14 +52,10 @@ def _body_bytes(max_bytes: int) -> bytes:
     Anything else takes werkzeug's way, with its checks (413 from the header, chunked
     bodies)."""
     environ = request.environ
-    length = environ.get("CONTENT_LENGTH", "")
-    if (
-        length.isascii()
-        and length.isdigit()
-        and int(length) <= max_bytes
-        and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-    ):
-        body: bytes = environ["wsgi.input"].read(int(length))
+    header = environ.get("CONTENT_LENGTH", "")
+    length = int(header) if header.isascii() and header.isdigit() else max_bytes + 1
+    if length <= max_bytes and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        body: bytes = environ["wsgi.input"].read(length)
         return body
     return request.get_data(cache=False)
 

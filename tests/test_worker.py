@@ -154,10 +154,9 @@ def serve_command(port: int, threads: int = 2) -> list[str]:
 
 
 class Server:
-    def __init__(self, port: int, log: Path, threads: int) -> None:
+    def __init__(self, port: int, log: Path) -> None:
         self.port = port
         self.log = log
-        self.threads = threads
 
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=5)
@@ -197,7 +196,7 @@ def server(
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
                 time.sleep(0.2)
-        yield Server(port, log, threads)
+        yield Server(port, log)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
