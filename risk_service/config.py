@@ -63,8 +63,8 @@ DEFAULTS: dict[str, Any] = {
     # credit decisions on the probability of default
     "CREDIT_APPROVE_MAX_PD": 0.2,
     "CREDIT_DECLINE_MIN_PD": 0.4,
-    # Freeze start-up objects and make full collections rare: the online state holds millions
-    # of long-lived objects, and a full collection over them stalls requests for ~1 s.
+    # Freeze start-up objects and collect only the youngest generation: the online state holds
+    # millions of long-lived objects, and older collections over them stalled requests ~1 s.
     "GC_TUNING": True,
     # serve an empty JSON endpoint (/_empty) for side-by-side benchmarks
     "BENCH_EMPTY_ENDPOINT": False,
