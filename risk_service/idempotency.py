@@ -2,7 +2,15 @@
 
 A record is written in the same critical section as the event's state update,
 so no reader can see one without the other. Records expire after a TTL
-(7 days by default), oldest first, which bounds memory.
+(7 days by default), oldest first.
+
+Two tiers, because a whole entry (the answer, the event, the feature vectors, the log
+record: ~10 KB) kept for 7 days would grow the process by gigabytes an hour under load.
+The newest ``memory_events`` entries stay whole: a retry gets its answer from memory,
+approval reasons on request, and a label its entities. Older ones, once logged, are
+*settled*: only what recognises a retry (the body hash; the answer is read back from
+the decision log) and routes a label (the identifiers that label features count), under a
+kilobyte, in tuples the garbage collector does not track.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from risk_service.decision_log import DecisionRecord
 
@@ -64,31 +72,92 @@ class IdempotencyEntry:
     ready: Ready = field(default_factory=Ready)
 
 
-class MemoryIdempotencyStore:
-    """event_id -> entry, expiring `ttl_ms` after creation (by wall-clock arrival order)."""
+class Settled(NamedTuple):
+    """A scored, logged event past the memory window (see the module docstring)."""
 
-    def __init__(self, ttl_ms: int) -> None:
+    created_ms: int
+    body_hash: str
+    label_ids: tuple[Any, ...]  # the event's values of the store's ``label_fields``
+    labelled: bool = False  # its fraud label was applied to the state
+
+    def label_event(self, label_fields: tuple[str, ...]) -> dict[str, Any]:
+        """The identifiers a label needs, as the event dict `ingest_label` reads."""
+        return dict(zip(label_fields, self.label_ids, strict=True))
+
+
+class MemoryIdempotencyStore:
+    """event_id -> entry, expiring `ttl_ms` after creation (by wall-clock arrival order); the
+    newest `memory_events` entries whole, older logged ones `Settled`."""
+
+    def __init__(
+        self,
+        ttl_ms: int,
+        *,
+        memory_events: int = 50_000,
+        label_fields: tuple[str, ...] = (),
+    ) -> None:
+        """``label_fields``: the event fields a late label is routed by (kept when settled)."""
         if ttl_ms <= 0:
             raise ValueError(f"idempotency TTL must be > 0 ms, got {ttl_ms}")
+        if memory_events < 1:
+            raise ValueError(f"idempotency memory_events must be >= 1, got {memory_events}")
         self.ttl_ms = ttl_ms
+        self.memory_events = memory_events
+        self.label_fields = label_fields
         self._entries: dict[str, IdempotencyEntry] = {}
-        self._order: deque[tuple[int, str]] = deque()
+        self._settled: dict[str, Settled] = {}
+        self._order: deque[tuple[int, str]] = deque()  # every record, oldest first
+        self._whole: deque[str] = deque()  # the whole entries, oldest first
 
-    def get(self, event_id: str, now_ms: int) -> IdempotencyEntry | None:
+    def get(self, event_id: str, now_ms: int) -> IdempotencyEntry | Settled | None:
         self._expire(now_ms)
-        return self._entries.get(event_id)
+        entry = self._entries.get(event_id)
+        return entry if entry is not None else self._settled.get(event_id)
 
     def put(self, event_id: str, entry: IdempotencyEntry) -> None:
         self._entries[event_id] = entry
         self._order.append((entry.created_ms, event_id))
+        self._whole.append(event_id)
+        if len(self._whole) > self.memory_events:
+            self._settle()
+
+    def mark_labelled(self, event_id: str, settled: Settled) -> None:
+        """Remember that a settled event's fraud label reached the state."""
+        self._settled[event_id] = settled._replace(labelled=True)
+
+    def _settle(self) -> None:
+        """Settle the oldest whole entries beyond the window. One still being scored, or not
+        logged yet (its append failed, and a retry will make it), stays whole for now."""
+        whole, entries = self._whole, self._entries
+        for _ in range(len(whole) - self.memory_events):
+            event_id = whole.popleft()
+            entry = entries.get(event_id)
+            if entry is None:  # expired
+                continue
+            if not (entry.ready.is_set() and entry.logged):
+                whole.append(event_id)  # looked at again once the window moves on
+                continue
+            del entries[event_id]
+            self._settled[event_id] = Settled(
+                entry.created_ms,
+                entry.body_hash,
+                tuple(entry.event.get(f) for f in self.label_fields),
+                "is_fraud" in entry.labels,
+            )
 
     def _expire(self, now_ms: int) -> None:
-        order, entries = self._order, self._entries
+        order, entries, settled = self._order, self._entries, self._settled
         while order and order[0][0] + self.ttl_ms <= now_ms:
-            _, event_id = order.popleft()
+            created_ms, event_id = order.popleft()
             entry = entries.get(event_id)
-            if entry is not None and entry.created_ms + self.ttl_ms <= now_ms:
+            if entry is not None and entry.created_ms == created_ms:
                 del entries[event_id]
+            elif (old := settled.get(event_id)) is not None and old.created_ms == created_ms:
+                del settled[event_id]
 
     def __len__(self) -> int:
+        return len(self._entries) + len(self._settled)
+
+    def whole(self) -> int:
+        """How many entries are whole (in the memory window)."""
         return len(self._entries)

@@ -39,7 +39,7 @@ from risk_service.features import (
 )
 from risk_service.features.online import profile_from_row
 from risk_service.fraud_model import FraudModel
-from risk_service.idempotency import IdempotencyEntry, MemoryIdempotencyStore
+from risk_service.idempotency import IdempotencyEntry, MemoryIdempotencyStore, Settled
 from risk_service.policy import SEVERITY, Policy
 from risk_service.redis_state import RedisState, StoreUnavailable
 from risk_service.requests import ScoreRequest
@@ -156,6 +156,8 @@ class Scorer:
                 self.watermark_ms = max(self.watermark_ms, request.timestamp_ms)
                 self.idempotency.put(event_id, entry)
                 created = True
+        if isinstance(entry, Settled):
+            return self._replay_settled(entry, request, started), True
         if entry.body_hash != request.canonical_body_hash:
             raise Conflict(
                 f"event_id {event_id!r} was already scored with a different body",
@@ -177,6 +179,24 @@ class Scorer:
             response = self._with_approval_reasons(response, entry.x)
         response["timing_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return response, not created
+
+    def _replay_settled(
+        self, settled: Settled, request: ScoreRequest, started: float
+    ) -> dict[str, Any]:
+        """A retry of an event past the memory window: the answer as the decision log keeps it
+        (approval reasons asked for on such a retry are not computed: its features are gone)."""
+        event_id = request.event_id
+        if settled.body_hash != request.canonical_body_hash:
+            raise Conflict(
+                f"event_id {event_id!r} was already scored with a different body",
+                field="event_id",
+            )
+        record = self.log.get(event_id)
+        if record is None or record.response is None:
+            raise RuntimeError(f"event {event_id!r} was scored, but its answer is not in the log")
+        response = dict(record.response)
+        response["timing_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        return response
 
     def _score_new(
         self,
@@ -474,6 +494,13 @@ class Scorer:
             entry = self.idempotency.get(event_id, int(time.time() * 1000))
             if entry is None:
                 return "unknown"
+            if isinstance(entry, Settled):
+                if entry.labelled:
+                    return "duplicate"
+                event = entry.label_event(self.idempotency.label_fields)
+                self.engine.ingest_label(event, is_fraud, label_time)
+                self.idempotency.mark_labelled(event_id, entry)
+                return "applied"
             if "is_fraud" in entry.labels:
                 return "duplicate"
             self.engine.ingest_label(entry.event, is_fraud, label_time)

@@ -174,7 +174,11 @@ def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
             spool_dir=spool_dir(config),
             timeout_ms=int(config["DECISION_LOG_TIMEOUT_MS"]),
         ),
-        idempotency=MemoryIdempotencyStore(int(config["IDEMPOTENCY_TTL_SECONDS"]) * 1000),
+        idempotency=MemoryIdempotencyStore(
+            int(config["IDEMPOTENCY_TTL_SECONDS"]) * 1000,
+            memory_events=int(config["IDEMPOTENCY_MEMORY_EVENTS"]),
+            label_fields=fs.label_fields(),
+        ),
         settings=ScoringSettings(
             max_lateness_ms=int(config["MAX_LATENESS_SECONDS"]) * 1000,
             credit_approve_max_pd=float(config["CREDIT_APPROVE_MAX_PD"]),

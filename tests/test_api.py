@@ -205,6 +205,36 @@ def test_a_retry_returns_the_stored_decision_and_counts_once(
     assert app.extensions["risk"].log.count() == 2
 
 
+def test_a_retry_past_the_memory_window_is_answered_from_the_log(make_app: AppFactory) -> None:
+    """Only the newest IDEMPOTENCY_MEMORY_EVENTS are kept whole: an older event's retry gets
+    its answer back from the decision log, still counts once, and a label still finds it."""
+    app = make_app(IDEMPOTENCY_MEMORY_EVENTS=2)
+    client = app.test_client()
+    scorer = app.extensions["risk"]
+    t0 = NOW - timedelta(hours=3)
+    first = client.post("/score", json=payment("w-0", timestamp=iso(t0))).get_json()
+    for i in range(1, 4):
+        body = payment(f"w-{i}", timestamp=iso(t0 + timedelta(minutes=i)))
+        assert client.post("/score", json=body).status_code == 200
+    assert len(scorer.idempotency) == 4 and scorer.idempotency.whole() == 2
+    again = client.post("/score", json=payment("w-0", timestamp=iso(t0)))
+    assert again.status_code == 200
+    replay = again.get_json()
+    first.pop("timing_ms"), replay.pop("timing_ms")
+    assert replay == first
+    other = client.post("/score", json=payment("w-0", timestamp=iso(t0), amount=43.0))
+    assert other.status_code == 409 and other.get_json()["field"] == "event_id"
+    assert scorer.log.count() == 4
+    label_time = iso(t0 + timedelta(minutes=30))
+    assert scorer.ingest_label("w-0", 1, label_time) == "applied"
+    assert scorer.ingest_label("w-0", 1, label_time) == "duplicate"
+    client.post("/score", json=payment("w-later", timestamp=iso(t0 + timedelta(hours=1))))
+    features = logged(app, "w-later").features
+    assert features["account_events_24h"] == 4  # the retry was not counted again
+    assert features["merchant_known_frauds_30d"] == 1
+    assert features["account_known_frauds_90d"] == 1
+
+
 def test_same_event_id_with_another_body_is_409(client: FlaskClient) -> None:
     client.post("/score", json=payment("e-dup"))
     response = client.post("/score", json=payment("e-dup", amount=43.0))

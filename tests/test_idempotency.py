@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 
-from risk_service.idempotency import IdempotencyEntry, MemoryIdempotencyStore, Ready
+import numpy as np
+
+from risk_service.idempotency import IdempotencyEntry, MemoryIdempotencyStore, Ready, Settled
 
 
 def test_ready_wakes_every_waiter_and_times_out_before_it_is_set() -> None:
@@ -36,3 +39,85 @@ def test_entries_expire_after_their_ttl_oldest_first() -> None:
     assert store.get("e0", 1000) is None and len(store) == 2
     assert store.get("e1", 1499) is not None
     assert store.get("e2", 1500) is not None and store.get("e1", 1500) is None
+
+
+def finished(event_id: str, created_ms: int, *, logged: bool = True) -> IdempotencyEntry:
+    """An entry as the scorer leaves it once answered: a realistic payload, ready, logged."""
+    entry = IdempotencyEntry(
+        body_hash=f"hash-{event_id}",
+        response={"decision": "approve", "fraud": {"probability": 0.01, "reasons": []}},
+        record=None,
+        event={"event_id": event_id, "account_id": "a-1", "merchant_id": "m-1", "amount": 5.0},
+        created_ms=created_ms,
+        x=np.arange(96, dtype=np.float64),
+        features={f"f{i}": float(i) for i in range(96)},
+        logged=logged,
+    )
+    entry.ready.set()
+    return entry
+
+
+LABEL_FIELDS = ("account_id", "device_id", "merchant_id")
+
+
+def test_entries_past_the_memory_window_are_settled_to_hash_and_label_ids() -> None:
+    store = MemoryIdempotencyStore(ttl_ms=10_000, memory_events=2, label_fields=LABEL_FIELDS)
+    for i in range(4):
+        store.put(f"e{i}", finished(f"e{i}", created_ms=i))
+    assert len(store) == 4 and store.whole() == 2
+    settled = store.get("e0", 10)
+    assert isinstance(settled, Settled)
+    assert settled.body_hash == "hash-e0" and settled.created_ms == 0
+    assert settled.label_event(LABEL_FIELDS) == {
+        "account_id": "a-1",
+        "device_id": None,
+        "merchant_id": "m-1",
+    }
+    assert not settled.labelled
+    store.mark_labelled("e0", settled)
+    assert store.get("e0", 10) == settled._replace(labelled=True)
+    assert isinstance(store.get("e3", 10), IdempotencyEntry)
+    # the TTL reaches settled records too, oldest first
+    assert store.get("e0", 10_000) is None and store.get("e1", 10_000) is not None
+    assert len(store) == 3
+
+
+def test_an_entry_still_being_scored_or_not_logged_stays_whole() -> None:
+    store = MemoryIdempotencyStore(ttl_ms=10_000, memory_events=1, label_fields=LABEL_FIELDS)
+    in_flight = finished("busy", 0)
+    in_flight.ready = Ready()  # not answered yet
+    store.put("busy", in_flight)
+    store.put("unlogged", finished("unlogged", 1, logged=False))
+    store.put("done", finished("done", 2))
+    store.put("next", finished("next", 3))
+    assert store.get("busy", 5) is in_flight
+    assert isinstance(store.get("unlogged", 5), IdempotencyEntry)
+    assert isinstance(store.get("done", 5), Settled)
+    in_flight.ready.set()
+    store.put("last", finished("last", 4))
+    assert isinstance(store.get("busy", 5), Settled)
+
+
+def grown_bytes_per_event(store: MemoryIdempotencyStore, n: int) -> float:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(n):
+            store.put(f"event-{i:08d}", finished(f"event-{i:08d}", 1000 + i))
+        return (tracemalloc.get_traced_memory()[0] - before) / n
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_settled_event_costs_under_a_kilobyte() -> None:
+    settling = MemoryIdempotencyStore(ttl_ms=10**9, memory_events=100, label_fields=LABEL_FIELDS)
+    keeping = MemoryIdempotencyStore(ttl_ms=10**9, memory_events=10**6, label_fields=LABEL_FIELDS)
+    for store in (settling, keeping):
+        for i in range(200):  # past the window first
+            store.put(f"warm-{i}", finished(f"warm-{i}", i))
+    settled = grown_bytes_per_event(settling, 3_000)
+    whole = grown_bytes_per_event(keeping, 3_000)
+    assert settling.whole() == 100 and keeping.whole() == 3_200
+    # whole, this test's entry is ~13 KB (a scored payment's ~10 KB); settled, under 1 KB
+    assert whole > 8_000, whole
+    assert settled < 1_000, settled
