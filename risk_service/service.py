@@ -90,16 +90,18 @@ def tune_gc() -> None:
     """Keep the garbage collector's pauses short and bounded on the request path.
 
     The feature state is millions of small long-lived containers, and it grows with every
-    new entity. CPython's defaults scan them again and again: every 10th young collection
-    walks all survivors since the last full one, a pause that grows with the state (735 ms
-    measured with 1.2M containers, every ~40,000 requests). So: objects alive after start-up
+    new entity. CPython's generations scan them again and again: a generation-1 collection
+    walks every survivor since the last full one, a pause that grows with the state (1.8-2.4 s
+    with the previous thresholds, once per ~40,000 requests: bench/bench_pauses.py, which
+    also measures CPython's defaults, no better). So: objects alive after start-up
     are frozen (never scanned); young collections stay small and frequent; and the older
     generations are never collected automatically, so no pause grows with the state.
 
     The price: a reference cycle that is still alive at a young collection and dies later
     is never freed. Per request the only cycle is werkzeug's recursive URL matcher, alive
-    for microseconds; measured, ~1 in 1,500 requests leaks one (~1 KB): ~40 MB a day at
-    800 requests/s, against ~1 KB of settled idempotency record per request (idempotency.py).
+    for microseconds; measured at young thresholds of 700 to 3,000, one in 360 to 1,700
+    requests leaks one (~1 KB): ~70 MB a day at 800 requests/s, against ~1 KB of settled
+    idempotency record per request (idempotency.py).
     """
     import gc
 
