@@ -29,10 +29,8 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from bench_request_cpu import call
-from bench_service import write_bodies
+from bench_request_cpu import bench_app, call, fresh_bodies
 
-from risk_service import create_app
 from risk_service.config import DEFAULTS
 from risk_service.service import tune_gc
 
@@ -60,20 +58,13 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="bytes kept per request")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-pauses-"))
-    write_bodies(args.data, work / "bodies.jsonl", args.warmup + args.events)
-    run = f"{time.time_ns()}"
-    templates = (work / "bodies.jsonl").read_text().splitlines()
-    bodies = [t.replace("__ID__", f"{run}-{i}", 1).encode() for i, t in enumerate(templates)]
-    app = create_app(
-        {
-            "DECISION_LOG_PATH": str(work / "decisions.sqlite"),
-            "HASH_KEY": "bench-" + "k" * 32,
-            "MAX_LATENESS_SECONDS": 10**9,
-            "ACCOUNTS_FILE": str(args.data / "accounts.parquet"),
-            "GC_TUNING": False,  # set below, per --gc
-            "ACCESS_LOG": False,
-            "IDEMPOTENCY_MEMORY_EVENTS": args.memory_events,
-        }
+    bodies = fresh_bodies(args.data, work, args.warmup + args.events)
+    app = bench_app(
+        work,
+        args.data,
+        GC_TUNING=False,  # set below, per --gc
+        ACCESS_LOG=False,
+        IDEMPOTENCY_MEMORY_EVENTS=args.memory_events,
     )
     logging.disable(logging.WARNING)
     gc.collect()

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_service import write_bodies
+from flask import Flask
 
 from risk_service import create_app
 
@@ -66,6 +67,28 @@ def call(app: Any, path: str, body: bytes) -> int:
     return int(status[0][:3])
 
 
+def fresh_bodies(data: Path, work: Path, count: int) -> list[bytes]:
+    """``count`` /score bodies as `bench_service.py` sends them, each with a new event_id."""
+    write_bodies(data, work / "bodies.jsonl", count)
+    templates = (work / "bodies.jsonl").read_text().splitlines()
+    run = f"{time.time_ns()}"
+    return [t.replace("__ID__", f"{run}-{i}", 1).encode() for i, t in enumerate(templates)]
+
+
+def bench_app(work: Path, data: Path, **config: Any) -> Flask:
+    """The README's `risk serve` app (its decision log in ``work``, the world's profiles, no
+    lateness limit), with ``config`` on top."""
+    return create_app(
+        {
+            "DECISION_LOG_PATH": str(work / "decisions.sqlite"),
+            "HASH_KEY": "bench-" + "k" * 32,
+            "MAX_LATENESS_SECONDS": 10**9,
+            "ACCOUNTS_FILE": str(data / "accounts.parquet"),
+            **config,
+        }
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("data/default-world"))
@@ -75,21 +98,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-request-cpu-"))
-    bodies_file = work / "bodies.jsonl"
-    write_bodies(args.data, bodies_file, args.warmup + args.events)
-    templates = bodies_file.read_text().splitlines()
-    run = f"{time.time_ns()}"
-    bodies = [t.replace("__ID__", f"{run}-{i}", 1).encode() for i, t in enumerate(templates)]
-    app = create_app(
-        {
-            "BENCH_EMPTY_ENDPOINT": True,
-            "DECISION_LOG_PATH": str(work / "decisions.sqlite"),
-            "HASH_KEY": "bench-" + "k" * 32,
-            "MAX_LATENESS_SECONDS": 10**9,
-            "ACCOUNTS_FILE": str(args.data / "accounts.parquet"),
-        }
-    )
-    wsgi = app.wsgi_app
+    bodies = fresh_bodies(args.data, work, args.warmup + args.events)
+    wsgi = bench_app(work, args.data, BENCH_EMPTY_ENDPOINT=True).wsgi_app
     for body in bodies[: args.warmup]:
         assert call(wsgi, "/score", body) == 200
     score_us: list[float] = []
