@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("risk_service.scoring")
 _FRAUD_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _CREDIT_INDEX = {name: i for i, name in enumerate(CREDIT_FEATURE_NAMES)}
+# The in-memory state forgets idle entities as event time advances (`features/expiry.py`):
+# a sweep a minute of event time, at most SWEEP_LIMIT entities per request (~1 µs each).
+SWEEP_EVERY_MS = 60_000
+SWEEP_LIMIT = 1_000
 
 
 class FeatureView(Mapping[str, float]):
@@ -131,6 +135,7 @@ class Scorer:
         self.settings = settings or ScoringSettings()
         self.lock = threading.Lock()
         self.watermark_ms = -(2**62)
+        self._sweep_at_ms = -(2**62)  # event time of the next sweep of idle entities
         if file is not None:
             self.backlog.start()  # adopt what dead processes left, and apply it
 
@@ -156,6 +161,8 @@ class Scorer:
                 self.watermark_ms = max(self.watermark_ms, request.timestamp_ms)
                 self.idempotency.put(event_id, entry)
                 created = True
+                if self.watermark_ms >= self._sweep_at_ms:
+                    self._forget_idle()
         if isinstance(entry, Settled):
             return self._replay_settled(entry, request, started), True
         if entry.body_hash != request.canonical_body_hash:
@@ -179,6 +186,15 @@ class Scorer:
             response = self._with_approval_reasons(response, entry.x)
         response["timing_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return response, not created
+
+    def _forget_idle(self) -> None:
+        """Forget the state of entities idle past their retention as of the oldest time an
+        event that is not late may have, so no such event's features change (a late one,
+        scored on the current state anyway, may see a forgotten entity as new)."""
+        horizon = self.watermark_ms - self.settings.max_lateness_ms
+        n = self.engine.forget_idle(horizon, SWEEP_LIMIT)
+        # at the limit: more are due, so sweep again on the next event
+        self._sweep_at_ms = self.watermark_ms + (0 if n >= SWEEP_LIMIT else SWEEP_EVERY_MS)
 
     def _replay_settled(
         self, settled: Settled, request: ScoreRequest, started: float

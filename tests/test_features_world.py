@@ -135,9 +135,11 @@ def replay(
     accounts: pd.DataFrame | None,
     applications: pd.DataFrame | None = None,
     engine: OnlineFeatureEngine | None = None,
+    forget: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Online replay in canonical order: profiles first; before each event (or application)
     at t, the fraud labels with label_time < t; applications before events at equal t.
+    ``forget``: before each step, the store forgets what is idle as of t, as the service's does.
 
     Returns (fraud features in ``events`` row order, credit features in application order).
     """
@@ -166,6 +168,8 @@ def replay(
         while k < len(labels) and labels[k][0] < t:
             engine.ingest_label(records[labels[k][1]], 1, labels[k][0])
             k += 1
+        if forget:
+            engine.forget_idle(t)
         if kind == 0:
             credit[i] = engine.credit_features(apps[i])
         else:

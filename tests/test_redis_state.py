@@ -22,7 +22,7 @@ from servers import FaultProxy, PrivateRedis
 from test_api import NOW, iso, payment
 
 from risk_service import metrics
-from risk_service.features import codec
+from risk_service.features import MemoryStateStore, codec
 from risk_service.features.aggregates import Profile
 from risk_service.features.online import OnlineFeatureEngine
 from risk_service.redis_state import decode_stored
@@ -45,9 +45,10 @@ def test_state_blobs_round_trip_exactly() -> None:
         when = base + timedelta(minutes=37 * i)
         engine.process(payment(f"k{i}", timestamp=iso(when), device_id=f"d{i % 7}", amount=1.5 + i))
     engine.ingest_label(payment("k0"), 1, iso(base + timedelta(hours=5)))
-    store = engine.store._kinds  # type: ignore[attr-defined]
+    store = engine.store
+    assert isinstance(store, MemoryStateStore)
     for kind in ("account", "device", "merchant"):
-        for state in store[kind].values():
+        for _, state in store.states(kind):
             back = codec.decode_state(kind, codec.encode_state(state))
             assert codec.encode_state(back) == codec.encode_state(state)
             assert (back.last_loc, back.last_ms) == (state.last_loc, state.last_ms)

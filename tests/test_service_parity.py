@@ -42,12 +42,13 @@ def close(a: float | None, b: float) -> bool:
 def test_replay_through_score_equals_offline(
     make_app: AppFactory, tmp_path: Path, state_config: dict[str, Any]
 ) -> None:
-    """On every state store: in memory, and on Redis (shared, transactional)."""
+    """On every state store: in memory (forgetting idle entities as it goes), and on Redis
+    (shared, transactional)."""
     world = generate_world(**WORLD)  # type: ignore[arg-type]
     events = world.events.reset_index(drop=True)
     accounts_path = tmp_path / "accounts.parquet"
     world.accounts.to_parquet(accounts_path, index=False)
-    app = make_app(ACCOUNTS_FILE=str(accounts_path), MAX_LATENESS_SECONDS=10**9, **state_config)
+    app = make_app(ACCOUNTS_FILE=str(accounts_path), **state_config)
     client = app.test_client()
     scorer = app.extensions["risk"]
 
@@ -79,6 +80,12 @@ def test_replay_through_score_equals_offline(
             }
             response = client.post("/score", json=body)
             assert response.status_code == 200, response.get_json()
+
+    store = scorer.engine.store
+    if scorer.shared is None:  # in memory: idle entities were forgotten on the way
+        assert isinstance(store, fs.MemoryStateStore)
+        ips = events["ip_address"].nunique()
+        assert store.counts()["ip"][0] < 0.6 * ips, (store.counts(), ips)
 
     offline = fs.compute_offline_features(events, world.accounts)
     offline_p = scorer.models.fraud.predict_proba(offline.to_numpy())
