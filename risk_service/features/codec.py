@@ -9,7 +9,6 @@ blob is only ever read by the code that wrote it.
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Any
 
 import orjson
@@ -24,7 +23,7 @@ def encode_state(st: EntityState) -> bytes:
     """One entity's state as compact JSON (bucket lists, recency-ordered members, label times)."""
     return orjson.dumps(
         [
-            [[r.cutoff, r.totals, list(r.buckets)] for r in st.rolling],
+            [[r.cutoff, r.totals, r.buckets] for r in st.rolling],
             [[m.in_time_order, list(m.last.items())] for m in st.distinct],
             [lab.times for lab in st.labels],
             st.last_ms,
@@ -42,7 +41,7 @@ def decode_state(kind: str, blob: bytes | str) -> EntityState:
     if len(rolling) != len(st.rolling) or len(distinct) != len(st.distinct):
         raise ValueError(f"a {kind} state blob does not match this feature set")
     for agg, (cutoff, totals, buckets) in zip(st.rolling, rolling, strict=True):
-        agg.cutoff, agg.totals, agg.buckets = cutoff, totals, deque(buckets)
+        agg.cutoff, agg.totals, agg.buckets = cutoff, totals, buckets
     for members, (in_order, items) in zip(st.distinct, distinct, strict=True):
         members.in_time_order = in_order
         members.last = dict(items)
