@@ -18,8 +18,10 @@ Keys: ``<prefix><feature-set version>:<kind>:<HMAC of the id>`` for states (no
 identifier in the clear, and the hashes match the decision log's, so a label can
 find its entities from the log alone), ``<prefix>idem:<event_id>`` for idempotency
 records. TTLs bound memory: a state expires after its longest window (plus a day)
-without an event, a profile after ``profile_ttl_ms``, an idempotency record after
-``idempotency_ttl_ms``.
+without an event, where it answers as a new one would (`features/expiry.py`); but an
+account's, instrument's or device's state is kept as long as a profile
+(``profile_ttl_ms``, 400 days), because its time-since and travel features read its last
+event however long ago; an idempotency record expires after ``idempotency_ttl_ms``.
 
 Every call has a socket timeout of a few milliseconds and goes through a circuit
 breaker; failures raise ``StoreUnavailable`` and the scorer answers degraded.
@@ -41,6 +43,7 @@ from risk_service.breaker import CircuitBreaker
 from risk_service.decision_log import Pseudonymiser
 from risk_service.features import codec
 from risk_service.features.derived import is_missing
+from risk_service.features.expiry import KEEPS_LAST_SEEN
 from risk_service.features.spec import ENTITY_KEYS, FEATURE_SET_VERSION, LABELS, ROLLINGS
 
 TOKEN_LEN = 16
@@ -151,6 +154,16 @@ def _no_observe(store: str, op: str, seconds: float, ok: bool) -> None:
     return None
 
 
+def state_ttls(profile_ttl_ms: int) -> dict[str, int]:
+    """Kind -> TTL of its keys: the retention of its windows, but the profile's for kinds
+    whose last event features read without a window (in memory: their `Dormant` records)."""
+    ttls = {kind: codec.retention_ms(kind) for kind in ENTITY_KEYS}
+    for kind in KEEPS_LAST_SEEN:
+        ttls[kind] = max(ttls[kind], profile_ttl_ms)
+    ttls["profile"] = profile_ttl_ms
+    return ttls
+
+
 class RedisState:
     """The Redis side of online state and idempotency; one per process (thread-safe)."""
 
@@ -185,8 +198,7 @@ class RedisState:
         self.breaker = breaker or CircuitBreaker("redis")
         self.observe = observe
         self._commit_script = self.client.register_script(_COMMIT_LUA)
-        self._ttl = {kind: codec.retention_ms(kind) for kind in ENTITY_KEYS}
-        self._ttl["profile"] = self.profile_ttl_ms
+        self._ttl = state_ttls(self.profile_ttl_ms)
         self._state_prefix = f"{prefix}{FEATURE_SET_VERSION}:"
         self.watermark_key = f"{prefix}watermark"
 

@@ -25,7 +25,8 @@ from risk_service import metrics
 from risk_service.features import MemoryStateStore, codec
 from risk_service.features.aggregates import Profile
 from risk_service.features.online import OnlineFeatureEngine
-from risk_service.redis_state import decode_stored
+from risk_service.features.spec import DAY_MS, TIME_SINCE
+from risk_service.redis_state import decode_stored, state_ttls
 
 
 def shared_app(make_app: AppFactory, target: RedisTarget, **config: Any) -> Flask:
@@ -114,8 +115,13 @@ def test_keys_hold_no_identifier_and_all_expire(
         assert ttl > 0, key
         if ":idem:" in key:
             assert ttl <= 3600 * 1000
-        elif key.split(":")[-2] != "profile":
-            assert ttl <= codec.retention_ms(key.split(":")[-2])
+        else:  # a window's retention, or, where the last event counts, a profile's TTL
+            kind = key.split(":")[-2]
+            expected = state_ttls(400 * DAY_MS)[kind]
+            assert expected - 60_000 < ttl <= expected, (kind, ttl)
+            if kind != "profile":
+                kept = expected > codec.retention_ms(kind)
+                assert kept == (kind in TIME_SINCE or kind == "account"), kind
 
 
 @pytest.mark.integration
