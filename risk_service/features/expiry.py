@@ -10,9 +10,10 @@ not expire, because the feature set defines them over all history:
   devices), however long ago that was;
 - ``km_from_previous_location`` and the speed read the account's ``last_loc``.
 
-For those kinds a forgotten state leaves a ``Dormant`` record (under 200 bytes) that
-revives as a new state carrying them. The in-memory store sweeps with these rules
-(`MemoryStateStore.forget_idle`); Redis expires keys by TTL (`redis_state.py`).
+For those kinds a forgotten state leaves a ``Dormant`` record (100-300 bytes with its
+key) that revives as a new state carrying them. The in-memory store sweeps with these
+rules (`MemoryStateStore.forget_idle`); Redis expires keys by TTL (`redis_state.py`,
+where these kinds live as long as a profile instead).
 """
 
 from __future__ import annotations
