@@ -57,7 +57,7 @@ def run(data: Path, events: int, forget: bool) -> dict[str, Any]:
             engine.ingest_label(records[i], 1, label_ms)
         engine.process(record)
         if forget and ms >= sweep_at:
-            n = engine.forget_idle(ms, 1_000)
+            n = sum(engine.forget_idle(ms, 1_000).values())
             sweep_at = ms + (0 if n >= 1_000 else SWEEP_EVERY_MS)
     cpu = time.process_time() - started
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

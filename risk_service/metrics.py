@@ -110,6 +110,24 @@ POLICY_INFO = Gauge(
     multiprocess_mode="livemax",
 )
 
+STATE_ENTITIES = Gauge(
+    "risk_state_entities",
+    "Entities in the in-memory feature state, by kind and tier (live: a whole state; dormant: "
+    "only the last event kept), as of the last sweep of idle entities",
+    ["kind", "tier"],
+    multiprocess_mode="livesum",
+)
+STATE_FORGOTTEN = Counter(
+    "risk_state_forgotten", "Entity states forgotten by the in-memory store as idle", ["kind"]
+)
+IDEMPOTENCY_RECORDS = Gauge(
+    "risk_idempotency_records",
+    "Idempotency records in memory, by tier (whole; settled: body hash and label ids only), "
+    "as of the last sweep of idle entities",
+    ["tier"],
+    multiprocess_mode="livesum",
+)
+
 # Children bound once: `labels()` takes a lock and builds a tuple on every call.
 _DECISION = {(k, d): DECISIONS_TOTAL.labels(k, d) for k in KINDS for d in DECISIONS}
 _DEGRADED = {k: DEGRADED.labels(k) for k in KINDS}
@@ -231,6 +249,22 @@ def timed_store(store: str, op: str) -> Iterator[None]:
         raise
     finally:
         observe_store(store, op, time.perf_counter() - started)
+
+
+# -- the in-memory state -------------------------------------------------------------------
+def observe_state(
+    counts: Mapping[str, tuple[int, int]], forgotten: Mapping[str, int], records: tuple[int, int]
+) -> None:
+    """After a sweep: (live, dormant) entities per kind, how many each kind just forgot, and
+    the idempotency records (whole, settled)."""
+    for kind, (live, dormant) in counts.items():
+        _child(STATE_ENTITIES, kind, "live").set(live)
+        _child(STATE_ENTITIES, kind, "dormant").set(dormant)
+    for kind, n in forgotten.items():
+        if n:
+            _child(STATE_FORGOTTEN, kind).inc(n)
+    _child(IDEMPOTENCY_RECORDS, "whole").set(records[0])
+    _child(IDEMPOTENCY_RECORDS, "settled").set(records[1])
 
 
 # -- connections -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from risk_service import explain
+from risk_service import explain, metrics
 from risk_service.backlog import Backlog, DegradedEvent
 from risk_service.backlog_file import BacklogFile
 from risk_service.credit_model import CreditModel, recommended_limit, score_from_pd
@@ -34,6 +34,7 @@ from risk_service.errors import Conflict
 from risk_service.features import (
     CREDIT_FEATURE_NAMES,
     FEATURE_NAMES,
+    MemoryStateStore,
     OnlineFeatureEngine,
     request_time_features,
 )
@@ -192,9 +193,16 @@ class Scorer:
         event that is not late may have, so no such event's features change (a late one,
         scored on the current state anyway, may see a forgotten entity as new)."""
         horizon = self.watermark_ms - self.settings.max_lateness_ms
-        n = self.engine.forget_idle(horizon, SWEEP_LIMIT)
+        forgotten = self.engine.forget_idle(horizon, SWEEP_LIMIT)
         # at the limit: more are due, so sweep again on the next event
-        self._sweep_at_ms = self.watermark_ms + (0 if n >= SWEEP_LIMIT else SWEEP_EVERY_MS)
+        at_limit = sum(forgotten.values()) >= SWEEP_LIMIT
+        self._sweep_at_ms = self.watermark_ms + (0 if at_limit else SWEEP_EVERY_MS)
+        store = self.engine.store
+        if isinstance(store, MemoryStateStore):
+            idem = self.idempotency
+            metrics.observe_state(
+                store.counts(), forgotten, (idem.whole(), len(idem) - idem.whole())
+            )
 
     def _replay_settled(
         self, settled: Settled, request: ScoreRequest, started: float

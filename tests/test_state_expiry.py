@@ -10,6 +10,7 @@ from conftest import AppFactory
 from test_api import NOW, iso, payment
 from test_features_world import assert_features_equal, make_world, replay
 
+from risk_service import metrics
 from risk_service.features import (
     FEATURE_NAMES,
     MemoryStateStore,
@@ -68,9 +69,9 @@ def test_the_sweep_looks_at_the_front_and_stops_at_the_first_active() -> None:
         st = new_state("ip")
         st.last_ms = t
         store.put("ip", f"ip{i}", st)
-    assert store.forget_idle(ret + 8) == 1  # ip0; ip1 (10) is active and stops the sweep
+    assert store.forget_idle(ret + 8) == {"ip": 1}  # ip0; ip1 (10) is active and stops the sweep
     assert store.get("ip", "ip0") is None and store.get("ip", "ip2") is not None
-    assert store.forget_idle(ret + 11) == 2  # ip1 and ip2; ip3 (20) stops it
+    assert store.forget_idle(ret + 11) == {"ip": 2}  # ip1 and ip2; ip3 (20) stops it
     assert store.counts()["ip"] == (1, 0)  # ips keep nothing once forgotten
 
 
@@ -85,11 +86,13 @@ def test_sweep_limit_late_puts_and_profiles() -> None:
         assert i * DAY_MS <= active_ms(st) < (i + 1) * DAY_MS
     store.put("profile", "a0", object())
     store.put("account", "a0", store.get("account", "a0"))  # put again: now last in line
-    assert store.forget_idle(ret + 3 * DAY_MS, limit=1) == 1  # a1: the limit holds
-    assert store.forget_idle(ret + 3 * DAY_MS) == 1  # a2; a3 is active, a0 waits behind it
+    assert store.forget_idle(ret + 3 * DAY_MS, limit=1) == {"account": 1}  # a1: the limit holds
+    assert store.forget_idle(ret + 3 * DAY_MS) == {
+        "account": 1
+    }  # a2; a3 is active, a0 waits behind it
     assert store.counts()["account"] == (3, 2)
     assert store.get("account", "a0").rolling[0].buckets  # still whole
-    assert store.forget_idle(ret + 10 * DAY_MS) == 3
+    assert store.forget_idle(ret + 10 * DAY_MS) == {"account": 3}
     assert store.get("profile", "a0") is not None  # profiles are never swept
     assert len(store) == 1
 
@@ -99,7 +102,7 @@ def test_revived_states_carry_the_last_event_and_location() -> None:
     st = new_state("account")
     st.last_ms, st.last_loc = 1_000, (31.0, 121.0, 1_000)
     store.put("account", "a", st)
-    assert store.forget_idle(1_000 + RETENTION_MS["account"] + 1) == 1
+    assert store.forget_idle(1_000 + RETENTION_MS["account"] + 1) == {"account": 1}
     assert store.counts()["account"] == (0, 1)
     revived = store.get("account", "a")
     assert revived is not st and revived.last_ms == 1_000
@@ -140,6 +143,12 @@ def test_the_service_forgets_idle_entities_and_counts_their_gap(make_app: AppFac
     assert counts["ip"] == (1, 0) and "payee" not in counts  # no transfers
     assert counts["account"] == (1, 50) and counts["device"] == (1, 50)
     assert counts["merchant"] == (1, 0)  # m-1 was paid again
+    # the sweep's numbers reach /metrics
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'risk_state_entities{kind="account",tier="dormant"} 50.0' in text
+    assert 'risk_state_entities{kind="ip",tier="live"} 1.0' in text
+    assert metrics.sample("risk_state_forgotten_total", {"kind": "ip"}) >= 50
+    assert 'risk_idempotency_records{tier="whole"} 51.0' in text
     # one comes back: its gap since its previous event is exact, its windows empty
     score(101, 7, later + timedelta(minutes=1))
     features = scorer.log.get("exp-101").features

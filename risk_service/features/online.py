@@ -320,12 +320,13 @@ class OnlineFeatureEngine:
                     st.last_loc = (lat, lon, ms)
             store.put(kind, key, st)
 
-    def forget_idle(self, now_ms: int, limit: int = 10_000) -> int:
+    def forget_idle(self, now_ms: int, limit: int = 10_000) -> dict[str, int]:
         """Let the store forget up to ``limit`` entities idle past their retention as of
         ``now_ms`` (`features/expiry.py`): no feature of an event at ``now_ms`` or later
-        changes. Returns how many; a store without the sweep (Redis expires its keys) 0."""
+        changes. Returns how many of each kind; nothing from a store without the sweep
+        (Redis expires its own keys)."""
         forget = getattr(self.store, "forget_idle", None)
-        return int(forget(now_ms, limit)) if forget is not None else 0
+        return dict(forget(now_ms, limit)) if forget is not None else {}
 
     def process(self, event: Mapping[str, Any]) -> np.ndarray:
         """Features of ``event`` as of just before it, then its state update (the usual path)."""

@@ -69,23 +69,28 @@ class MemoryStateStore:
         if kept:
             kept.pop(key, None)
 
-    def forget_idle(self, now_ms: int, limit: int = 10_000) -> int:
+    def forget_idle(self, now_ms: int, limit: int = 10_000) -> dict[str, int]:
         """Forget up to ``limit`` entities idle since before ``now_ms`` minus their kind's
-        retention; returns how many. Entities are looked at in the order they were last put,
-        and the sweep of a kind stops at the first still active: one updated late (put
-        after newer ones) is forgotten later than it could be, never earlier."""
-        forgotten = 0
+        retention; returns how many of each kind. Entities are looked at in the order they
+        were last put, and the sweep of a kind stops at the first still active: one updated
+        late (put after newer ones) is forgotten later than it could be, never earlier."""
+        forgotten: dict[str, int] = {}
+        left = limit
         for kind, live in self._states.items():
             cutoff = now_ms - expiry.RETENTION_MS[kind]
-            while live and forgotten < limit:
+            n = 0
+            while live and n < left:
                 key = next(iter(live))
                 st = live[key]
                 if expiry.active_ms(st) >= cutoff:
                     break
                 del live[key]
-                forgotten += 1
+                n += 1
                 if (dormant := expiry.dormant(kind, st)) is not None:
                     self._dormant.setdefault(kind, {})[key] = dormant
+            if n:
+                forgotten[kind] = n
+                left -= n
         return forgotten
 
     def states(self, kind: str) -> Iterator[tuple[Any, Any]]:
