@@ -41,6 +41,7 @@ class RequestReader:
         self.body_limit = body_limit
         self.status = Status.MORE
         self.expects_continue = False  # HTTP/1.1 "Expect: 100-continue" and a body to come
+        self.target = b""  # the request-target (path and query), once the head is in
         self._head_end = -1
         self._scan = 0  # where the search for the end of the head (or trailers) resumes
         self._lf_checked = 0
@@ -93,6 +94,7 @@ class RequestReader:
             lines = lines[1:]  # one empty line may precede the request line
         if not lines:
             return Status.HAND_OFF
+        self.target = lines[0].partition(b" ")[2].rpartition(b" ")[0]
         fields: dict[bytes, list[bytes]] = {}
         for line in lines[1:]:
             name, colon, value = line.partition(b":")

@@ -49,6 +49,9 @@ READS_PER_EVENT = 4  # then back to the loop, so one fast sender does not hold i
 LINGER_SECONDS = 2.0  # as gunicorn's util.close_graceful
 LINGER_MAX_BYTES = 64 * 1024
 LOG_EVERY_SECONDS = 10.0
+# With one thread, requests are answered in the event loop, except these: an admin change
+# verifies and loads a model bundle (a second or more), which would hold every /score meanwhile.
+POOL_PATHS = (b"/admin/",)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -250,14 +253,15 @@ class BufferingThreadWorker(ThreadWorker):
 
     def hand_off(self, pending: _Pending, *, whole: bool) -> None:
         """To the thread pool, with the bytes read (the parser gets them in `handle`); with
-        one thread, answered here in the loop (`serve_inline`)."""
+        one thread, answered here in the loop (`serve_inline`), but for `POOL_PATHS`: the
+        pool's thread answers those while the loop goes on answering the rest."""
         self.finish(pending, closing=False)
         conn = pending.conn
         conn.buffered = pending.reader.new_bytes()
         conn.whole = whole
         conn.continued = pending.continued
         conn.data_ready = True  # gthread's handle() must not wait for a first byte again
-        if self.inline:
+        if self.inline and not pending.reader.target.startswith(POOL_PATHS):
             self.serve_inline(conn)
         else:
             super().enqueue_req(conn)

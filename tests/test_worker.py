@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,6 +66,12 @@ def test_a_request_is_whole_only_at_its_end_however_it_is_split(request_bytes: b
     byte_by_byte = read(*(request_bytes[i : i + 1] for i in range(len(request_bytes))))
     assert byte_by_byte.status is Status.WHOLE
     assert byte_by_byte.new_bytes() == request_bytes
+
+
+def test_the_request_target_is_read_from_the_head() -> None:
+    assert read(b"POST /admin/promote?x=1 HTTP/1.1\r\nHost: t\r\n").target == b""  # not yet
+    assert read(b"POST /admin/promote?x=1 HTTP/1.1\r\n\r\n").target == b"/admin/promote?x=1"
+    assert read(b"\r\nGET /health HTTP/1.0\r\n\r\n").target == b"/health"
 
 
 def test_pipelined_bytes_and_read_ahead() -> None:
@@ -153,6 +160,18 @@ def serve_command(port: int, threads: int = 2) -> list[str]:
     ]
 
 
+def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.2)
+
+
 class Server:
     def __init__(self, port: int, log: Path) -> None:
         self.port = port
@@ -187,15 +206,7 @@ def server(
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.2)
+        wait_ready(port, proc)
         yield Server(port, log)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -438,3 +449,62 @@ def test_a_bad_timeout_setting_stops_risk_serve_with_a_clear_error(tmp_path: Pat
 def test_operations_doc_names_the_setting() -> None:
     text = (ROOT / "docs" / "operations.md").read_text()
     assert "RISK_CLIENT_TIMEOUT_SECONDS" in text and "risk_client_timeouts_total" in text
+
+
+def test_with_one_thread_an_admin_change_does_not_hold_the_event_loop(tmp_path: Path) -> None:
+    """A promotion verifies and loads a bundle (most of a second): with one thread it runs on
+    the pool's thread (`POOL_PATHS`) while the loop goes on answering the others."""
+    from test_lifecycle import clone_fraud
+
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns("audit.jsonl"))
+    version = clone_fraud(models, "loop")
+    port = free_port()
+    env = {
+        **os.environ,
+        "RISK_DECISION_LOG_PATH": str(tmp_path / "decisions.sqlite"),
+        "RISK_HASH_KEY": "worker-test-" + "k" * 32,
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = serve_command(port, threads=1)
+    command[command.index("--models") + 1] = str(models)
+    with (tmp_path / "server.log").open("wb") as out:
+        proc = subprocess.Popen(
+            command, env=env, cwd=tmp_path, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        wait_ready(port, proc)
+        answered_meanwhile: list[float] = []
+        done = threading.Event()
+
+        def poll_health() -> None:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                buf = bytearray()
+                while not done.is_set():
+                    sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+                    assert read_response(sock, buf)[0] == 200
+                    answered_meanwhile.append(time.monotonic())
+                    time.sleep(0.005)
+
+        body = json.dumps({"kind": "fraud", "version": version}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as admin:
+            poller = threading.Thread(target=poll_health)
+            admin.sendall(
+                b"POST /admin/promote HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body
+            )
+            sent = time.monotonic()
+            poller.start()
+            status, _, answer = read_response(admin, bytearray())
+            finished = time.monotonic()
+            done.set()
+            poller.join(timeout=10)
+        assert status == 200, answer
+        assert json.loads(answer)["swapped_here"] is True
+        during = [t for t in answered_meanwhile if sent < t < finished]
+        # answered while the promotion ran (~0.1 s or more): in the loop it would have held
+        # them all, and at most one, answered as it finished, would fall inside
+        assert len(during) >= 4, (finished - sent, len(during))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
