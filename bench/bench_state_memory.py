@@ -12,7 +12,13 @@ their label_time, in a fresh process per mode, and prints what each process kept
 For each: live states and dormant records per kind, the process's resident memory
 growth over the replay (ru_maxrss), and the CPU per event.
 
-Usage: python bench/bench_state_memory.py [--events 400000] [--data data/default-world]
+The default world's 10,000 accounts all stay active, so little goes idle. ``--churn-days D``
+makes a population that churns: every D days of event time the accounts, devices,
+instruments, IPs and payees are renamed (a new generation of entities), and the previous
+ones go idle for good.
+
+Usage: python bench/bench_state_memory.py [--events 400000] [--churn-days D]
+       [--data data/default-world]
 """
 
 from __future__ import annotations
@@ -33,11 +39,20 @@ from risk_service.features import MemoryStateStore, OnlineFeatureEngine
 from risk_service.features.derived import to_ms
 from risk_service.scoring import SWEEP_EVERY_MS
 
+CHURNED = ("account_id", "device_id", "instrument_id", "ip_address", "payee_account_id")
 
-def run(data: Path, events: int, forget: bool) -> dict[str, Any]:
+
+def run(data: Path, events: int, forget: bool, churn_days: float | None) -> dict[str, Any]:
     table = pd.read_parquet(data / "events.parquet")
     table = table.sort_values("timestamp", kind="stable").head(events)
     records = table.to_dict("records")
+    if churn_days:
+        start = to_ms(records[0]["timestamp"])
+        for r in records:
+            generation = f"~{int((to_ms(r['timestamp']) - start) // (churn_days * 86_400_000))}"
+            for column in CHURNED:
+                if isinstance(r.get(column), str):
+                    r[column] += generation
     labels = [
         (to_ms(r["label_time"]), i)
         for i, r in enumerate(records)
@@ -64,6 +79,7 @@ def run(data: Path, events: int, forget: bool) -> dict[str, Any]:
     days = (to_ms(records[-1]["timestamp"]) - to_ms(records[0]["timestamp"])) / 86_400_000
     return {
         "mode": "forget" if forget else "keep",
+        "churn_days": churn_days,
         "events": len(records),
         "days": round(days, 1),
         "counts": store.counts(),
@@ -78,16 +94,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("data/default-world"))
     parser.add_argument("--events", type=int, default=400_000)
+    parser.add_argument("--churn-days", type=float, default=None)
     parser.add_argument("--mode", choices=["forget", "keep"], help="one mode, in this process")
     args = parser.parse_args()
     if args.mode:
-        print(json.dumps(run(args.data, args.events, args.mode == "forget")))
+        print(json.dumps(run(args.data, args.events, args.mode == "forget", args.churn_days)))
         return
+    churn = ["--churn-days", str(args.churn_days)] if args.churn_days else []
     results = []
     for mode in ("forget", "keep"):
         out = subprocess.run(
             [sys.executable, __file__, "--mode", mode, "--events", str(args.events),
-             "--data", str(args.data)],
+             "--data", str(args.data), *churn],
             check=True, capture_output=True, text=True,
         ).stdout  # fmt: skip
         results.append(json.loads(out.strip().splitlines()[-1]))
@@ -95,7 +113,8 @@ def main() -> None:
         print(json.dumps(r))
     for r in results:
         print(
-            f"| {r['mode']} | {r['events']:,} events, {r['days']} days | "
+            f"| {r['mode']} | {r['events']:,} events, {r['days']} days, "
+            f"churn {r['churn_days'] or 'none'} | "
             f"{r['live_states']:,} live, {r['dormant']:,} dormant | "
             f"+{r['rss_growth_mb']} MB | {r['cpu_us_per_event']} µs/event |"
         )
