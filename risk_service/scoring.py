@@ -207,8 +207,8 @@ class Scorer:
     def _replay_settled(
         self, settled: Settled, request: ScoreRequest, started: float
     ) -> dict[str, Any]:
-        """A retry of an event past the memory window: the answer as the decision log keeps it
-        (approval reasons asked for on such a retry are not computed: its features are gone)."""
+        """A retry of an event past the memory window: the answer as the decision log keeps it,
+        with approval reasons if asked for, from the features the log kept."""
         event_id = request.event_id
         if settled.body_hash != request.canonical_body_hash:
             raise Conflict(
@@ -219,6 +219,11 @@ class Scorer:
         if record is None or record.response is None:
             raise RuntimeError(f"event {event_id!r} was scored, but its answer is not in the log")
         response = dict(record.response)
+        fraud = response.get("fraud")
+        if request.explain and fraud is not None and not fraud.get("reasons") and record.features:
+            x = _logged_x(record.features)
+            if x is not None:
+                response = self._with_approval_reasons(response, x)
         response["timing_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return response
 
@@ -630,6 +635,17 @@ def _as_application(event: Mapping[str, Any]) -> dict[str, Any]:
 
 def _nan_to_zero(value: float) -> float:
     return 0.0 if math.isnan(value) else value
+
+
+def _logged_x(features: Mapping[str, float | None]) -> np.ndarray | None:
+    """The fraud feature vector back from a logged record (None read back as NaN); None if
+    the record holds another feature set (a credit application's)."""
+    if any(name not in features for name in FEATURE_NAMES):
+        return None
+    values = (features[name] for name in FEATURE_NAMES)
+    return np.fromiter(
+        (math.nan if v is None else v for v in values), np.float64, len(FEATURE_NAMES)
+    )
 
 
 def _features_dict(names: tuple[str, ...], x: np.ndarray) -> dict[str, float | None]:

@@ -235,6 +235,24 @@ def test_a_retry_past_the_memory_window_is_answered_from_the_log(make_app: AppFa
     assert features["account_known_frauds_90d"] == 1
 
 
+def test_a_settled_approval_gets_the_same_reasons_when_asked(make_app: AppFactory) -> None:
+    """`"explain": true` on a retry: from memory while whole, from the logged features once
+    settled, the same reasons."""
+    app = make_app(IDEMPOTENCY_MEMORY_EVENTS=1)
+    client = app.test_client()
+    t0 = NOW - timedelta(hours=2)
+    body = payment("r-0", timestamp=iso(t0))
+    assert client.post("/score", json=body).get_json()["fraud"]["reasons"] == []
+    whole = client.post("/score", json={**body, "explain": True}).get_json()
+    assert whole["decision"] == "approve" and 3 <= len(whole["fraud"]["reasons"]) <= 5
+    client.post("/score", json=payment("r-1", timestamp=iso(t0 + timedelta(minutes=1))))
+    scorer = app.extensions["risk"]
+    assert scorer.idempotency.whole() == 1  # r-0 is settled now
+    settled = client.post("/score", json={**body, "explain": True}).get_json()
+    assert settled["fraud"]["reasons"] == whole["fraud"]["reasons"]
+    assert client.post("/score", json=body).get_json()["fraud"]["reasons"] == []
+
+
 def test_same_event_id_with_another_body_is_409(client: FlaskClient) -> None:
     client.post("/score", json=payment("e-dup"))
     response = client.post("/score", json=payment("e-dup", amount=43.0))
