@@ -82,6 +82,28 @@ def test_recent_members_vs_brute_force(cap: int) -> None:
         assert len(agg.last) <= cap
 
 
+@pytest.mark.parametrize("cap", [3, 50])
+def test_recent_members_after_late_updates_equal_the_time_sorted_stream(cap: int) -> None:
+    """Updates arriving up to 20 minutes late: after each, the set is the one the same
+    updates give in time order (ties in arrival order), so later events see no difference."""
+    rng = np.random.default_rng(5)
+    horizon = Window("2h", MINUTE_MS, 120)
+    times = _stream(rng, 800, MINUTE_MS)
+    arrival = times + (rng.random(len(times)) < 0.3) * rng.integers(1, 20 * MINUTE_MS, len(times))
+    order = np.lexsort((np.arange(len(times)), arrival))
+    stream = [(int(times[i]), str(rng.integers(0, 12))) for i in order]
+    agg = RecentMembers(horizon, cap=cap)
+    late = 0
+    for k, (t, m) in enumerate(stream):
+        late += bool(agg.last) and t < max(agg.last.values())
+        agg.update(m, t)
+        in_time = RecentMembers(horizon, cap=cap)
+        for tt, mm in sorted(stream[: k + 1], key=lambda u: u[0]):  # stable: ties as arrived
+            in_time.update(mm, tt)
+        assert list(agg.last.items()) == list(in_time.last.items()), k
+    assert late > 100
+
+
 @pytest.mark.parametrize("cap", [2, 4, 1024])
 def test_distinct_kernel_equals_recent_members(cap: int) -> None:
     rng = np.random.default_rng(3)

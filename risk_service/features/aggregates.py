@@ -5,13 +5,15 @@ pickles into a small blob (what a Redis-backed store will keep).
 
 Late events (a timestamp before the latest one this object has seen) are accepted
 but windows are then evaluated at that latest time: a bucket once expired is gone.
-With events arriving in canonical order (the replay of a table) nothing is lost and
-the results equal the offline computation exactly.
+A late update is placed where a time-sorted stream would have put it, so queries at
+or after the latest time answer as for the sorted stream; with events arriving in
+canonical order (the replay of a table) the results equal the offline computation
+exactly.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Sequence
 
 from risk_service.features.spec import DISTINCT_CAP, Window
@@ -83,22 +85,22 @@ class RollingSums:
 
 
 class RecentMembers:
-    """Members of a distinct-set, most recently seen last, with their last-seen time.
+    """Members of a distinct-set with their last-seen time, in time order of that sighting.
 
     Keeps at most ``cap`` members (forgetting the least recently seen) and forgets members
-    whose last-seen bucket falls out of ``horizon``.  Recency is arrival order.
+    whose last-seen bucket falls out of ``horizon``. Recency is time, ties in arrival
+    order: an update older than the newest sighting (an event that arrived late) goes to its
+    place in time, so the set after it is the one a time-sorted stream would give.
     """
 
-    __slots__ = ("cap", "h_bucket", "h_n", "in_time_order", "last")
+    __slots__ = ("cap", "h_bucket", "h_n", "last")
 
     def __init__(self, horizon: Window, cap: int = DISTINCT_CAP) -> None:
         self.h_bucket = horizon.bucket_ms
         self.h_n = horizon.n_buckets
         self.cap = cap
+        # member -> last-seen ms, in time order: the members outside a window form a prefix
         self.last: dict[str, int] = {}
-        # True while last-seen times never decrease along the recency order (no late update):
-        # then the members outside a window form a prefix and `count` may scan from both ends.
-        self.in_time_order = True
 
     def is_new(self, member: str, t_ms: int) -> bool:
         """True if ``member`` is not in the set as seen at ``t_ms`` (first seen in horizon)."""
@@ -108,18 +110,14 @@ class RecentMembers:
         return seen // self.h_bucket <= t_ms // self.h_bucket - self.h_n
 
     def count(self, t_ms: int, window: Window) -> int:
-        """Members last seen in ``window`` (so at most ``cap``)."""
+        """Members last seen in ``window`` (so at most ``cap``).
+
+        The members outside the window are a prefix of the time order, so this scans from
+        both ends, O(min(inside, outside)): a busy shared IP has ~cap members inside.
+        """
         cutoff = t_ms // window.bucket_ms - window.n_buckets
         b = window.bucket_ms
         last = self.last
-        if not self.in_time_order:  # the definition: the newest members, up to the first old one
-            k = 0
-            for seen in reversed(last.values()):
-                if seen // b <= cutoff:
-                    break
-                k += 1
-            return k
-        # Same answer, O(min(inside, outside)): a busy shared IP has ~cap members inside.
         n = len(last)
         newest, oldest = reversed(last.values()), iter(last.values())
         inside = outside = 0
@@ -136,11 +134,15 @@ class RecentMembers:
 
     def update(self, member: str, t_ms: int) -> None:
         last = self.last
-        seen = last.pop(member, None)
-        value = t_ms if seen is None or t_ms > seen else seen
-        if last and self.in_time_order and value < next(reversed(last.values())):
-            self.in_time_order = False
-        last[member] = value
+        seen = last.get(member)
+        if seen is not None:
+            if t_ms < seen:
+                return  # a late sighting of a member seen since: nothing changes
+            del last[member]
+        if last and t_ms < next(reversed(last.values())):
+            last = self._insert_in_time_order(member, t_ms)
+        else:
+            last[member] = t_ms
         if len(last) > self.cap:
             del last[next(iter(last))]
         cutoff = t_ms // self.h_bucket - self.h_n
@@ -149,6 +151,15 @@ class RecentMembers:
             if last[first] // self.h_bucket > cutoff:
                 break
             del last[first]
+
+    def _insert_in_time_order(self, member: str, value: int) -> dict[str, int]:
+        """A late sighting: after every member seen at or before ``value`` (O(members));
+        returns the new dict."""
+        items = list(self.last.items())
+        at = bisect_right([seen for _, seen in items], value)
+        items.insert(at, (member, value))
+        self.last = dict(items)
+        return self.last
 
 
 class LabelTimes:

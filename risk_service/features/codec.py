@@ -9,6 +9,7 @@ blob is only ever read by the code that wrote it.
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -24,7 +25,7 @@ def encode_state(st: EntityState) -> bytes:
     return orjson.dumps(
         [
             [[r.cutoff, r.totals, r.buckets] for r in st.rolling],
-            [[m.in_time_order, list(m.last.items())] for m in st.distinct],
+            [[True, list(m.last.items())] for m in st.distinct],  # True: in time order
             [lab.times for lab in st.labels],
             st.last_ms,
             st.last_loc,
@@ -43,8 +44,8 @@ def decode_state(kind: str, blob: bytes | str) -> EntityState:
     for agg, (cutoff, totals, buckets) in zip(st.rolling, rolling, strict=True):
         agg.cutoff, agg.totals, agg.buckets = cutoff, totals, buckets
     for members, (in_order, items) in zip(st.distinct, distinct, strict=True):
-        members.in_time_order = in_order
-        members.last = dict(items)
+        # blobs written before 2026-12-03 kept arrival order (in_order false after a late one)
+        members.last = dict(items if in_order else sorted(items, key=itemgetter(1)))
     for lab, times in zip(st.labels, labels, strict=True):
         lab.times = times
     st.last_ms = last_ms

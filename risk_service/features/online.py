@@ -313,10 +313,12 @@ class OnlineFeatureEngine:
                 m = keys[x.member]
                 if m is not None:
                     members.update(m, ms)
-            st.last_ms = ms
+            # the previous event is the latest in time, not in arrival (a late one keeps it)
+            if st.last_ms is None or ms >= st.last_ms:
+                st.last_ms = ms
             if kind == "account":
                 lat, lon = _float(event.get("latitude")), _float(event.get("longitude"))
-                if lat == lat and lon == lon:
+                if lat == lat and lon == lon and (st.last_loc is None or ms >= st.last_loc[2]):
                     st.last_loc = (lat, lon, ms)
             store.put(kind, key, st)
 
