@@ -10,7 +10,8 @@ their label_time, in a fresh process per mode, and prints what each process kept
   keep    no sweep (every entity's state kept for good)
 
 For each: live states and dormant records per kind, the process's resident memory
-growth over the replay (ru_maxrss), and the CPU per event.
+growth over the replay (ru_maxrss), and the CPU per event; the garbage collector is set as
+the service sets it (`service.tune_gc`: young collections only).
 
 The default world's 10,000 accounts all stay active, so little goes idle. ``--churn-days D``
 makes a population that churns: every D days of event time the accounts, devices,
@@ -38,6 +39,7 @@ import pandas as pd
 from risk_service.features import MemoryStateStore, OnlineFeatureEngine
 from risk_service.features.derived import to_ms
 from risk_service.scoring import SWEEP_EVERY_MS
+from risk_service.service import tune_gc
 
 CHURNED = ("account_id", "device_id", "instrument_id", "ip_address", "payee_account_id")
 
@@ -62,6 +64,7 @@ def run(data: Path, events: int, forget: bool, churn_days: float | None) -> dict
     del table
     store = MemoryStateStore()
     engine = OnlineFeatureEngine(store)
+    tune_gc()  # the service's collector settings: young collections only
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     sweep_at = -(2**62)
     started = time.process_time()

@@ -44,8 +44,8 @@ def active_ms(st: EntityState) -> int:
         if sums.buckets:  # a bucket holds times up to its end
             latest = max(latest, (sums.buckets[-1][0] + 1) * sums.bucket_ms - 1)
     for members in st.distinct:
-        if members.last:
-            latest = max(latest, max(members.last.values()))
+        if members.last:  # in time order: the newest sighting is last
+            latest = max(latest, next(reversed(members.last.values())))
     for labels in st.labels:
         if labels.times:
             latest = max(latest, labels.times[-1])
