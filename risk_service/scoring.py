@@ -53,9 +53,10 @@ log = logging.getLogger("risk_service.scoring")
 _FRAUD_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _CREDIT_INDEX = {name: i for i, name in enumerate(CREDIT_FEATURE_NAMES)}
 # The in-memory state forgets idle entities as event time advances (`features/expiry.py`):
-# a sweep a minute of event time, at most SWEEP_LIMIT entities per request (~1 µs each).
+# a sweep a minute of event time, at most SWEEP_LIMIT entities per request (forgetting one
+# costs ~12 µs, freeing its buckets: measured 1.2 ms p50, 4.5 ms max per 100 when many are due).
 SWEEP_EVERY_MS = 60_000
-SWEEP_LIMIT = 1_000
+SWEEP_LIMIT = 100
 
 
 class FeatureView(Mapping[str, float]):

@@ -20,6 +20,7 @@ from risk_service.features import (
 from risk_service.features.expiry import RETENTION_MS, Dormant, active_ms
 from risk_service.features.online import new_state
 from risk_service.features.spec import DAY_MS
+from risk_service.scoring import SWEEP_LIMIT
 
 SINCE = FEATURE_NAMES.index("seconds_since_account_previous_event")
 KM = FEATURE_NAMES.index("km_from_previous_location")
@@ -136,24 +137,27 @@ def test_the_service_forgets_idle_entities_and_counts_their_gap(make_app: AppFac
     for n in range(50):  # 50 accounts, each on its own ip, device and card, over 50 minutes
         score(n, n, t0 + timedelta(minutes=n))
     assert store.counts()["ip"] == (50, 0)
-    # 100 days later, another account: the 50 are forgotten, accounts and devices left dormant
+    # 100 days later, other accounts: the 50 are forgotten (accounts and devices left
+    # dormant), at most SWEEP_LIMIT a request: 200 states are due, so two requests
     later = t0 + timedelta(days=100)
     score(100, 100, later)
+    assert sum(live for live, _ in store.counts().values()) == 201 + 4 - SWEEP_LIMIT
+    score(101, 101, later + timedelta(seconds=1))
     counts = store.counts()
-    assert counts["ip"] == (1, 0) and "payee" not in counts  # no transfers
-    assert counts["account"] == (1, 50) and counts["device"] == (1, 50)
+    assert counts["ip"] == (2, 0) and "payee" not in counts  # no transfers
+    assert counts["account"] == (2, 50) and counts["device"] == (2, 50)
     assert counts["merchant"] == (1, 0)  # m-1 was paid again
     # the sweep's numbers reach /metrics
     text = client.get("/metrics").get_data(as_text=True)
     assert 'risk_state_entities{kind="account",tier="dormant"} 50.0' in text
-    assert 'risk_state_entities{kind="ip",tier="live"} 1.0' in text
+    assert 'risk_state_entities{kind="ip",tier="live"} 2.0' in text
     assert metrics.sample("risk_state_forgotten_total", {"kind": "ip"}) >= 50
-    assert 'risk_idempotency_records{tier="whole"} 51.0' in text
+    assert 'risk_idempotency_records{tier="whole"} 52.0' in text
     # one comes back: its gap since its previous event is exact, its windows empty
-    score(101, 7, later + timedelta(minutes=1))
-    features = scorer.log.get("exp-101").features
+    score(102, 7, later + timedelta(minutes=1))
+    features = scorer.log.get("exp-102").features
     gap = (later + timedelta(minutes=1) - (t0 + timedelta(minutes=7))).total_seconds()
     assert features["seconds_since_account_previous_event"] == gap
     assert features["seconds_since_device_previous_event"] == gap
     assert features["account_events_30d"] == 0
-    assert store.counts()["account"] == (2, 49)
+    assert store.counts()["account"] == (3, 49)
