@@ -504,7 +504,7 @@ def test_with_one_thread_an_admin_change_does_not_hold_the_event_loop(tmp_path: 
         during = [t for t in answered_meanwhile if sent < t < finished]
         # answered while the promotion ran (~0.1 s or more): in the loop it would have held
         # them all, and at most one, answered as it finished, would fall inside
-        assert len(during) >= 4, (finished - sent, len(during))
+        assert len(during) >= 3, (finished - sent, len(during))
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
