@@ -38,7 +38,7 @@ import pandas as pd
 
 from risk_service.features import MemoryStateStore, OnlineFeatureEngine
 from risk_service.features.derived import to_ms
-from risk_service.scoring import SWEEP_EVERY_MS, SWEEP_LIMIT
+from risk_service.scoring import SWEEP_LIMIT, next_sweep_ms
 from risk_service.service import tune_gc
 
 CHURNED = ("account_id", "device_id", "instrument_id", "ip_address", "payee_account_id")
@@ -75,8 +75,7 @@ def run(data: Path, events: int, forget: bool, churn_days: float | None) -> dict
             engine.ingest_label(records[i], 1, label_ms)
         engine.process(record)
         if forget and ms >= sweep_at:
-            n = sum(engine.forget_idle(ms, SWEEP_LIMIT).values())
-            sweep_at = ms + (0 if n >= SWEEP_LIMIT else SWEEP_EVERY_MS)
+            sweep_at = next_sweep_ms(ms, engine.forget_idle(ms, SWEEP_LIMIT))
     cpu = time.process_time() - started
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     days = (to_ms(records[-1]["timestamp"]) - to_ms(records[0]["timestamp"])) / 86_400_000

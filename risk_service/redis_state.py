@@ -43,7 +43,7 @@ from risk_service.breaker import CircuitBreaker
 from risk_service.decision_log import Pseudonymiser
 from risk_service.features import codec
 from risk_service.features.derived import is_missing
-from risk_service.features.expiry import KEEPS_LAST_SEEN
+from risk_service.features.expiry import KEEPS_LAST_SEEN, RETENTION_MS
 from risk_service.features.spec import ENTITY_KEYS, FEATURE_SET_VERSION, LABELS, ROLLINGS
 
 TOKEN_LEN = 16
@@ -157,7 +157,7 @@ def _no_observe(store: str, op: str, seconds: float, ok: bool) -> None:
 def state_ttls(profile_ttl_ms: int) -> dict[str, int]:
     """Kind -> TTL of its keys: the retention of its windows, but the profile's for kinds
     whose last event features read without a window (in memory: their `Dormant` records)."""
-    ttls = {kind: codec.retention_ms(kind) for kind in ENTITY_KEYS}
+    ttls = dict(RETENTION_MS)
     for kind in KEEPS_LAST_SEEN:
         ttls[kind] = max(ttls[kind], profile_ttl_ms)
     ttls["profile"] = profile_ttl_ms

@@ -59,6 +59,12 @@ SWEEP_EVERY_MS = 60_000
 SWEEP_LIMIT = 100
 
 
+def next_sweep_ms(now_ms: int, forgotten: Mapping[str, int]) -> int:
+    """When to sweep next after one that forgot ``forgotten``: at the limit more are due,
+    so on the next event; else a minute of event time on."""
+    return now_ms + (0 if sum(forgotten.values()) >= SWEEP_LIMIT else SWEEP_EVERY_MS)
+
+
 class FeatureView(Mapping[str, float]):
     """Feature values by name over a vector, without building a dict per request."""
 
@@ -195,9 +201,7 @@ class Scorer:
         scored on the current state anyway, may see a forgotten entity as new)."""
         horizon = self.watermark_ms - self.settings.max_lateness_ms
         forgotten = self.engine.forget_idle(horizon, SWEEP_LIMIT)
-        # at the limit: more are due, so sweep again on the next event
-        at_limit = sum(forgotten.values()) >= SWEEP_LIMIT
-        self._sweep_at_ms = self.watermark_ms + (0 if at_limit else SWEEP_EVERY_MS)
+        self._sweep_at_ms = next_sweep_ms(self.watermark_ms, forgotten)
         store = self.engine.store
         if isinstance(store, MemoryStateStore):
             idem = self.idempotency
@@ -221,10 +225,10 @@ class Scorer:
             raise RuntimeError(f"event {event_id!r} was scored, but its answer is not in the log")
         response = dict(record.response)
         fraud = response.get("fraud")
-        if request.explain and fraud is not None and not fraud.get("reasons") and record.features:
-            x = _logged_x(record.features)
-            if x is not None:
-                response = self._with_approval_reasons(response, x)
+        logged = record.features or {}
+        asked = request.explain and fraud is not None and not fraud.get("reasons")
+        if asked and _FRAUD_INDEX.keys() <= logged.keys():  # not a credit application's
+            response = self._with_approval_reasons(response, _vector(logged, FEATURE_NAMES))
         response["timing_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return response
 
@@ -387,11 +391,7 @@ class Scorer:
             model_decision = None
             view: FeatureView
             if request.kind == "credit_application":
-                xc = np.array(
-                    [np.nan if entry.features.get(n) is None else entry.features[n]
-                     for n in CREDIT_FEATURE_NAMES],
-                    dtype=np.float64,
-                )  # fmt: skip
+                xc = _vector(entry.features, CREDIT_FEATURE_NAMES)
                 view = FeatureView(xc, _CREDIT_INDEX)
                 if models.credit is not None and not degraded:
                     pd_ = float(models.credit.predict_pd(xc.reshape(1, -1))[0])
@@ -638,15 +638,11 @@ def _nan_to_zero(value: float) -> float:
     return 0.0 if math.isnan(value) else value
 
 
-def _logged_x(features: Mapping[str, float | None]) -> np.ndarray | None:
-    """The fraud feature vector back from a logged record (None read back as NaN); None if
-    the record holds another feature set (a credit application's)."""
-    if any(name not in features for name in FEATURE_NAMES):
-        return None
-    values = (features[name] for name in FEATURE_NAMES)
-    return np.fromiter(
-        (math.nan if v is None else v for v in values), np.float64, len(FEATURE_NAMES)
-    )
+def _vector(features: Mapping[str, float | None], names: tuple[str, ...]) -> np.ndarray:
+    """A feature vector in ``names`` order from values by name (None or absent: NaN), as a
+    decision record keeps them."""
+    values = (features.get(name) for name in names)
+    return np.fromiter((math.nan if v is None else v for v in values), np.float64, len(names))
 
 
 def _features_dict(names: tuple[str, ...], x: np.ndarray) -> dict[str, float | None]:

@@ -328,7 +328,7 @@ class OnlineFeatureEngine:
         changes. Returns how many of each kind; nothing from a store without the sweep
         (Redis expires its own keys)."""
         forget = getattr(self.store, "forget_idle", None)
-        return dict(forget(now_ms, limit)) if forget is not None else {}
+        return forget(now_ms, limit) if forget is not None else {}
 
     def process(self, event: Mapping[str, Any]) -> np.ndarray:
         """Features of ``event`` as of just before it, then its state update (the usual path)."""
