@@ -12,10 +12,10 @@ from werkzeug.exceptions import HTTPException
 from risk_service import metrics
 from risk_service.decision_log import DecisionLogError
 from risk_service.errors import ApiError, InvalidField, NotFound
-from risk_service.features.spec import ENTITY_KEYS
+from risk_service.features.spec import ENTITY_KEYS, LABEL_KINDS
 from risk_service.feedback import parse_feedback
 from risk_service.openapi import docs_page, openapi_document
-from risk_service.redis_state import LABEL_KINDS, StoreUnavailable
+from risk_service.redis_state import StoreUnavailable
 from risk_service.requests import parse_json_body, validate_score_request
 from risk_service.scoring import Scorer
 from risk_service.timeutil import iso_ms, ms_to_datetime

@@ -68,7 +68,6 @@ class IdempotencyEntry:
     models: Any = None  # the models that scored it (a hot swap must not mix versions)
     credit_x: Any = None  # credit features, when adverse-action reasons are due
     logged: bool = False
-    labels: set[str] = field(default_factory=set)  # labels already applied to the state
     ready: Ready = field(default_factory=Ready)
 
 
@@ -78,7 +77,6 @@ class Settled(NamedTuple):
     created_ms: int
     body_hash: str
     label_ids: tuple[Any, ...]  # the event's values of the store's ``label_fields``
-    labelled: bool = False  # its fraud label was applied to the state
 
     def label_event(self, label_fields: tuple[str, ...]) -> dict[str, Any]:
         """The identifiers a label needs, as the event dict `ingest_label` reads."""
@@ -121,10 +119,6 @@ class MemoryIdempotencyStore:
         if len(self._whole) > self.memory_events:
             self._settle()
 
-    def mark_labelled(self, event_id: str, settled: Settled) -> None:
-        """Remember that a settled event's fraud label reached the state."""
-        self._settled[event_id] = settled._replace(labelled=True)
-
     def _settle(self) -> None:
         """Settle the oldest whole entries beyond the window. One still being scored, or not
         logged yet (its append failed, and a retry will make it), stays whole for now."""
@@ -142,7 +136,6 @@ class MemoryIdempotencyStore:
                 entry.created_ms,
                 entry.body_hash,
                 tuple(entry.event.get(f) for f in self.label_fields),
-                "is_fraud" in entry.labels,
             )
 
     def _expire(self, now_ms: int) -> None:
@@ -161,3 +154,31 @@ class MemoryIdempotencyStore:
     def whole(self) -> int:
         """How many entries are whole (in the memory window)."""
         return len(self._entries)
+
+
+class AppliedLabels:
+    """The events whose fraud label reached the state, each remembered for ``ttl_ms`` after
+    (wall clock): a label is applied once, whether it finds its event's idempotency record
+    or, past it, the decision log. Fraud labels are rare (about one event in 200), so this
+    stays small; the TTL is how long a label can still count in a feature
+    (`features.expiry.LABEL_HORIZON_MS`), as for the label keys on Redis."""
+
+    def __init__(self, ttl_ms: int) -> None:
+        self.ttl_ms = ttl_ms
+        self._applied: dict[str, int] = {}
+        self._order: deque[tuple[int, str]] = deque()
+
+    def seen(self, event_id: str, now_ms: int) -> bool:
+        order, applied = self._order, self._applied
+        while order and order[0][0] + self.ttl_ms <= now_ms:
+            at, old = order.popleft()
+            if applied.get(old) == at:
+                del applied[old]
+        return event_id in applied
+
+    def add(self, event_id: str, now_ms: int) -> None:
+        self._applied[event_id] = now_ms
+        self._order.append((now_ms, event_id))
+
+    def __len__(self) -> int:
+        return len(self._applied)

@@ -44,10 +44,13 @@ from risk_service.decision_log import Pseudonymiser
 from risk_service.features import codec
 from risk_service.features.derived import is_missing
 from risk_service.features.expiry import KEEPS_LAST_SEEN, RETENTION_MS
-from risk_service.features.spec import ENTITY_KEYS, FEATURE_SET_VERSION, LABELS, ROLLINGS
+from risk_service.features.spec import (
+    ENTITY_KEYS,
+    FEATURE_SET_VERSION,
+    ROLLINGS,
+)
 
 TOKEN_LEN = 16
-LABEL_KINDS: tuple[str, ...] = tuple(dict.fromkeys(lab.state for lab in LABELS))
 
 _COMMIT_LUA = """
 -- KEYS[1] idempotency record, KEYS[2] watermark, KEYS[3..] states read by the transaction

@@ -38,9 +38,16 @@ from risk_service.features import (
     OnlineFeatureEngine,
     request_time_features,
 )
+from risk_service.features.expiry import LABEL_HORIZON_MS
 from risk_service.features.online import profile_from_row
+from risk_service.features.spec import ENTITY_KEYS, LABEL_KINDS
 from risk_service.fraud_model import FraudModel
-from risk_service.idempotency import IdempotencyEntry, MemoryIdempotencyStore, Settled
+from risk_service.idempotency import (
+    AppliedLabels,
+    IdempotencyEntry,
+    MemoryIdempotencyStore,
+    Settled,
+)
 from risk_service.policy import SEVERITY, Policy
 from risk_service.redis_state import RedisState, StoreUnavailable
 from risk_service.requests import ScoreRequest
@@ -142,6 +149,7 @@ class Scorer:
         self.idempotency = idempotency
         self.settings = settings or ScoringSettings()
         self.lock = threading.Lock()
+        self.applied_labels = AppliedLabels(LABEL_HORIZON_MS)
         self.watermark_ms = -(2**62)
         self._sweep_at_ms = -(2**62)  # event time of the next sweep of idle entities
         if file is not None:
@@ -510,9 +518,10 @@ class Scorer:
 
         Returns "applied", "duplicate" (this event's label was applied before),
         "ignored" (not a fraud label: only known frauds are counted) or "unknown"
-        (the event's entities are not known here: in memory, its idempotency
-        record expired). On Redis, ``hashed_entities`` (kind -> the decision log's
-        hashed id) route labels whose idempotency record has expired.
+        (the event's entities are not known here). The entities come from the event's
+        idempotency record; past it (chargebacks come weeks after the payment, records live
+        a week), from ``hashed_entities``: kind -> the decision log's hashed id, which is the
+        key the state is kept under (on Redis, and in memory for the label kinds).
         """
         if not is_fraud:
             return "ignored"
@@ -521,21 +530,32 @@ class Scorer:
 
             return ingest_label_shared(self, event_id, label_time, hashed_entities or {})
         with self.lock:
-            entry = self.idempotency.get(event_id, int(time.time() * 1000))
-            if entry is None:
-                return "unknown"
+            now_ms = int(time.time() * 1000)
+            if self.applied_labels.seen(event_id, now_ms):
+                return "duplicate"
+            entry = self.idempotency.get(event_id, now_ms)
             if isinstance(entry, Settled):
-                if entry.labelled:
-                    return "duplicate"
                 event = entry.label_event(self.idempotency.label_fields)
                 self.engine.ingest_label(event, is_fraud, label_time)
-                self.idempotency.mark_labelled(event_id, entry)
-                return "applied"
-            if "is_fraud" in entry.labels:
-                return "duplicate"
-            self.engine.ingest_label(entry.event, is_fraud, label_time)
-            entry.labels.add("is_fraud")
+            elif entry is not None:
+                self.engine.ingest_label(entry.event, is_fraud, label_time)
+            elif not self._ingest_label_by_hashes(hashed_entities or {}, label_time):
+                return "unknown"
+            self.applied_labels.add(event_id, now_ms)
         return "applied"
+
+    def _ingest_label_by_hashes(self, hashed: Mapping[str, str], label_time: Any) -> bool:
+        """A label whose event left the idempotency records, to the entities the log names
+        by their hashes; False if none is known that way (or the store is not keyed so)."""
+        store = self.engine.store
+        if not isinstance(store, MemoryStateStore):
+            return False
+        kinds = [k for k in LABEL_KINDS if hashed.get(k) and store.hashes(k)]
+        if not kinds:
+            return False
+        event = {ENTITY_KEYS[k]: hashed[k] for k in kinds}
+        OnlineFeatureEngine(store.by_stored_key()).ingest_label(event, 1, label_time)
+        return True
 
     def ingest_profiles(
         self, accounts: Iterable[Mapping[str, Any]], marker: str | None = None

@@ -31,11 +31,11 @@ import numpy as np
 from risk_service.backlog import DegradedEvent
 from risk_service.decision_log import DecisionLogError, DecisionRecord
 from risk_service.errors import Conflict
-from risk_service.features import CREDIT_FEATURE_NAMES, FEATURE_NAMES, OnlineFeatureEngine, codec
-from risk_service.features.spec import ENTITY_KEYS
+from risk_service.features import CREDIT_FEATURE_NAMES, FEATURE_NAMES, OnlineFeatureEngine
+from risk_service.features.expiry import LABEL_HORIZON_MS
+from risk_service.features.spec import ENTITY_KEYS, LABEL_KINDS
 from risk_service.idempotency import IdempotencyEntry
 from risk_service.redis_state import (
-    LABEL_KINDS,
     StoredDecision,
     StoreUnavailable,
     TransactionStore,
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 
 MAX_ATTEMPTS = 50
 POLL_S = 0.002
-# a label is remembered as applied for as long as it can still count in a feature
-LABEL_KEY_TTL_MS = max(codec.retention_ms(kind) for kind in LABEL_KINDS)
 
 
 def score_shared(
@@ -248,7 +246,7 @@ def ingest_label_shared(
         if txn.existing is not None:
             return "duplicate"
         OnlineFeatureEngine(TransactionStore(shared, txn)).ingest_label(as_event, 1, label_time)
-        outcome = shared.commit(txn, b"1", LABEL_KEY_TTL_MS, None)
+        outcome = shared.commit(txn, b"1", LABEL_HORIZON_MS, None)
         if outcome == "OK":
             return "applied"
         if outcome == "EXISTS":

@@ -18,6 +18,7 @@ from risk_service import features as fs
 from risk_service import lifecycle, metrics
 from risk_service.breaker import CircuitBreaker
 from risk_service.decision_log import default_spool_dir, open_decision_log
+from risk_service.decision_records import Pseudonymiser
 from risk_service.fraud_model import check_reasons_method
 from risk_service.idempotency import MemoryIdempotencyStore
 from risk_service.lifecycle import ChampionWatcher, Serving
@@ -164,8 +165,11 @@ def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
     )
     serving = watcher.load()
     _publish_versions(serving)
+    # in memory, the label kinds' states are keyed as the log names them (labels come weeks
+    # later, past the idempotency records: `Scorer.ingest_label`); Redis hashes every key
+    store = fs.MemoryStateStore(Pseudonymiser(key), fs.LABEL_KINDS)
     scorer = Scorer(
-        engine=fs.OnlineFeatureEngine(),
+        engine=fs.OnlineFeatureEngine(store),
         models=serving.models,
         policy=serving.policy,
         log=open_decision_log(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,41 @@ def test_feedback_reaches_the_log_and_the_online_state_once(
     assert [(x["label"], x["value"], x["source"]) for x in labels] == [
         ("is_fraud", 1, "chargeback")
     ]  # the redelivery was not stored twice
+
+
+def test_a_chargeback_past_the_idempotency_records_still_reaches_the_online_state(
+    make_app: AppFactory, state_config: dict[str, Any]
+) -> None:
+    """Chargebacks come weeks after the payment, idempotency records live a week: the label
+    finds the event's entities from the decision log's hashes, in memory as on Redis, once."""
+    scorer_app = make_app(IDEMPOTENCY_TTL_SECONDS=1, **state_config)
+    client = scorer_app.test_client()
+    t0 = NOW - timedelta(days=2)
+    entities = {"merchant_id": "m-old", "device_id": "d-old", "account_id": "a-old"}
+    body = payment("old-0", timestamp=iso(t0), **entities)
+    assert client.post("/score", json=body).status_code == 200
+    time.sleep(1.2)  # the event's idempotency record expires
+    scorer = scorer_app.extensions["risk"]
+    if scorer.shared is None:
+        assert scorer.idempotency.get("old-0", int(time.time() * 1000)) is None
+    else:
+        assert scorer.shared.stored_decision("old-0") is None
+    chargeback = label("old-0", label_time=iso(t0 + timedelta(hours=12)))
+    first = client.post("/feedback", json=chargeback)
+    assert first.status_code == 200 and first.get_json()["online_state"] == "applied"
+    again = client.post("/feedback", json=chargeback)
+    assert again.get_json()["online_state"] == "duplicate"
+    for i, same in enumerate((entities, {"merchant_id": "m-other", "account_id": "a-other"})):
+        later = payment(f"old-later-{i}", timestamp=iso(t0 + timedelta(days=1)), **same)
+        assert client.post("/score", json=later).status_code == 200
+    seen = client.get("/decisions/old-later-0").get_json()["features"]
+    assert seen["merchant_known_frauds_30d"] == 1
+    assert seen["device_known_frauds_30d"] == 1
+    assert seen["account_known_frauds_90d"] == 1
+    assert seen["account_events_24h"] == 0  # the payment a day before is out of that window
+    assert seen["account_events_7d"] == 1
+    other = client.get("/decisions/old-later-1").get_json()["features"]
+    assert other["merchant_known_frauds_30d"] == 0 and other["account_known_frauds_90d"] == 0
 
 
 def test_a_decision_reads_back_with_features_reasons_and_versions(client: FlaskClient) -> None:

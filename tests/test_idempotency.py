@@ -8,7 +8,13 @@ import tracemalloc
 
 import numpy as np
 
-from risk_service.idempotency import IdempotencyEntry, MemoryIdempotencyStore, Ready, Settled
+from risk_service.idempotency import (
+    AppliedLabels,
+    IdempotencyEntry,
+    MemoryIdempotencyStore,
+    Ready,
+    Settled,
+)
 
 
 def test_ready_wakes_every_waiter_and_times_out_before_it_is_set() -> None:
@@ -73,13 +79,21 @@ def test_entries_past_the_memory_window_are_settled_to_hash_and_label_ids() -> N
         "device_id": None,
         "merchant_id": "m-1",
     }
-    assert not settled.labelled
-    store.mark_labelled("e0", settled)
-    assert store.get("e0", 10) == settled._replace(labelled=True)
     assert isinstance(store.get("e3", 10), IdempotencyEntry)
     # the TTL reaches settled records too, oldest first
     assert store.get("e0", 10_000) is None and store.get("e1", 10_000) is not None
     assert len(store) == 3
+
+
+def test_applied_labels_are_remembered_for_their_ttl_in_arrival_order() -> None:
+    applied = AppliedLabels(ttl_ms=1_000)
+    applied.add("a", 0)
+    applied.add("b", 600)
+    assert applied.seen("a", 999) and applied.seen("b", 999) and not applied.seen("c", 999)
+    assert not applied.seen("a", 1_000) and applied.seen("b", 1_000) and len(applied) == 1
+    applied.add("a", 1_200)  # applied again once forgotten: remembered from then on
+    assert applied.seen("a", 2_100) and not applied.seen("b", 2_100)
+    assert not applied.seen("a", 2_200) and len(applied) == 0
 
 
 def test_an_entry_still_being_scored_or_not_logged_stays_whole() -> None:

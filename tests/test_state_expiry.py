@@ -11,8 +11,10 @@ from test_api import NOW, iso, payment
 from test_features_world import assert_features_equal, make_world, replay
 
 from risk_service import metrics
+from risk_service.decision_records import Pseudonymiser
 from risk_service.features import (
     FEATURE_NAMES,
+    LABEL_KINDS,
     MemoryStateStore,
     OnlineFeatureEngine,
     compute_offline_features,
@@ -61,6 +63,30 @@ def test_forgetting_changes_no_feature_and_bounds_the_state() -> None:
     returned = online[order][:, SINCE] > 100 * 86_400
     assert returned.sum() >= 5
     assert np.isfinite(online[order][returned, KM]).any()
+
+
+def test_label_kinds_kept_under_the_logs_hashes_give_the_same_features() -> None:
+    """The service keeps the label kinds' states under the decision log's hashes (so a late
+    label finds them from the log): features, forgetting and reviving are unchanged."""
+    events, accounts, applications = dormant_world()
+    hash_id = Pseudonymiser(b"state-test-" + b"k" * 32)
+    plain = OnlineFeatureEngine()
+    hashed = OnlineFeatureEngine(MemoryStateStore(hash_id, LABEL_KINDS))
+    features, credit = replay(events, accounts, applications, engine=plain)
+    features_hashed, credit_hashed = replay(events, accounts, applications, engine=hashed)
+    np.testing.assert_array_equal(features_hashed, features)
+    np.testing.assert_array_equal(credit_hashed, credit)
+    store, reference = hashed.store, plain.store
+    assert isinstance(store, MemoryStateStore) and isinstance(reference, MemoryStateStore)
+    assert store.counts() == reference.counts() and store.counts()["account"] == (10, 30)
+    assert set(LABEL_KINDS) == {"merchant", "device", "account"}
+    for kind in ("merchant", "device", "account", "ip", "instrument"):
+        keys = [key for key, _ in reference.states(kind)]
+        expected = [hash_id(k) for k in keys] if kind in LABEL_KINDS else keys
+        assert [key for key, _ in store.states(kind)] == expected, kind
+    merchant, state = next(store.states("merchant"))
+    assert store.by_stored_key().get("merchant", merchant) is state
+    assert store.get("merchant", next(reference.states("merchant"))[0]) is state
 
 
 def test_the_sweep_looks_at_the_front_and_stops_at_the_first_active() -> None:

@@ -16,6 +16,7 @@ from risk_service.features.spec import (
     FEATURE_DESCRIPTIONS,
     FEATURE_NAMES,
     FEATURE_SET_VERSION,
+    LABEL_KINDS,
 )
 from risk_service.features.store import MemoryStateStore, StateStore
 
@@ -25,6 +26,7 @@ __all__ = [
     "FEATURE_DESCRIPTIONS",
     "FEATURE_NAMES",
     "FEATURE_SET_VERSION",
+    "LABEL_KINDS",
     "MemoryStateStore",
     "OnlineFeatureEngine",
     "StateStore",

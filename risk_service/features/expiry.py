@@ -22,9 +22,12 @@ from typing import NamedTuple
 
 from risk_service.features import codec
 from risk_service.features.aggregates import EntityState
-from risk_service.features.spec import ENTITY_KEYS, TIME_SINCE
+from risk_service.features.spec import ENTITY_KEYS, LABEL_KINDS, TIME_SINCE
 
 RETENTION_MS: dict[str, int] = {kind: codec.retention_ms(kind) for kind in ENTITY_KEYS}
+# How long a fraud label, once applied, is remembered as applied (so a redelivery is not
+# counted twice): as long as it can still count in a label feature of any kind it reaches.
+LABEL_HORIZON_MS = max(RETENTION_MS[kind] for kind in LABEL_KINDS)
 # kinds whose last event (and, for accounts, last location) features read without a window
 KEEPS_LAST_SEEN = frozenset(TIME_SINCE) | {"account"}
 NEVER = -(1 << 62)

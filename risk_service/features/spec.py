@@ -243,6 +243,9 @@ LABELS: tuple[LabelCount, ...] = (
     LabelCount("account", W90D, "account_known_frauds_90d"),
 )
 
+# The entity kinds a fraud label reaches (the state a label feature is read from).
+LABEL_KINDS: tuple[str, ...] = tuple(dict.fromkeys(lab.state for lab in LABELS))
+
 # Which entity's "time since previous event" is a feature.
 TIME_SINCE: dict[str, str] = {
     "account": "seconds_since_account_previous_event",
