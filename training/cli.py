@@ -150,6 +150,30 @@ def build_parser() -> argparse.ArgumentParser:
     policies.add_argument("--quiet", action="store_true")
     policies.set_defaults(handler=_cmd_policies)
 
+    logs = sub.add_parser("log", help="maintain a decision log: prune old decisions")
+    logs_sub = logs.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    prune = logs_sub.add_parser(
+        "prune", help="delete decisions (and their labels) older than a retention, in batches"
+    )
+    prune.add_argument(
+        "--log", required=True, help="sqlite:///PATH, a SQLite file, or postgresql://HOST/DB"
+    )
+    prune.add_argument(
+        "--older-than-days",
+        type=float,
+        required=True,
+        help="delete decisions appended more than this many days ago (at least 180 unless "
+        "--force: labels may still come for younger ones)",
+    )
+    prune.add_argument("--batch", type=_positive_int, default=500, help="decisions per step")
+    prune.add_argument(
+        "--pause-ms", type=float, default=20.0, help="pause between steps, for a live service"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    prune.add_argument("--force", action="store_true", help="allow a retention under 180 days")
+    prune.add_argument("--quiet", action="store_true")
+    prune.set_defaults(handler=_cmd_log_prune)
+
     back = sub.add_parser("backtest", help="decide history with candidate models and policies")
     back.add_argument("--data", type=Path, default=None, help="directory with the event tables")
     back.add_argument("--models", type=Path, default=Path("models"))
@@ -406,6 +430,28 @@ def _cmd_policies(args: argparse.Namespace) -> int:
 
     for line in run_policies_command(args.action, args.target, args.models, clear=args.clear):
         print(line)
+    return 0
+
+
+def _cmd_log_prune(args: argparse.Namespace) -> int:
+    from risk_service.timeutil import iso_ms
+    from training.log_prune import prune_log
+
+    result = prune_log(
+        args.log,
+        older_than_days=args.older_than_days,
+        batch=args.batch,
+        pause_s=args.pause_ms / 1000.0,
+        dry_run=args.dry_run,
+        force=args.force,
+    )
+    verb = "would delete" if result.dry_run else "deleted"
+    oldest = "none" if result.oldest_kept_ms is None else iso_ms(result.oldest_kept_ms)
+    print(
+        f"{result.source}: {verb} {result.decisions:,} decisions and {result.labels:,} labels "
+        f"appended before {iso_ms(result.cutoff_ms)}; {result.kept:,} decisions kept, the "
+        f"oldest appended {oldest} ({result.seconds:.1f} s)"
+    )
     return 0
 
 

@@ -55,8 +55,9 @@ class LogContents:
     notes: list[str] = field(default_factory=list)
 
 
-def parse_log_url(url: str) -> tuple[str, str]:
-    """("sqlite", path) or ("postgresql", url); the forms of DECISION_LOG_URL, or a file path."""
+def parse_log_url(url: str, option: str = "--from-log") -> tuple[str, str]:
+    """("sqlite", path) or ("postgresql", url); the forms of DECISION_LOG_URL, or a file path.
+    ``option``: the argument the URL came from, for the error."""
     if url.startswith("sqlite:///"):
         return "sqlite", url[len("sqlite:///") :]
     if url.startswith(("postgresql://", "postgres://")):
@@ -64,7 +65,7 @@ def parse_log_url(url: str) -> tuple[str, str]:
     if "://" not in url and Path(url).is_file():
         return "sqlite", url
     raise DataError(
-        f"--from-log {url!r}: expected sqlite:///PATH (sqlite:////ABSOLUTE/PATH), "
+        f"{option} {url!r}: expected sqlite:///PATH (sqlite:////ABSOLUTE/PATH), "
         "postgresql://HOST/DB, or an existing SQLite file"
     )
 
