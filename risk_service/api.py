@@ -12,12 +12,11 @@ from werkzeug.exceptions import HTTPException
 from risk_service import metrics
 from risk_service.decision_log import DecisionLogError
 from risk_service.errors import ApiError, InvalidField, NotFound
-from risk_service.features.spec import ENTITY_KEYS, LABEL_KINDS
 from risk_service.feedback import parse_feedback
 from risk_service.openapi import docs_page, openapi_document
 from risk_service.redis_state import StoreUnavailable
 from risk_service.requests import parse_json_body, validate_score_request
-from risk_service.scoring import Scorer
+from risk_service.scoring import Scorer, logged_entities
 from risk_service.timeutil import iso_ms, ms_to_datetime
 
 bp = Blueprint("risk", __name__)
@@ -93,12 +92,11 @@ def feedback() -> Response:
     if label.label_time_ms < int(event.get("timestamp_ms", 0)):
         raise InvalidField("label_time is before the event itself", field="label_time")
     scorer.log.add_label(label)  # durable first: the training set must not miss it
-    hashed = {kind: event.get(ENTITY_KEYS[kind]) for kind in LABEL_KINDS}
     state = scorer.ingest_label(
         label.event_id,
         label.value if label.label == "is_fraud" else 0,
         ms_to_datetime(label.label_time_ms),
-        {k: v for k, v in hashed.items() if isinstance(v, str)},
+        logged_entities(record),
     )
     return _json(
         {

@@ -9,8 +9,8 @@ record: ~10 KB) kept for 7 days would grow the process by gigabytes an hour unde
 The newest ``memory_events`` entries stay whole: a retry gets its answer from memory,
 approval reasons on request, and a label its entities. Older ones, once logged, are
 *settled*: only what recognises a retry (the body hash; the answer is read back from
-the decision log) and routes a label (the identifiers that label features count), under a
-kilobyte, in tuples the garbage collector does not track.
+the decision log), a few hundred bytes, in tuples the garbage collector does not track. A
+label for a settled event finds its entities in the decision log (`Scorer.ingest_label`).
 """
 
 from __future__ import annotations
@@ -76,32 +76,19 @@ class Settled(NamedTuple):
 
     created_ms: int
     body_hash: str
-    label_ids: tuple[Any, ...]  # the event's values of the store's ``label_fields``
-
-    def label_event(self, label_fields: tuple[str, ...]) -> dict[str, Any]:
-        """The identifiers a label needs, as the event dict `ingest_label` reads."""
-        return dict(zip(label_fields, self.label_ids, strict=True))
 
 
 class MemoryIdempotencyStore:
     """event_id -> entry, expiring `ttl_ms` after creation (by wall-clock arrival order); the
     newest `memory_events` entries whole, older logged ones `Settled`."""
 
-    def __init__(
-        self,
-        ttl_ms: int,
-        *,
-        memory_events: int = 50_000,
-        label_fields: tuple[str, ...] = (),
-    ) -> None:
-        """``label_fields``: the event fields a late label is routed by (kept when settled)."""
+    def __init__(self, ttl_ms: int, *, memory_events: int = 50_000) -> None:
         if ttl_ms <= 0:
             raise ValueError(f"idempotency TTL must be > 0 ms, got {ttl_ms}")
         if memory_events < 1:
             raise ValueError(f"idempotency memory_events must be >= 1, got {memory_events}")
         self.ttl_ms = ttl_ms
         self.memory_events = memory_events
-        self.label_fields = label_fields
         self._entries: dict[str, IdempotencyEntry] = {}
         self._settled: dict[str, Settled] = {}
         self._order: deque[tuple[int, str]] = deque()  # every record, oldest first
@@ -132,11 +119,7 @@ class MemoryIdempotencyStore:
                 whole.append(event_id)  # looked at again once the window moves on
                 continue
             del entries[event_id]
-            self._settled[event_id] = Settled(
-                entry.created_ms,
-                entry.body_hash,
-                tuple(entry.event.get(f) for f in self.label_fields),
-            )
+            self._settled[event_id] = Settled(entry.created_ms, entry.body_hash)
 
     def _expire(self, now_ms: int) -> None:
         order, entries, settled = self._order, self._entries, self._settled

@@ -122,7 +122,7 @@ STATE_FORGOTTEN = Counter(
 )
 IDEMPOTENCY_RECORDS = Gauge(
     "risk_idempotency_records",
-    "Idempotency records in memory, by tier (whole; settled: body hash and label ids only), "
+    "Idempotency records in memory, by tier (whole; settled: body hash only), "
     "as of the last sweep of idle entities",
     ["tier"],
     multiprocess_mode="livesum",

@@ -72,6 +72,14 @@ def next_sweep_ms(now_ms: int, forgotten: Mapping[str, int]) -> int:
     return now_ms + (0 if sum(forgotten.values()) >= SWEEP_LIMIT else SWEEP_EVERY_MS)
 
 
+def logged_entities(record: DecisionRecord) -> dict[str, str]:
+    """The entities a fraud label reaches (`LABEL_KINDS`), as the logged event names them:
+    by their keyed hashes."""
+    event = record.request.get("event") or {}
+    hashed = {kind: event.get(ENTITY_KEYS[kind]) for kind in LABEL_KINDS}
+    return {kind: h for kind, h in hashed.items() if isinstance(h, str) and h}
+
+
 class FeatureView(Mapping[str, float]):
     """Feature values by name over a vector, without building a dict per request."""
 
@@ -519,30 +527,42 @@ class Scorer:
         Returns "applied", "duplicate" (this event's label was applied before),
         "ignored" (not a fraud label: only known frauds are counted) or "unknown"
         (the event's entities are not known here). The entities come from the event's
-        idempotency record; past it (chargebacks come weeks after the payment, records live
-        a week), from ``hashed_entities``: kind -> the decision log's hashed id, which is the
-        key the state is kept under (on Redis, and in memory for the label kinds).
+        idempotency record while it is whole; after (chargebacks come weeks after the
+        payment), from the decision log, which names them by their keyed hashes, the keys
+        the state is kept under (on Redis, and in memory for the label kinds):
+        ``hashed_entities`` (`logged_entities` of the event's record), or read here.
         """
         if not is_fraud:
             return "ignored"
         if self.shared is not None:
             from risk_service.scoring_shared import ingest_label_shared
 
-            return ingest_label_shared(self, event_id, label_time, hashed_entities or {})
+            if hashed_entities is None:
+                hashed_entities = self._logged_entities(event_id)
+            return ingest_label_shared(self, event_id, label_time, hashed_entities)
         with self.lock:
             now_ms = int(time.time() * 1000)
             if self.applied_labels.seen(event_id, now_ms):
                 return "duplicate"
             entry = self.idempotency.get(event_id, now_ms)
-            if isinstance(entry, Settled):
-                event = entry.label_event(self.idempotency.label_fields)
-                self.engine.ingest_label(event, is_fraud, label_time)
-            elif entry is not None:
+            if isinstance(entry, IdempotencyEntry):
                 self.engine.ingest_label(entry.event, is_fraud, label_time)
-            elif not self._ingest_label_by_hashes(hashed_entities or {}, label_time):
+                self.applied_labels.add(event_id, now_ms)
+                return "applied"
+        if hashed_entities is None:  # a read of the log: outside the lock
+            hashed_entities = self._logged_entities(event_id)
+        with self.lock:
+            now_ms = int(time.time() * 1000)
+            if self.applied_labels.seen(event_id, now_ms):
+                return "duplicate"
+            if not self._ingest_label_by_hashes(hashed_entities, label_time):
                 return "unknown"
             self.applied_labels.add(event_id, now_ms)
         return "applied"
+
+    def _logged_entities(self, event_id: str) -> dict[str, str]:
+        record = self.log.get(event_id)
+        return {} if record is None else logged_entities(record)
 
     def _ingest_label_by_hashes(self, hashed: Mapping[str, str], label_time: Any) -> bool:
         """A label whose event left the idempotency records, to the entities the log names

@@ -183,7 +183,6 @@ def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
         idempotency=MemoryIdempotencyStore(
             int(config["IDEMPOTENCY_TTL_SECONDS"]) * 1000,
             memory_events=int(config["IDEMPOTENCY_MEMORY_EVENTS"]),
-            label_fields=fs.label_fields(),
         ),
         settings=ScoringSettings(
             max_lateness_ms=int(config["MAX_LATENESS_SECONDS"]) * 1000,

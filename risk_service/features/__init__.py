@@ -9,7 +9,7 @@ from risk_service.features.offline import (
     compute_offline_credit_features,
     compute_offline_features,
 )
-from risk_service.features.online import OnlineFeatureEngine, label_fields, request_time_features
+from risk_service.features.online import OnlineFeatureEngine, request_time_features
 from risk_service.features.spec import (
     CATEGORICAL_FEATURES,
     CREDIT_FEATURE_NAMES,
@@ -32,6 +32,5 @@ __all__ = [
     "StateStore",
     "compute_offline_credit_features",
     "compute_offline_features",
-    "label_fields",
     "request_time_features",
 ]

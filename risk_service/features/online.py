@@ -50,11 +50,6 @@ _LAB = {k: [x for x in LABELS if x.state == k] for k in _KINDS}
 _FILTER_INDEX = {f: i for i, f in enumerate(FILTERS)}
 
 
-def label_fields() -> tuple[str, ...]:
-    """The event fields whose entities count labels: what routes a late label to the state."""
-    return tuple(ENTITY_KEYS[kind] for kind in _KINDS if _LAB[kind])
-
-
 def _channel_getter(
     channels: tuple[tuple[str, str], ...],
 ) -> Callable[[list[int]], Sequence[int]]:
