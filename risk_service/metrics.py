@@ -122,7 +122,8 @@ STATE_FORGOTTEN = Counter(
 )
 IDEMPOTENCY_RECORDS = Gauge(
     "risk_idempotency_records",
-    "Idempotency records in memory, by tier (whole; settled: body hash only), "
+    "Idempotency records in memory, by tier (whole; settled: event_ids in a Bloom filter, "
+    "their answers in the decision log), "
     "as of the last sweep of idle entities",
     ["tier"],
     multiprocess_mode="livesum",

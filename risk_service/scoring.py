@@ -43,10 +43,10 @@ from risk_service.features.online import profile_from_row
 from risk_service.features.spec import ENTITY_KEYS, LABEL_KINDS
 from risk_service.fraud_model import FraudModel
 from risk_service.idempotency import (
+    SETTLED,
     AppliedLabels,
     IdempotencyEntry,
     MemoryIdempotencyStore,
-    Settled,
 )
 from risk_service.policy import SEVERITY, Policy
 from risk_service.redis_state import RedisState, StoreUnavailable
@@ -178,17 +178,22 @@ class Scorer:
             from risk_service.scoring_shared import score_shared
 
             return score_shared(self, request, started, now_ms)
+        settled: DecisionRecord | None = None
         with self.lock:
-            entry = self.idempotency.get(event_id, now_ms)
-            if entry is None:
+            found = self.idempotency.get(event_id, now_ms)
+            if found == SETTLED:  # past the memory window, or (~1%) a filter's false positive
+                settled = self._logged_within_ttl(event_id, now_ms)  # a read: rare
+            if isinstance(found, IdempotencyEntry):
+                entry = found
+            elif settled is None:
                 entry = self._score_new(request, now_ms, self.engine, self.watermark_ms)
                 self.watermark_ms = max(self.watermark_ms, request.timestamp_ms)
                 self.idempotency.put(event_id, entry)
                 created = True
                 if self.watermark_ms >= self._sweep_at_ms:
                     self._forget_idle()
-        if isinstance(entry, Settled):
-            return self._replay_settled(entry, request, started), True
+        if settled is not None:
+            return self._replay_settled(settled, request, started), True
         if entry.body_hash != request.canonical_body_hash:
             raise Conflict(
                 f"event_id {event_id!r} was already scored with a different body",
@@ -225,19 +230,25 @@ class Scorer:
                 store.counts(), forgotten, (idem.whole(), len(idem) - idem.whole())
             )
 
+    def _logged_within_ttl(self, event_id: str, now_ms: int) -> DecisionRecord | None:
+        """The logged decision of an event scored within the idempotency TTL, or None."""
+        record = self.log.get(event_id)
+        if record is None or record.created_at_ms is None:
+            return None
+        return record if record.created_at_ms + self.idempotency.ttl_ms > now_ms else None
+
     def _replay_settled(
-        self, settled: Settled, request: ScoreRequest, started: float
+        self, record: DecisionRecord, request: ScoreRequest, started: float
     ) -> dict[str, Any]:
         """A retry of an event past the memory window: the answer as the decision log keeps it,
         with approval reasons if asked for, from the features the log kept."""
         event_id = request.event_id
-        if settled.body_hash != request.canonical_body_hash:
+        if record.body_hash != request.canonical_body_hash:
             raise Conflict(
                 f"event_id {event_id!r} was already scored with a different body",
                 field="event_id",
             )
-        record = self.log.get(event_id)
-        if record is None or record.response is None:
+        if record.response is None:
             raise RuntimeError(f"event {event_id!r} was scored, but its answer is not in the log")
         response = dict(record.response)
         fraud = response.get("fraud")

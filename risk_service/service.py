@@ -101,8 +101,8 @@ def tune_gc() -> None:
     The price: a reference cycle that is still alive at a young collection and dies later
     is never freed. Per request the only cycle is werkzeug's recursive URL matcher, alive
     for microseconds; measured at young thresholds of 700 to 3,000, one in 360 to 1,700
-    requests leaks one (~1 KB): ~70 MB a day at 800 requests/s, against ~1 KB of settled
-    idempotency record per request (idempotency.py).
+    requests leaks one (~1 KB): ~70 MB a day at 800 requests/s, about what the whole
+    idempotency records of the memory window hold at any moment (idempotency.py).
     """
     import gc
 

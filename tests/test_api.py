@@ -15,6 +15,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate as validate_openapi
 
+from risk_service.idempotency import SettledFilter
+
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
@@ -233,6 +235,29 @@ def test_a_retry_past_the_memory_window_is_answered_from_the_log(make_app: AppFa
     assert features["account_events_24h"] == 4  # the retry was not counted again
     assert features["merchant_known_frauds_30d"] == 1
     assert features["account_known_frauds_90d"] == 1
+
+
+def test_new_events_the_settled_filter_mistakes_are_scored_once(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Bloom filter's false positive (here: every event_id) costs a read of the log, which
+    finds nothing: the event is scored as new, once; a real retry is answered from the log."""
+    monkeypatch.setattr(SettledFilter, "may_contain", lambda self, event_id: True)
+    app = make_app(IDEMPOTENCY_MEMORY_EVENTS=1)
+    client = app.test_client()
+    t0 = NOW - timedelta(hours=2)
+    first = client.post("/score", json=payment("fp-0", timestamp=iso(t0)))
+    assert first.status_code == 200 and first.get_json()["event_id"] == "fp-0"
+    second = payment("fp-1", timestamp=iso(t0 + timedelta(minutes=5)))
+    assert client.post("/score", json=second).status_code == 200
+    assert logged(app, "fp-1").features["account_events_24h"] == 1
+    again = client.post("/score", json=payment("fp-0", timestamp=iso(t0))).get_json()
+    expected = first.get_json()
+    again.pop("timing_ms"), expected.pop("timing_ms")
+    assert again == expected  # fp-0 is settled now: its answer came from the log
+    client.post("/score", json=payment("fp-2", timestamp=iso(t0 + timedelta(minutes=9))))
+    assert logged(app, "fp-2").features["account_events_24h"] == 2  # the retry counted once
+    assert app.extensions["risk"].log.count() == 3
 
 
 def test_a_settled_approval_gets_the_same_reasons_when_asked(make_app: AppFactory) -> None:

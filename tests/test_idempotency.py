@@ -9,11 +9,12 @@ import tracemalloc
 import numpy as np
 
 from risk_service.idempotency import (
+    SETTLED,
     AppliedLabels,
     IdempotencyEntry,
     MemoryIdempotencyStore,
     Ready,
-    Settled,
+    SettledFilter,
 )
 
 
@@ -63,19 +64,36 @@ def finished(event_id: str, created_ms: int, *, logged: bool = True) -> Idempote
     return entry
 
 
-def test_entries_past_the_memory_window_are_settled_to_their_hash() -> None:
+def test_entries_past_the_memory_window_settle_into_the_filter() -> None:
     store = MemoryIdempotencyStore(ttl_ms=10_000, memory_events=2)
     for i in range(4):
         store.put(f"e{i}", finished(f"e{i}", created_ms=i))
     assert len(store) == 4 and store.whole() == 2
-    settled = store.get("e0", 10)
-    assert isinstance(settled, Settled)
-    assert settled.body_hash == "hash-e0" and settled.created_ms == 0
-    assert settled == Settled(0, "hash-e0")  # nothing of the event: a label reads the log
+    assert store.get("e0", 10) == SETTLED and store.get("e1", 10) == SETTLED  # read the log
     assert isinstance(store.get("e3", 10), IdempotencyEntry)
-    # the TTL reaches settled records too, oldest first
-    assert store.get("e0", 10_000) is None and store.get("e1", 10_000) is not None
-    assert len(store) == 3
+    assert store.get("never-scored", 10) is None  # (this one is not a false positive)
+    # whole entries go at their TTL; the filter's partition (1/8 of the TTL wide) once every
+    # event in it is past the TTL: until then the caller checks the logged creation time
+    assert store.get("e2", 10_002) is None and store.whole() == 1
+    assert store.get("e0", 11_249) == SETTLED
+    assert store.get("e0", 11_250) is None and store.get("e3", 11_250) is None
+    assert len(store) == 0
+
+
+def test_the_settled_filter_has_no_false_negatives_and_few_false_positives() -> None:
+    day = 86_400_000
+    settled = SettledFilter(ttl_ms=7 * day)
+    n = 300_000  # spread over a week: every partition grows past its first filter
+    for i in range(n):
+        settled.add(f"evt-{i}", i * (7 * day // n))
+    assert all(settled.may_contain(f"evt-{i}") for i in range(0, n, 7))
+    false = sum(settled.may_contain(f"new-{i}") for i in range(50_000))
+    assert false < 0.02 * 50_000, false
+    assert len(settled) == n
+    assert settled.nbytes() < 3.0 * n  # ~1.2 bytes an event, plus the doubling's slack
+    settled.expire(8 * day + 1)  # a week after the first partition closed: it goes
+    assert not settled.may_contain("evt-0") and settled.may_contain(f"evt-{n - 1}")
+    assert len(settled) < n
 
 
 def test_applied_labels_are_remembered_for_their_ttl_in_arrival_order() -> None:
@@ -99,33 +117,33 @@ def test_an_entry_still_being_scored_or_not_logged_stays_whole() -> None:
     store.put("next", finished("next", 3))
     assert store.get("busy", 5) is in_flight
     assert isinstance(store.get("unlogged", 5), IdempotencyEntry)
-    assert isinstance(store.get("done", 5), Settled)
+    assert store.get("done", 5) == SETTLED
     in_flight.ready.set()
     store.put("last", finished("last", 4))
-    assert isinstance(store.get("busy", 5), Settled)
+    assert store.get("busy", 5) == SETTLED
 
 
-def grown_bytes_per_event(store: MemoryIdempotencyStore, n: int) -> float:
+def grown_bytes_per_event(store: MemoryIdempotencyStore, n: int, warm: int = 200) -> float:
+    """Memory per event over ``n`` events after ``warm`` (traced too, so that what the window
+    frees of them counts)."""
     tracemalloc.start()
     try:
-        before = tracemalloc.get_traced_memory()[0]
-        for i in range(n):
+        for i in range(warm + n):
+            if i == warm:
+                before = tracemalloc.get_traced_memory()[0]
             store.put(f"event-{i:08d}", finished(f"event-{i:08d}", 1000 + i))
         return (tracemalloc.get_traced_memory()[0] - before) / n
     finally:
         tracemalloc.stop()
 
 
-def test_a_settled_event_costs_under_a_kilobyte() -> None:
+def test_a_settled_event_costs_a_few_bytes() -> None:
     settling = MemoryIdempotencyStore(ttl_ms=10**9, memory_events=100)
     keeping = MemoryIdempotencyStore(ttl_ms=10**9, memory_events=10**6)
-    for store in (settling, keeping):
-        for i in range(200):  # past the window first
-            store.put(f"warm-{i}", finished(f"warm-{i}", i))
     settled = grown_bytes_per_event(settling, 3_000)
     whole = grown_bytes_per_event(keeping, 3_000)
     assert settling.whole() == 100 and keeping.whole() == 3_200
-    # whole, this test's entry is ~13 KB (a scored payment's ~10 KB); settled ~650 bytes: the
-    # event_id, the body hash, the tuple, their slots in the dict and the expiry queue
+    # whole, this test's entry is ~13 KB (a scored payment's ~10 KB); settled, its bits in the
+    # filter (allocated for 65,536 events at the first settled one, during the warm-up)
     assert whole > 8_000, whole
-    assert settled < 800, settled
+    assert settled < 20, settled
