@@ -29,7 +29,7 @@ from risk_service import explain, metrics
 from risk_service.backlog import Backlog, DegradedEvent
 from risk_service.backlog_file import BacklogFile
 from risk_service.credit_model import CreditModel, recommended_limit, score_from_pd
-from risk_service.decision_log import DecisionLog, DecisionRecord
+from risk_service.decision_log import DecisionLog, DecisionLogError, DecisionRecord
 from risk_service.errors import Conflict
 from risk_service.features import (
     CREDIT_FEATURE_NAMES,
@@ -178,22 +178,17 @@ class Scorer:
             from risk_service.scoring_shared import score_shared
 
             return score_shared(self, request, started, now_ms)
-        settled: DecisionRecord | None = None
         with self.lock:
             found = self.idempotency.get(event_id, now_ms)
-            if found == SETTLED:  # past the memory window, or (~1%) a filter's false positive
-                settled = self._logged_within_ttl(event_id, now_ms)  # a read: rare
-            if isinstance(found, IdempotencyEntry):
-                entry = found
-            elif settled is None:
-                entry = self._score_new(request, now_ms, self.engine, self.watermark_ms)
-                self.watermark_ms = max(self.watermark_ms, request.timestamp_ms)
-                self.idempotency.put(event_id, entry)
-                created = True
-                if self.watermark_ms >= self._sweep_at_ms:
-                    self._forget_idle()
-        if settled is not None:
-            return self._replay_settled(settled, request, started), True
+            if found != SETTLED:
+                entry, created = self._found_or_new(found, request, now_ms)
+        if found == SETTLED:  # past the memory window, or (~1%) a filter's false positive
+            settled = self._logged_within_ttl(event_id, now_ms)  # a read of the log, unlocked
+            if settled is not None:
+                return self._replay_settled(settled, request, started), True
+            with self.lock:  # not logged: a new event (unless scored meanwhile by a twin)
+                found = self.idempotency.get(event_id, now_ms)
+                entry, created = self._found_or_new(found, request, now_ms)
         if entry.body_hash != request.canonical_body_hash:
             raise Conflict(
                 f"event_id {event_id!r} was already scored with a different body",
@@ -230,9 +225,29 @@ class Scorer:
                 store.counts(), forgotten, (idem.whole(), len(idem) - idem.whole())
             )
 
+    def _found_or_new(
+        self, found: IdempotencyEntry | str | None, request: ScoreRequest, now_ms: int
+    ) -> tuple[IdempotencyEntry, bool]:
+        """Under the lock: the whole entry found, or the event scored and recorded now (True)."""
+        if isinstance(found, IdempotencyEntry):
+            return found, False
+        entry = self._score_new(request, now_ms, self.engine, self.watermark_ms)
+        self.watermark_ms = max(self.watermark_ms, request.timestamp_ms)
+        self.idempotency.put(request.event_id, entry)
+        if self.watermark_ms >= self._sweep_at_ms:
+            self._forget_idle()
+        return entry, True
+
     def _logged_within_ttl(self, event_id: str, now_ms: int) -> DecisionRecord | None:
-        """The logged decision of an event scored within the idempotency TTL, or None."""
-        record = self.log.get(event_id)
+        """The logged decision of an event scored within the idempotency TTL, or None. With
+        the log unreachable (PostgreSQL down, nothing in the spool) None too: the event is
+        scored as new, which double-counts it only if it really was a retry of an event
+        settled out of memory (`IDEMPOTENCY_MEMORY_EVENTS` ago), during the outage."""
+        try:
+            record = self.log.get(event_id)
+        except DecisionLogError:
+            log.warning("decision log unreadable: %s scored as a new event", event_id)
+            return None
         if record is None or record.created_at_ms is None:
             return None
         return record if record.created_at_ms + self.idempotency.ttl_ms > now_ms else None

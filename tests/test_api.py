@@ -15,6 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate as validate_openapi
 
+from risk_service.decision_log import DecisionLogError
 from risk_service.idempotency import SettledFilter
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -258,6 +259,24 @@ def test_new_events_the_settled_filter_mistakes_are_scored_once(
     client.post("/score", json=payment("fp-2", timestamp=iso(t0 + timedelta(minutes=9))))
     assert logged(app, "fp-2").features["account_events_24h"] == 2  # the retry counted once
     assert app.extensions["risk"].log.count() == 3
+
+
+def test_a_filter_hit_with_the_log_unreadable_is_scored_as_new(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cannot tell a settled event from a false positive without the log: the answer is not
+    held up (a retry settled out of memory during a log outage would count twice)."""
+    monkeypatch.setattr(SettledFilter, "may_contain", lambda self, event_id: True)
+    app = make_app()
+    scorer = app.extensions["risk"]
+
+    def unreadable(event_id: str) -> None:
+        raise DecisionLogError("decision log down (test)")
+
+    monkeypatch.setattr(scorer.log, "get", unreadable)
+    answer = app.test_client().post("/score", json=payment("lost-log-0"))
+    assert answer.status_code == 200 and answer.get_json()["event_id"] == "lost-log-0"
+    assert scorer.log.count() == 1 and scorer.idempotency.whole() == 1
 
 
 def test_a_settled_approval_gets_the_same_reasons_when_asked(make_app: AppFactory) -> None:
