@@ -166,6 +166,7 @@ class _Bloom:
                 return False  # a new event: usually at the first or second position
         return True
 
+
 SETTLED: Literal["settled"] = "settled"
 """What `MemoryIdempotencyStore.get` returns for an event_id that may have been settled: the
 caller reads the decision log (about 1% of new events are false positives)."""
