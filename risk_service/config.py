@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_LATENESS_SECONDS": 300,
     "IDEMPOTENCY_TTL_SECONDS": 7 * 24 * 3600,
     # with the in-memory state, the newest this-many scored events are kept whole in memory
-    # (~10 KB each); older ones only in a Bloom filter of event ids (~1.2 bytes each), their
+    # (~10 KB each); older ones only in a Bloom filter of event ids (1.2-2 bytes each), their
     # answers read back from the decision log on a retry (risk_service/idempotency.py)
     "IDEMPOTENCY_MEMORY_EVENTS": 50_000,
     # shared online state (redis://host:port/db); None: in process memory, one worker only

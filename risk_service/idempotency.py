@@ -10,8 +10,8 @@ The newest ``memory_events`` entries stay whole: a retry gets its answer from me
 approval reasons on request, and a label its entities. Older ones, once logged, are
 *settled*: the decision log has everything about them (the body hash, the answer, the
 entities a label needs), so memory keeps only enough to know when to look there, a
-time-partitioned Bloom filter of their event_ids (`SettledFilter`, ~1.2 bytes an event:
-~75 MB for 100 payments/s over 7 days, where a dict of their body hashes took ~40 GB). A
+time-partitioned Bloom filter of their event_ids (`SettledFilter`, 1.2-2 bytes an event:
+75-120 MB for 100 payments/s over 7 days, where a dict of their body hashes took ~40 GB). A
 new event_id that the filter mistakes for a settled one (about 1 in 100) costs one read of
 the log, which finds nothing.
 """
@@ -77,7 +77,7 @@ class IdempotencyEntry:
 
 class SettledFilter:
     """The event_ids settled within the TTL, as a time-partitioned Bloom filter: no false
-    negatives, about one false positive in a hundred, ~1.2 bytes an event.
+    negatives, about one false positive in a hundred, 1.2-2 bytes an event.
 
     An event is added to the partition of its creation time (``span`` = TTL / 8 wide); a
     partition is dropped once every event in it is past the TTL, so an event is recognised
@@ -137,7 +137,7 @@ def _digest(event_id: str) -> tuple[int, int]:
 
 
 class _Bloom:
-    """One Bloom filter: ``capacity`` events, positions by double hashing of a 128-bit digest."""
+    """One Bloom filter: ``capacity`` events, positions by double hashing of a 64-bit digest."""
 
     __slots__ = ("bits", "capacity", "count", "hashes", "m")
 
