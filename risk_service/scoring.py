@@ -203,7 +203,8 @@ class Scorer:
         if entry.record is None:  # finishing failed (an exception was raised there)
             raise RuntimeError(f"event {event_id!r} could not be scored")
         if not entry.logged:  # also a retry of a decision whose log append failed
-            self.log.append(entry.record)
+            if not self.log.append(entry.record):  # logged before: by a previous process
+                created = not self._adopt_logged_answer(entry, event_id)
             entry.logged = True
         response = dict(entry.response)
         if request.explain and not entry.reasons_complete and entry.x is not None:
@@ -224,6 +225,22 @@ class Scorer:
             metrics.observe_state(
                 store.counts(), forgotten, (idem.whole(), len(idem) - idem.whole())
             )
+
+    def _adopt_logged_answer(self, entry: IdempotencyEntry, event_id: str) -> bool:
+        """The log already held this event_id with this body: an answer given before this
+        process knew the event (scored before a restart, whose in-memory records went with
+        the old process). That answer was acknowledged, so it is the answer, now and to any
+        retry; True once adopted. (This process's state has counted the event once.)"""
+        try:
+            logged = self.log.get(event_id)
+        except DecisionLogError:
+            return False
+        if logged is None or logged.response is None:
+            return False
+        entry.response = dict(logged.response)
+        entry.reasons_complete = True
+        entry.x = None  # approval reasons only from the features that decided (the log's)
+        return True
 
     def _found_or_new(
         self, found: IdempotencyEntry | str | None, request: ScoreRequest, now_ms: int

@@ -261,6 +261,32 @@ def test_new_events_the_settled_filter_mistakes_are_scored_once(
     assert app.extensions["risk"].log.count() == 3
 
 
+def test_after_a_restart_a_retry_gets_the_answer_given_before(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """The in-memory records and state go with the process; the decision log stays. A retry
+    of an event answered before the restart gets that answer (acknowledged and logged), not
+    a new one from the empty state that nobody logged."""
+    shared_log = {"DECISION_LOG_PATH": str(tmp_path / "kept.sqlite")}
+    t0 = NOW - timedelta(hours=1)
+    before = make_app(**shared_log).test_client()
+    for i in range(6):  # velocity the first process saw
+        body = payment(f"rs-{i}", timestamp=iso(t0 + timedelta(minutes=i)), amount=900.0)
+        assert before.post("/score", json=body).status_code == 200
+    target = payment("rs-5", timestamp=iso(t0 + timedelta(minutes=5)), amount=900.0)
+    first = before.post("/score", json=target).get_json()  # a retry there: the same answer
+    restarted = make_app(**shared_log)
+    retry = restarted.test_client().post("/score", json=target)
+    assert retry.status_code == 200
+    answer = retry.get_json()
+    first.pop("timing_ms"), answer.pop("timing_ms")
+    assert answer == first
+    assert restarted.extensions["risk"].log.count() == 6
+    # what the empty state alone would have answered: another probability
+    fresh = make_app().test_client().post("/score", json=target).get_json()
+    assert fresh["fraud"]["probability"] != first["fraud"]["probability"]
+
+
 def test_a_filter_hit_with_the_log_unreadable_is_scored_as_new(
     make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
