@@ -45,6 +45,11 @@ DEFAULTS: dict[str, Any] = {
     # (~10 KB each); older ones only in a Bloom filter of event ids (1.2-2 bytes each), their
     # answers read back from the decision log on a retry (risk_service/idempotency.py)
     "IDEMPOTENCY_MEMORY_EVENTS": 50_000,
+    # with the in-memory state, at start: the event ids the decision log holds from this many
+    # seconds back (at most RESTART_RECALL_MAX_EVENTS, newest first) become idempotency records
+    # again, so retries that follow a restart are answered from the log, not scored anew
+    "RESTART_RECALL_SECONDS": 3600,
+    "RESTART_RECALL_MAX_EVENTS": 500_000,
     # shared online state (redis://host:port/db); None: in process memory, one worker only
     "STATE_URL": None,
     "STATE_PREFIX": "risk:",

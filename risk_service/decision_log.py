@@ -90,6 +90,8 @@ class DecisionLog(Protocol):
 
     def count(self) -> int: ...
 
+    def recent(self, since_ms: int, limit: int) -> list[tuple[str, int]]: ...
+
     def status(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
@@ -136,6 +138,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
     ),
 }
+RECENT_SLACK_MS = 60_000  # `recent` reads this far past its start: log order ~ creation order
 # Column order of a decision row, shared by every backend (and by `risk train --from-log`).
 _COLUMNS = ", ".join(DECISION_COLUMNS)
 _INSERT = (
@@ -359,6 +362,22 @@ class SQLiteDecisionLog:
     def count(self) -> int:
         with self._read_lock:
             return int(self._reader.execute("SELECT count(*) FROM decisions").fetchone()[0])
+
+    def recent(self, since_ms: int, limit: int) -> list[tuple[str, int]]:
+        """(event_id, created_at_ms) of the decisions created since ``since_ms``, newest first,
+        at most ``limit``: read backwards in log order (appends follow creation within
+        seconds), stopping a minute before ``since_ms``."""
+        out: list[tuple[str, int]] = []
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT event_id, created_at_ms FROM decisions ORDER BY seq DESC LIMIT ?", (limit,)
+            )
+            for event_id, created_ms in rows:
+                if created_ms < since_ms - RECENT_SLACK_MS:
+                    break
+                if created_ms >= since_ms:
+                    out.append((str(event_id), int(created_ms)))
+        return out
 
     def count_labels(self) -> int:
         with self._read_lock:

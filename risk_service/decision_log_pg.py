@@ -431,6 +431,17 @@ class PostgresDecisionLog:
         finally:
             self._flush_lock.release()
 
+    def recent(self, since_ms: int, limit: int) -> list[tuple[str, int]]:
+        """(event_id, created_at_ms) of the decisions created since ``since_ms`` that reached
+        PostgreSQL (not those still in a spool), newest first, at most ``limit``."""
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT event_id, created_at_ms FROM decisions ORDER BY seq DESC LIMIT %s",
+                (limit,),
+            ).fetchall()
+        )
+        return [(str(e), int(t)) for e, t in rows if int(t) >= since_ms]
+
     def status(self) -> dict[str, Any]:
         """For /ready and metrics: connected, breaker state, rows waiting in the spool."""
         with self._cond:

@@ -220,6 +220,10 @@ class MemoryIdempotencyStore:
             del entries[event_id]
         self._settled.expire(now_ms)
 
+    def recall(self, event_id: str, created_ms: int) -> None:
+        """An event scored by an earlier process (the log has it): recognised as settled."""
+        self._settled.add(event_id, created_ms)
+
     def __len__(self) -> int:
         return len(self._entries) + len(self._settled)
 

@@ -226,6 +226,23 @@ class Scorer:
                 store.counts(), forgotten, (idem.whole(), len(idem) - idem.whole())
             )
 
+    def recall_recent(self, seconds: float, limit: int) -> int:
+        """In memory, at start: the events the log holds from the last ``seconds`` (at most
+        ``limit``) become idempotency records again (settled: answered from the log), so the
+        retries that follow a restart are not scored anew. Returns how many."""
+        if self.shared is not None or seconds <= 0 or limit <= 0:
+            return 0
+        since_ms = int(time.time() * 1000) - int(seconds * 1000)
+        try:
+            recent = self.log.recent(since_ms, limit)
+        except DecisionLogError:  # PostgreSQL away at start: retries get the logged answer
+            log.warning("decision log unreadable at start: no recent decisions recalled")
+            return 0
+        with self.lock:
+            for event_id, created_ms in recent:
+                self.idempotency.recall(event_id, created_ms)
+        return len(recent)
+
     def _adopt_logged_answer(self, entry: IdempotencyEntry, event_id: str) -> bool:
         """The log already held this event_id with this body: an answer given before this
         process knew the event (scored before a restart, whose in-memory records went with

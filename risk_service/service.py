@@ -196,6 +196,11 @@ def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
         backlog_dir=spool_dir(config),
     )
     watcher.attach(scorer)  # models, policy and shadow, now and on every swap
+    recalled = scorer.recall_recent(
+        float(config["RESTART_RECALL_SECONDS"]), int(config["RESTART_RECALL_MAX_EVENTS"])
+    )
+    if recalled:
+        log.info("recalled %d recent decisions from the log as idempotency records", recalled)
     if config.get("ACCOUNTS_FILE"):
         count = load_accounts(scorer, str(config["ACCOUNTS_FILE"]))
         log.info("loaded %d account profiles from %s", count, config["ACCOUNTS_FILE"])

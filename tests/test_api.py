@@ -261,12 +261,15 @@ def test_new_events_the_settled_filter_mistakes_are_scored_once(
     assert app.extensions["risk"].log.count() == 3
 
 
+@pytest.mark.parametrize("recall_seconds", [3600, 0], ids=["recalled", "not-recalled"])
 def test_after_a_restart_a_retry_gets_the_answer_given_before(
-    make_app: AppFactory, tmp_path: Path
+    make_app: AppFactory, tmp_path: Path, recall_seconds: int
 ) -> None:
-    """The in-memory records and state go with the process; the decision log stays. A retry
-    of an event answered before the restart gets that answer (acknowledged and logged), not
-    a new one from the empty state that nobody logged."""
+    """The in-memory records and state go with the process; the decision log stays. At start
+    the last hour's event ids come back from the log (RESTART_RECALL_SECONDS), so a retry is
+    answered from the log and not counted. Past that, it is scored on the empty state
+    (counted there once) and still answered what was acknowledged and logged before, not a
+    new answer that nobody logged."""
     shared_log = {"DECISION_LOG_PATH": str(tmp_path / "kept.sqlite")}
     t0 = NOW - timedelta(hours=1)
     before = make_app(**shared_log).test_client()
@@ -275,13 +278,18 @@ def test_after_a_restart_a_retry_gets_the_answer_given_before(
         assert before.post("/score", json=body).status_code == 200
     target = payment("rs-5", timestamp=iso(t0 + timedelta(minutes=5)), amount=900.0)
     first = before.post("/score", json=target).get_json()  # a retry there: the same answer
-    restarted = make_app(**shared_log)
-    retry = restarted.test_client().post("/score", json=target)
+    restarted = make_app(**shared_log, RESTART_RECALL_SECONDS=recall_seconds)
+    client = restarted.test_client()
+    retry = client.post("/score", json=target)
     assert retry.status_code == 200
     answer = retry.get_json()
     first.pop("timing_ms"), answer.pop("timing_ms")
     assert answer == first
     assert restarted.extensions["risk"].log.count() == 6
+    later = payment("rs-later", timestamp=iso(t0 + timedelta(minutes=20)), amount=900.0)
+    assert client.post("/score", json=later).status_code == 200
+    counted = logged(restarted, "rs-later").features["account_events_24h"]
+    assert counted == (0 if recall_seconds else 1)
     # what the empty state alone would have answered: another probability
     fresh = make_app().test_client().post("/score", json=target).get_json()
     assert fresh["fraud"]["probability"] != first["fraud"]["probability"]

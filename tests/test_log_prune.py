@@ -1,5 +1,6 @@
 """`risk log prune`: decisions older than a retention go, with their labels, on SQLite and
-PostgreSQL, while a service keeps writing the same log."""
+PostgreSQL, while a service keeps writing the same log; and `recent`, what a restarted
+service reads back from the log."""
 
 from __future__ import annotations
 
@@ -144,3 +145,28 @@ def test_the_cli_prunes_and_says_what_it_did(
         assert "deleted 12 decisions and 6 labels" in out and "0 decisions kept" in out
         assert "the oldest appended none" in out
         assert log.count() == 0
+
+
+def check_recent(log: DecisionLog) -> None:
+    """`recent`: what a restarted service recalls as idempotency records."""
+    for i, age_s in enumerate((7200, 3000, 1200, 60, 1)):
+        log.append(record(f"r{i}", created_at_ms=NOW_MS - age_s * 1000))
+    since = NOW_MS - 3600 * 1000
+    assert log.recent(since, 100) == [
+        ("r4", NOW_MS - 1000),
+        ("r3", NOW_MS - 60_000),
+        ("r2", NOW_MS - 1_200_000),
+        ("r1", NOW_MS - 3_000_000),
+    ]
+    assert [e for e, _ in log.recent(since, 2)] == ["r4", "r3"]  # newest first, capped
+
+
+def test_recent_decisions_on_sqlite(tmp_path: Path) -> None:
+    with sqlite_log(tmp_path) as (log, _):
+        check_recent(log)
+
+
+@pytest.mark.integration
+def test_recent_decisions_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    with postgres_log(tmp_path, pg_url) as (log, _):
+        check_recent(log)
