@@ -128,6 +128,13 @@ IDEMPOTENCY_RECORDS = Gauge(
     ["tier"],
     multiprocess_mode="livesum",
 )
+SETTLED_LOOKUPS = Counter(
+    "risk_idempotency_settled_lookups",
+    "In-memory state: event_ids the settled filter recognised, looked up in the decision log, "
+    "by what the log held (retry: answered from it; new: a false positive, scored; "
+    "unreadable: scored)",
+    ["found"],
+)
 
 # Children bound once: `labels()` takes a lock and builds a tuple on every call.
 _DECISION = {(k, d): DECISIONS_TOTAL.labels(k, d) for k in KINDS for d in DECISIONS}
@@ -266,6 +273,11 @@ def observe_state(
             _child(STATE_FORGOTTEN, kind).inc(n)
     _child(IDEMPOTENCY_RECORDS, "whole").set(records[0])
     _child(IDEMPOTENCY_RECORDS, "settled").set(records[1])
+
+
+def settled_lookup(found: str) -> None:
+    """A settled-filter hit looked up in the log: ``retry``, ``new`` or ``unreadable``."""
+    _child(SETTLED_LOOKUPS, found).inc()
 
 
 # -- connections -------------------------------------------------------------------------

@@ -281,10 +281,14 @@ class Scorer:
             record = self.log.get(event_id)
         except DecisionLogError:
             log.warning("decision log unreadable: %s scored as a new event", event_id)
+            metrics.settled_lookup("unreadable")
             return None
-        if record is None or record.created_at_ms is None:
+        created_ms = None if record is None else record.created_at_ms
+        if created_ms is None or created_ms + self.idempotency.ttl_ms <= now_ms:
+            metrics.settled_lookup("new")
             return None
-        return record if record.created_at_ms + self.idempotency.ttl_ms > now_ms else None
+        metrics.settled_lookup("retry")
+        return record
 
     def _replay_settled(
         self, record: DecisionRecord, request: ScoreRequest, started: float

@@ -15,6 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate as validate_openapi
 
+from risk_service import metrics
 from risk_service.decision_log import DecisionLogError
 from risk_service.idempotency import SettledFilter
 
@@ -246,6 +247,8 @@ def test_new_events_the_settled_filter_mistakes_are_scored_once(
     monkeypatch.setattr(SettledFilter, "may_contain", lambda self, event_id: True)
     app = make_app(IDEMPOTENCY_MEMORY_EVENTS=1)
     client = app.test_client()
+    name = "risk_idempotency_settled_lookups_total"
+    before = {f: metrics.sample(name, {"found": f}) for f in ("new", "retry")}
     t0 = NOW - timedelta(hours=2)
     first = client.post("/score", json=payment("fp-0", timestamp=iso(t0)))
     assert first.status_code == 200 and first.get_json()["event_id"] == "fp-0"
@@ -259,6 +262,8 @@ def test_new_events_the_settled_filter_mistakes_are_scored_once(
     client.post("/score", json=payment("fp-2", timestamp=iso(t0 + timedelta(minutes=9))))
     assert logged(app, "fp-2").features["account_events_24h"] == 2  # the retry counted once
     assert app.extensions["risk"].log.count() == 3
+    looked = {f: metrics.sample(name, {"found": f}) - n for f, n in before.items()}
+    assert looked == {"new": 3, "retry": 1}
 
 
 @pytest.mark.parametrize("recall_seconds", [3600, 0], ids=["recalled", "not-recalled"])
