@@ -28,6 +28,20 @@ def on_starting(server: Any) -> None:
             os.remove(name)
 
 
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the worker, once it has stopped serving: with the in-memory state, write it for the
+    next start (`risk_service/snapshot.py`). Not reached when the worker is killed."""
+    app = getattr(worker, "wsgi", None)
+    if app is None or not hasattr(app, "extensions"):
+        return
+    from risk_service.service import save_snapshot
+
+    try:
+        save_snapshot(app)
+    except Exception:  # the stop goes on: the next start is empty, as after a crash
+        server.log.exception("could not write the state snapshot")
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """In the master, when a worker has exited: its live gauges no longer count."""
     path = _metrics_dir()

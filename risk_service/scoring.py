@@ -18,7 +18,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -225,6 +225,45 @@ class Scorer:
             metrics.observe_state(
                 store.counts(), forgotten, (idem.whole(), len(idem) - idem.whole())
             )
+
+    def save_snapshot(self, path: str | Path, key_check: str) -> int:
+        """In memory: write the state for the next start (`snapshot.py`); returns the live
+        entity states written (0: nothing to write, on Redis)."""
+        from risk_service import snapshot
+
+        store = self.engine.store
+        if self.shared is not None or not isinstance(store, MemoryStateStore):
+            return 0
+        with self.lock:  # no request changes the state meanwhile
+            state = snapshot.StateSnapshot(
+                store=store,
+                watermark_ms=self.watermark_ms,
+                sweep_at_ms=self._sweep_at_ms,
+                applied_labels=self.applied_labels,
+                key_check=key_check,
+            )
+            snapshot.write(path, state)
+            return sum(live for live, _ in store.counts().values())
+
+    def load_snapshot(
+        self, path: str | Path, key_check: str, key_hash: Callable[[str], str]
+    ) -> int:
+        """In memory, at start: the state a graceful stop wrote, if any (the file is removed);
+        returns the live entity states read."""
+        from risk_service import snapshot
+
+        if self.shared is not None:
+            return 0
+        found = snapshot.take(path, key_check)
+        if found is None:
+            return 0
+        found.store.attach_hash(key_hash)
+        with self.lock:
+            self.engine = OnlineFeatureEngine(found.store, self.engine.key_hash)
+            self.watermark_ms = found.watermark_ms
+            self._sweep_at_ms = found.sweep_at_ms
+            self.applied_labels = found.applied_labels
+        return sum(live for live, _ in found.store.counts().values())
 
     def recall_recent(self, seconds: float, limit: int) -> int:
         """In memory, at start: the events the log holds from the last ``seconds`` (at most

@@ -152,6 +152,32 @@ def spool_dir(config: Mapping[str, Any]) -> Path:
     return Path(configured) if configured else default_spool_dir(config["DECISION_LOG_PATH"])
 
 
+def snapshot_path(config: Mapping[str, Any]) -> Path | None:
+    """STATE_SNAPSHOT_PATH: "auto" is state.snapshot beside the SQLite decision log; "": off."""
+    configured = str(config.get("STATE_SNAPSHOT_PATH") or "")
+    if configured == "auto":
+        return Path(config["DECISION_LOG_PATH"]).with_name("state.snapshot")
+    return Path(configured) if configured else None
+
+
+def snapshot_key_check(key: bytes) -> str:
+    """A fingerprint of the hash key, so a state snapshot is read back only under its key."""
+    return Pseudonymiser(key)("risk-service state snapshot key check")
+
+
+def save_snapshot(app: Any) -> int:
+    """At a graceful stop: the in-memory state to STATE_SNAPSHOT_PATH (`snapshot.py`)."""
+    config = app.config
+    scorer = app.extensions.get("risk")
+    path = snapshot_path(config)
+    if scorer is None or path is None:
+        return 0
+    written: int = scorer.save_snapshot(path, snapshot_key_check(hash_key(config)))
+    if written:
+        log.info("state of %d entities written to %s for the next start", written, path)
+    return written
+
+
 def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
     """The scorer on its verified champions, and the watcher that keeps them current."""
     log_path = Path(config["DECISION_LOG_PATH"])
@@ -196,6 +222,11 @@ def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
         backlog_dir=spool_dir(config),
     )
     watcher.attach(scorer)  # models, policy and shadow, now and on every swap
+    state_file = snapshot_path(config)
+    if state_file is not None:
+        restored = scorer.load_snapshot(state_file, snapshot_key_check(key), Pseudonymiser(key))
+        if restored:
+            log.info("state of %d entities restored from the last graceful stop", restored)
     recalled = scorer.recall_recent(
         float(config["RESTART_RECALL_SECONDS"]), int(config["RESTART_RECALL_MAX_EVENTS"])
     )

@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -508,3 +509,53 @@ def test_with_one_thread_an_admin_change_does_not_hold_the_event_loop(tmp_path: 
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_a_graceful_stop_of_risk_serve_keeps_the_velocities(tmp_path: Path) -> None:
+    """SIGTERM: the worker writes its in-memory state (gunicorn_conf.worker_exit) and the next
+    `risk serve` starts from it (risk_service/snapshot.py)."""
+    env = {
+        **os.environ,
+        "RISK_DECISION_LOG_PATH": str(tmp_path / "decisions.sqlite"),
+        "RISK_HASH_KEY": "worker-test-" + "k" * 32,
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+    def serve() -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        with (tmp_path / "server.log").open("ab") as out:
+            proc = subprocess.Popen(
+                serve_command(port, threads=1), env=env, cwd=tmp_path, stdout=out, stderr=out,
+                start_new_session=True,
+            )  # fmt: skip
+        wait_ready(port, proc)
+        return proc, port
+
+    def post(port: int, body: bytes) -> dict[str, Any]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(with_length(body))
+            status, _, answer = read_response(sock, bytearray())
+        assert status == 200, answer
+        return dict(json.loads(answer))
+
+    def same_account(event_id: str) -> bytes:
+        return json.dumps({**json.loads(event(event_id)), "account_id": "acct-kept"}).encode()
+
+    proc, port = serve()
+    try:
+        for i in range(3):
+            post(port, same_account(f"kept-{i}"))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert (tmp_path / "state.snapshot").is_file()
+    proc, port = serve()
+    try:
+        post(port, same_account("kept-after"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/decisions/kept-after") as answer:
+            features = json.loads(answer.read())["features"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert features["account_events_24h"] == 3
+    assert "state of" in (tmp_path / "server.log").read_text()

@@ -59,6 +59,28 @@ class MemoryStateStore:
             d = self._states[kind] = OrderedDict()
         return d
 
+    def __getstate__(self) -> dict[str, Any]:
+        """For a snapshot: everything but the hash function (`attach_hash` gives it back)."""
+        return {
+            "profiles": self._profiles,
+            "states": self._states,
+            "dormant": self._dormant,
+            "hashed_kinds": self._hashed_kinds,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._profiles = state["profiles"]
+        self._states = state["states"]
+        self._dormant = state["dormant"]
+        self._hashed_kinds = state["hashed_kinds"]
+        self._hash = None
+        self._last = {}
+
+    def attach_hash(self, key_hash: Callable[[str], str]) -> None:
+        """The hash function of a store read back from a snapshot (the same key's)."""
+        self._hash = key_hash
+        self._last = {}
+
     def stored_key(self, kind: str, key: Any) -> Any:
         """The key ``kind``'s state of ``key`` is kept under: its hash for a hashed kind."""
         if kind not in self._hashed_kinds:
