@@ -17,7 +17,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the service: defaults, RISK_* environment, then `test_config`; routes and errors."""
     from flask import Flask
 
-    from risk_service import api, api_admin, service, web
+    from risk_service import api, api_admin, logs, service, web
     from risk_service.config import DEFAULTS
 
     app = Flask(__name__)
@@ -29,6 +29,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # One byte over the limit so that a chunked body (no Content-Length), which werkzeug cuts
     # there, still reads as over the limit (413) rather than as truncated JSON.
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_BODY_BYTES"]) + 1
+    logs.configure(app)  # first: what the start-up says (state restored, decisions recalled)
     scorer, watcher = service.build_scorer(app.config)
     app.extensions["risk"] = scorer
     app.extensions["risk_watcher"] = watcher

@@ -558,4 +558,5 @@ def test_a_graceful_stop_of_risk_serve_keeps_the_velocities(tmp_path: Path) -> N
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
     assert features["account_events_24h"] == 3
-    assert "state of" in (tmp_path / "server.log").read_text()
+    said = (tmp_path / "server.log").read_text()
+    assert "state of 1 entities written" in said and "state of 1 entities restored" in said

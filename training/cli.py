@@ -338,6 +338,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         env["RISK_METRICS_DIR_OWNED"] = "1"
     # One OpenMP thread: LightGBM's default thread pool inside web workers collapses throughput.
     env["OMP_NUM_THREADS"] = "1"
+    shared = bool(env.get("RISK_STATE_URL"))
     command = [
         sys.executable,
         "-m",
@@ -352,11 +353,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "risk_service.worker.BufferingThreadWorker",
         "--bind",
         f"{args.host}:{args.port}",
+        # in memory, the stop writes the state for the next start (risk_service/snapshot.py)
         "--graceful-timeout",
-        "10",
-        # one listening socket per worker: the kernel spreads connections over the workers
-        # (otherwise keep-alive connections pile onto whichever worker accepts first)
-        "--reuse-port",
+        "10" if shared else "30",
+        # shared state: one listening socket per worker, the kernel spreads connections over
+        # them (otherwise keep-alive connections pile onto whichever worker accepts first). In
+        # memory, no: a second `risk serve` on the port must fail to bind, not split the
+        # traffic between two states
+        *(["--reuse-port"] if shared else []),
         "--log-level",
         "warning" if args.quiet else "info",
         "risk_service:create_app()",
