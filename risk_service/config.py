@@ -49,11 +49,11 @@ DEFAULTS: dict[str, Any] = {
     # seconds back (at most RESTART_RECALL_MAX_EVENTS, newest first) become idempotency records
     # again, so retries that follow a restart are answered from the log, not scored anew
     "RESTART_RECALL_SECONDS": 3600,
+    "RESTART_RECALL_MAX_EVENTS": 500_000,
     # with the in-memory state: a graceful stop writes the state here and the next start reads
     # it back (and removes it), so a deploy keeps every velocity. "auto": state.snapshot beside
     # DECISION_LOG_PATH; "": off
     "STATE_SNAPSHOT_PATH": "auto",
-    "RESTART_RECALL_MAX_EVENTS": 500_000,
     # shared online state (redis://host:port/db); None: in process memory, one worker only
     "STATE_URL": None,
     "STATE_PREFIX": "risk:",

@@ -97,6 +97,7 @@ class SettledFilter:
         self._parts: dict[int, list[_Bloom]] = {}  # creation-time bucket -> its filters
         self._all: tuple[_Bloom, ...] = ()  # every filter, for lookups
         self._last_count = 0
+        self._next_expiry_ms = 1 << 62  # when the oldest partition is all past the TTL
 
     def add(self, event_id: str, created_ms: int) -> None:
         bucket = created_ms // self.span_ms
@@ -105,6 +106,7 @@ class SettledFilter:
             capacity = max(self.MIN_CAPACITY, self._last_count)
             blooms = self._parts[bucket] = [_Bloom(capacity, self.BITS_PER_EVENT, self.HASHES)]
             self._all = (*self._all, blooms[-1])
+            self._next_expiry_ms = min(self._next_expiry_ms, self._expiry_ms(bucket))
         elif blooms[-1].full():
             blooms.append(_Bloom(2 * blooms[-1].capacity, self.BITS_PER_EVENT, self.HASHES))
             self._all = (*self._all, blooms[-1])
@@ -117,10 +119,17 @@ class SettledFilter:
         return any(b.may_contain(h1, h2) for b in self._all)
 
     def expire(self, now_ms: int) -> None:
-        """Drop the partitions whose every event is past the TTL."""
-        for bucket in [b for b in self._parts if (b + 1) * self.span_ms + self.ttl_ms <= now_ms]:
+        """Drop the partitions whose every event is past the TTL (called per request: at
+        once until the oldest can go)."""
+        if now_ms < self._next_expiry_ms:
+            return
+        for bucket in [b for b in self._parts if self._expiry_ms(b) <= now_ms]:
             self._last_count = sum(b.count for b in self._parts.pop(bucket))
-            self._all = tuple(b for blooms in self._parts.values() for b in blooms)
+        self._all = tuple(b for blooms in self._parts.values() for b in blooms)
+        self._next_expiry_ms = min(map(self._expiry_ms, self._parts), default=1 << 62)
+
+    def _expiry_ms(self, bucket: int) -> int:
+        return (bucket + 1) * self.span_ms + self.ttl_ms
 
     def __len__(self) -> int:
         """Events added to the partitions kept (some may be past the TTL by up to a span)."""

@@ -158,6 +158,7 @@ class Scorer:
         self.settings = settings or ScoringSettings()
         self.lock = threading.Lock()
         self.applied_labels = AppliedLabels(LABEL_HORIZON_MS)
+        self.snapshot_to: tuple[Path, str] | None = None  # where a stop writes the state, key check
         self.watermark_ms = -(2**62)
         self._sweep_at_ms = -(2**62)  # event time of the next sweep of idle entities
         if file is not None:
@@ -180,9 +181,9 @@ class Scorer:
             return score_shared(self, request, started, now_ms)
         with self.lock:
             found = self.idempotency.get(event_id, now_ms)
-            if found != SETTLED:
+            if found is not SETTLED:
                 entry, created = self._found_or_new(found, request, now_ms)
-        if found == SETTLED:  # past the memory window, or (~1%) a filter's false positive
+        if found is SETTLED:  # past the memory window, or (~1%) a filter's false positive
             settled = self._logged_within_ttl(event_id, now_ms)  # a read of the log, unlocked
             if settled is not None:
                 return self._replay_settled(settled, request, started), True
@@ -287,16 +288,21 @@ class Scorer:
         process knew the event (scored before a restart, whose in-memory records went with
         the old process). That answer was acknowledged, so it is the answer, now and to any
         retry; True once adopted. (This process's state has counted the event once.)"""
-        try:
-            logged = self.log.get(event_id)
-        except DecisionLogError:
-            return False
+        logged = self.logged_or_none(event_id)
         if logged is None or logged.response is None:
             return False
         entry.response = dict(logged.response)
         entry.reasons_complete = True
         entry.x = None  # approval reasons only from the features that decided (the log's)
         return True
+
+    def logged_or_none(self, event_id: str) -> DecisionRecord | None:
+        """The logged decision, or None when the log has none or cannot say right now
+        (PostgreSQL away): callers then answer, wait or take over, all of them idempotently."""
+        try:
+            return self.log.get(event_id)
+        except DecisionLogError:
+            return None
 
     def _found_or_new(
         self, found: IdempotencyEntry | str | None, request: ScoreRequest, now_ms: int

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from risk_service.backlog import DegradedEvent
-from risk_service.decision_log import DecisionLogError, DecisionRecord
 from risk_service.errors import Conflict
 from risk_service.features import CREDIT_FEATURE_NAMES, FEATURE_NAMES, OnlineFeatureEngine
 from risk_service.features.expiry import LABEL_HORIZON_MS
@@ -157,7 +156,7 @@ def _answer(
     if entry.record is None:
         raise RuntimeError(f"event {request.event_id!r} could not be scored")
     if not scorer.log.append(entry.record):
-        logged = _logged(scorer, request.event_id)
+        logged = scorer.logged_or_none(request.event_id)
         if logged is not None and logged.response is not None:
             return {**logged.response, "timing_ms": _ms_since(started)}, True
     response = dict(entry.response)
@@ -176,7 +175,7 @@ def _replay(
         )
     takeover_at = time.perf_counter() + scorer.settings.takeover_ms / 1000.0
     while True:
-        logged = _logged(scorer, request.event_id)
+        logged = scorer.logged_or_none(request.event_id)
         if logged is not None and logged.response is not None:
             response = dict(logged.response)
             if request.explain and response.get("fraud") and stored.x is not None:
@@ -262,7 +261,7 @@ def _answered_before(
     scorer: Scorer, request: ScoreRequest, started: float
 ) -> dict[str, Any] | None:
     """The logged answer to this event_id, if the log can tell; Conflict for another body."""
-    logged = _logged(scorer, request.event_id)
+    logged = scorer.logged_or_none(request.event_id)
     if logged is None or logged.response is None:
         return None
     if logged.body_hash != request.canonical_body_hash:
@@ -271,12 +270,3 @@ def _answered_before(
             field="event_id",
         )
     return {**logged.response, "timing_ms": _ms_since(started)}
-
-
-def _logged(scorer: Scorer, event_id: str) -> DecisionRecord | None:
-    """The logged decision, or None when the log has none or cannot say right now (PostgreSQL
-    away): callers then wait, take over or answer themselves, all of them idempotent."""
-    try:
-        return scorer.log.get(event_id)
-    except DecisionLogError:
-        return None

@@ -160,19 +160,14 @@ def snapshot_path(config: Mapping[str, Any]) -> Path | None:
     return Path(configured) if configured else None
 
 
-def snapshot_key_check(key: bytes) -> str:
-    """A fingerprint of the hash key, so a state snapshot is read back only under its key."""
-    return Pseudonymiser(key)("risk-service state snapshot key check")
-
-
 def save_snapshot(app: Any) -> int:
-    """At a graceful stop: the in-memory state to STATE_SNAPSHOT_PATH (`snapshot.py`)."""
-    config = app.config
+    """At a graceful stop: the in-memory state to STATE_SNAPSHOT_PATH (`snapshot.py`), under
+    the key check `build_scorer` made."""
     scorer = app.extensions.get("risk")
-    path = snapshot_path(config)
-    if scorer is None or path is None:
+    if scorer is None or scorer.snapshot_to is None:
         return 0
-    written: int = scorer.save_snapshot(path, snapshot_key_check(hash_key(config)))
+    path, key_check = scorer.snapshot_to
+    written: int = scorer.save_snapshot(path, key_check)
     if written:
         log.info("state of %d entities written to %s for the next start", written, path)
     return written
@@ -193,7 +188,8 @@ def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
     _publish_versions(serving)
     # in memory, the label kinds' states are keyed as the log names them (labels come weeks
     # later, past the idempotency records: `Scorer.ingest_label`); Redis hashes every key
-    store = fs.MemoryStateStore(Pseudonymiser(key), fs.LABEL_KINDS)
+    pseudonymise = Pseudonymiser(key)
+    store = fs.MemoryStateStore(pseudonymise, fs.LABEL_KINDS)
     scorer = Scorer(
         engine=fs.OnlineFeatureEngine(store),
         models=serving.models,
@@ -224,7 +220,10 @@ def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
     watcher.attach(scorer)  # models, policy and shadow, now and on every swap
     state_file = snapshot_path(config)
     if state_file is not None:
-        restored = scorer.load_snapshot(state_file, snapshot_key_check(key), Pseudonymiser(key))
+        # a fingerprint of the hash key: a snapshot is read back only under the key it used
+        key_check = pseudonymise("risk-service state snapshot key check")
+        scorer.snapshot_to = (state_file, key_check)
+        restored = scorer.load_snapshot(state_file, key_check, pseudonymise)
         if restored:
             log.info("state of %d entities restored from the last graceful stop", restored)
     recalled = scorer.recall_recent(
