@@ -28,6 +28,17 @@ SQLite's automatic checkpoints off on its writer and runs a PASSIVE checkpoint e
 checkpoint never blocks the writer, and the thread waits for I/O without the GIL. Durability
 is unchanged: a commit is durable once in the WAL, checkpointed or not.
 
+**A bounded WAL.** SQLite writes the WAL from its start again only when a write transaction
+begins with every frame copied back and no reader on the WAL. Under steady traffic a PASSIVE
+checkpoint never sees that moment (a commit always lands while it runs), so the WAL grew by
+every decision's pages for as long as traffic lasted: 18 KB a decision, 350 MB after 20,000
+(2026-12-04), unbounded on a busy day, and appends slowed as it grew. Each round of the thread
+now repeats the PASSIVE checkpoint until a pass finds no new frame, and when the WAL still
+holds more than ``RESTART_FRAMES`` it runs a RESTART checkpoint: little is left to copy by
+then, so it holds new writers back for ~0.5 ms, and the next commit starts the WAL over.
+``journal_size_limit`` then gives back the disk of a WAL that a burst grew. So the WAL holds
+about one ``checkpoint_interval_s`` of decisions (`tests/test_decision_log.py`).
+
 **Personal data.** Identifiers that could be personal (account, payee, device,
 IP, instrument and merchant ids, wherever they appear in the request or
 response) are stored as keyed hashes, HMAC-SHA256 with ``hash_key``, in hex
@@ -158,6 +169,9 @@ _SELECT_LABELS = (
 
 
 CHECKPOINT_INTERVAL_S = 1.0  # the service's log: the WAL holds about a second of decisions
+PASSIVE_PASSES = 20  # PASSIVE checkpoints a round, at most, to catch up with the commits
+RESTART_FRAMES = 4096  # WAL frames (16 MB of 4 KB pages) over which a round restarts the WAL
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024  # a larger WAL file is cut to this when it restarts
 log = logging.getLogger("risk_service.decision_log")
 
 
@@ -200,10 +214,12 @@ class SQLiteDecisionLog:
             self._writer.close()
             raise
         self.checkpoints = 0  # done by the checkpoint thread
+        self.wal_restarts = 0  # RESTART checkpoints among them
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
         if checkpoint_interval_s is not None:
             self._writer.execute("PRAGMA wal_autocheckpoint = 0")
+            self._writer.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
             self._checkpointer = threading.Thread(
                 target=self._checkpoint_every,
                 args=(checkpoint_interval_s, self._connect(synchronous, busy_timeout_ms)),
@@ -317,16 +333,32 @@ class SQLiteDecisionLog:
                 raise
 
     def _checkpoint_every(self, interval_s: float, conn: sqlite3.Connection) -> None:
-        """The checkpoint thread: a PASSIVE checkpoint per interval until the log closes."""
+        """The checkpoint thread: a round of checkpoints per interval until the log closes."""
         try:
             while not self._stop_checkpoints.wait(interval_s):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    self.checkpoints += 1
+                    self.checkpoint_round(conn)
                 except sqlite3.Error:  # e.g. the disk is full: the commits will say so
                     log.warning("decision log checkpoint failed", exc_info=True)
         finally:
             conn.close()
+
+    def checkpoint_round(self, conn: sqlite3.Connection) -> int:
+        """PASSIVE checkpoints until one finds no new frame (never blocking the writer), then
+        a RESTART if the WAL still holds over ``RESTART_FRAMES`` (see the module docstring).
+        Returns the WAL's frames at the end of the PASSIVE passes."""
+        seen = -1
+        for _ in range(PASSIVE_PASSES):
+            _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.checkpoints += 1
+            if frames == seen and copied >= frames:
+                break  # a whole pass without a commit: the next one may start the WAL over
+            seen = frames
+        if frames > RESTART_FRAMES:
+            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            self.checkpoints += 1
+            self.wal_restarts += 1
+        return int(frames)
 
     # -- reading -----------------------------------------------------------------------------
     def get(self, event_id: str) -> DecisionRecord | None:

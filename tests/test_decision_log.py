@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from risk_service import decision_log
 from risk_service.decision_log import (
     SCHEMA_VERSION,
     DecisionLog,
@@ -473,6 +474,34 @@ def test_checkpoints_run_on_the_logs_own_thread_not_in_the_commits(tmp_path: Pat
         assert reopened._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
     with pytest.raises(ValueError, match="checkpoint_interval_s must be > 0"):
         SQLiteDecisionLog(tmp_path / "other.sqlite", KEY, checkpoint_interval_s=0)
+
+
+def test_the_wal_stays_bounded_under_steady_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PASSIVE checkpoint alone never lets SQLite start the WAL over while commits keep
+    coming, so the WAL grew by every decision (350 MB after 20,000). The checkpoint rounds
+    catch up and restart it: the file stays near one interval of decisions."""
+    monkeypatch.setattr(decision_log, "RESTART_FRAMES", 256)  # 1 MB of 4 KB pages
+    path = tmp_path / "decisions.sqlite"
+    wal = tmp_path / "decisions.sqlite-wal"
+    log = SQLiteDecisionLog(path, KEY, synchronous="NORMAL", checkpoint_interval_s=0.05)
+    largest = appended = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:  # thousands a second, as a busy service
+        log.append(record(f"steady-{appended}", response={"pad": "x" * 3000}))
+        appended += 1
+        time.sleep(0.0001)  # the service waits for its clients: the checkpointer gets the GIL
+        if appended % 50 == 0:
+            largest = max(largest, wal.stat().st_size)
+    restarts = log.wal_restarts
+    log.close()
+    written = appended * 4096  # at least a page per decision of ~3 KB
+    assert appended > 1000 and written > 4 * 1024 * 1024
+    assert largest < min(written / 4, 8 * 1024 * 1024), (largest, written)
+    assert restarts >= 3, restarts
+    with SQLiteDecisionLog(path, KEY) as reopened:
+        assert reopened.count() == appended  # nothing lost to the restarts
 
 
 def test_the_service_log_checkpoints_in_the_background(tmp_path: Path) -> None:
