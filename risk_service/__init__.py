@@ -42,4 +42,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if app.config["GC_TUNING"]:
         service.tune_gc()
     watcher.start()
+    snapshots = service.periodic_snapshots(scorer, app.config)
+    if snapshots is not None:
+        app.extensions["risk_snapshots"] = snapshots
+        snapshots.start()
     return app

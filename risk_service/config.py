@@ -54,6 +54,10 @@ DEFAULTS: dict[str, Any] = {
     # it back (and removes it), so a deploy keeps every velocity. "auto": state.snapshot beside
     # DECISION_LOG_PATH; "": off
     "STATE_SNAPSHOT_PATH": "auto",
+    # with the in-memory state: also every this-many seconds, written by a forked copy of the
+    # worker (the lock is held only for the fork), so a crash loses at most that much of the
+    # state; the file then stays after a start. 0: only at a graceful stop (read once)
+    "STATE_SNAPSHOT_INTERVAL_SECONDS": 300,
     # shared online state (redis://host:port/db); None: in process memory, one worker only
     "STATE_URL": None,
     "STATE_PREFIX": "risk:",

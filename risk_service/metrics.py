@@ -135,6 +135,12 @@ SETTLED_LOOKUPS = Counter(
     "unreadable: scored)",
     ["found"],
 )
+STATE_SNAPSHOTS = Counter(
+    "risk_state_snapshots",
+    "In-memory state written for the next start by a forked copy of the worker, every "
+    "STATE_SNAPSHOT_INTERVAL_SECONDS (ok, or failed: the previous file stays)",
+    ["result"],
+)
 
 # Children bound once: `labels()` takes a lock and builds a tuple on every call.
 _DECISION = {(k, d): DECISIONS_TOTAL.labels(k, d) for k in KINDS for d in DECISIONS}
@@ -278,6 +284,11 @@ def observe_state(
 def settled_lookup(found: str) -> None:
     """A settled-filter hit looked up in the log: ``retry``, ``new`` or ``unreadable``."""
     _child(SETTLED_LOOKUPS, found).inc()
+
+
+def state_snapshot(result: str) -> None:
+    """A periodic snapshot of the in-memory state: ``ok`` or ``failed``."""
+    _child(STATE_SNAPSHOTS, result).inc()
 
 
 # -- connections -------------------------------------------------------------------------

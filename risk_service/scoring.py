@@ -54,6 +54,7 @@ from risk_service.requests import ScoreRequest
 from risk_service.scores import decide, fraud_band, fraud_score
 
 if TYPE_CHECKING:
+    from risk_service import snapshot
     from risk_service.lifecycle import Shadow
 
 log = logging.getLogger("risk_service.scoring")
@@ -232,30 +233,44 @@ class Scorer:
         entity states written (0: nothing to write, on Redis)."""
         from risk_service import snapshot
 
+        with self.lock:  # no request changes the state meanwhile
+            state = self.state_snapshot(key_check)
+            if state is None:
+                return 0
+            snapshot.write(path, state)
+            return sum(live for live, _ in state.store.counts().values())
+
+    def state_snapshot(self, key_check: str) -> snapshot.StateSnapshot | None:
+        """Under the lock: what a snapshot holds (the live objects, not a copy), or None on
+        Redis."""
+        from risk_service import snapshot
+
         store = self.engine.store
         if self.shared is not None or not isinstance(store, MemoryStateStore):
-            return 0
-        with self.lock:  # no request changes the state meanwhile
-            state = snapshot.StateSnapshot(
-                store=store,
-                watermark_ms=self.watermark_ms,
-                sweep_at_ms=self._sweep_at_ms,
-                applied_labels=self.applied_labels,
-                key_check=key_check,
-            )
-            snapshot.write(path, state)
-            return sum(live for live, _ in store.counts().values())
+            return None
+        return snapshot.StateSnapshot(
+            store=store,
+            watermark_ms=self.watermark_ms,
+            sweep_at_ms=self._sweep_at_ms,
+            applied_labels=self.applied_labels,
+            key_check=key_check,
+        )
 
     def load_snapshot(
-        self, path: str | Path, key_check: str, key_hash: Callable[[str], str]
+        self,
+        path: str | Path,
+        key_check: str,
+        key_hash: Callable[[str], str],
+        *,
+        remove: bool = True,
     ) -> int:
-        """In memory, at start: the state a graceful stop wrote, if any (the file is removed);
-        returns the live entity states read."""
+        """In memory, at start: the state last written, if any (the file removed if
+        ``remove``); returns the live entity states read."""
         from risk_service import snapshot
 
         if self.shared is not None:
             return 0
-        found = snapshot.take(path, key_check)
+        found = snapshot.take(path, key_check, remove=remove)
         if found is None:
             return 0
         found.store.attach_hash(key_hash)

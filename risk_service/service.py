@@ -25,6 +25,7 @@ from risk_service.lifecycle import ChampionWatcher, Serving
 from risk_service.policy import Policy
 from risk_service.redis_state import RedisState
 from risk_service.scoring import LoadedModels, Scorer, ScoringSettings
+from risk_service.snapshot import PeriodicSnapshots
 
 log = logging.getLogger("risk_service")
 
@@ -166,11 +167,24 @@ def save_snapshot(app: Any) -> int:
     scorer = app.extensions.get("risk")
     if scorer is None or scorer.snapshot_to is None:
         return 0
+    periodic = app.extensions.get("risk_snapshots")
+    if periodic is not None:
+        periodic.stop()  # a child still writing finishes first: this snapshot is the newest
     path, key_check = scorer.snapshot_to
     written: int = scorer.save_snapshot(path, key_check)
     if written:
         log.info("state of %d entities written to %s for the next start", written, path)
     return written
+
+
+def periodic_snapshots(scorer: Scorer, config: Mapping[str, Any]) -> PeriodicSnapshots | None:
+    """The periodic snapshots of the in-memory state (`snapshot.py`), not yet started; None
+    on Redis, without a snapshot path, or with STATE_SNAPSHOT_INTERVAL_SECONDS 0."""
+    interval = float(config["STATE_SNAPSHOT_INTERVAL_SECONDS"])
+    if scorer.snapshot_to is None or scorer.shared is not None or interval <= 0:
+        return None
+    path, key_check = scorer.snapshot_to
+    return PeriodicSnapshots(scorer, path, key_check, interval)
 
 
 def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
@@ -223,9 +237,11 @@ def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
         # a fingerprint of the hash key: a snapshot is read back only under the key it used
         key_check = pseudonymise("risk-service state snapshot key check")
         scorer.snapshot_to = (state_file, key_check)
-        restored = scorer.load_snapshot(state_file, key_check, pseudonymise)
+        periodic = float(config["STATE_SNAPSHOT_INTERVAL_SECONDS"]) > 0
+        # kept when snapshots are periodic: after a crash, the next start reads it again
+        restored = scorer.load_snapshot(state_file, key_check, pseudonymise, remove=not periodic)
         if restored:
-            log.info("state of %d entities restored from the last graceful stop", restored)
+            log.info("state of %d entities restored from %s", restored, state_file)
     recalled = scorer.recall_recent(
         float(config["RESTART_RECALL_SECONDS"]), int(config["RESTART_RECALL_MAX_EVENTS"])
     )

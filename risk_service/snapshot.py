@@ -5,9 +5,19 @@ With the embedded store, velocities, distinct sets and label counts live in the 
 every restart (a deploy, a new model bundle on disk, a config change) started them from zero:
 every account looked new for up to 90 days. A graceful stop (gunicorn's SIGTERM, after the
 last request) now writes them to ``STATE_SNAPSHOT_PATH`` (`gunicorn_conf.worker_exit`), and
-the next start reads the file back and removes it, so no later start can bring back a state
-that misses the events scored since. A crash (SIGKILL, out of memory) writes nothing: that
-start is empty, as before, and its retries are answered from the decision log.
+the next start reads the file back.
+
+A crash (SIGKILL, out of memory) writes nothing at the stop, so the state is also written every
+``STATE_SNAPSHOT_INTERVAL_SECONDS`` (300) while the worker runs (`PeriodicSnapshots`): a
+thread takes the scorer's lock, forks, and lets go; the child process holds a copy-on-write
+image of the state as of that instant, writes it and exits, while the worker goes on scoring.
+A crash then loses at most the events of one interval from the state (they are undercounted,
+never counted twice: their retries are answered from the decision log), and the file stays
+after a start for the next one. With the interval 0 the file is written only at a graceful
+stop, and a start removes it, so no later start can bring back a state that misses the events
+scored since. The fork holds the lock (and every request) for ~1 ms per 100 MB of the
+worker's memory; the child's pickling touches every object, so its pages are copied: up to
+the state's size again in memory for the seconds it runs.
 
 The file is a pickle of the service's own objects, written 0600 through a temporary file and
 a rename: whoever can write it can run code in the service, as with the models directory, so
@@ -26,15 +36,23 @@ import gc
 import logging
 import os
 import pickle
+import signal
+import threading
+import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from risk_service import metrics
 from risk_service.features.spec import FEATURE_SET_VERSION
 from risk_service.features.store import MemoryStateStore
 from risk_service.idempotency import AppliedLabels
+
+if TYPE_CHECKING:
+    from risk_service.scoring import Scorer
 
 log = logging.getLogger("risk_service.snapshot")
 
@@ -71,9 +89,10 @@ def write(path: str | Path, snapshot: StateSnapshot) -> None:
         raise
 
 
-def take(path: str | Path, key_check: str) -> StateSnapshot | None:
-    """Read the snapshot at ``path`` and remove the file; None (logged) when there is none,
-    or it is unreadable or of another feature set or hash key."""
+def take(path: str | Path, key_check: str, *, remove: bool = True) -> StateSnapshot | None:
+    """Read the snapshot at ``path`` (and remove the file if ``remove``); None (logged) when
+    there is none, or it is unreadable or of another feature set or hash key (such a file is
+    always removed: the next periodic snapshot writes a good one)."""
     source = Path(path)
     if not source.is_file():
         return None
@@ -83,11 +102,11 @@ def take(path: str | Path, key_check: str) -> StateSnapshot | None:
     except Exception as exc:  # a partial or foreign file: start empty rather than not at all
         log.warning("state snapshot %s unreadable, starting empty: %s", source, exc)
         found = None
-    finally:
+    problem = "unreadable" if found is None else _problem(found, key_check)
+    if remove or problem:
         source.unlink(missing_ok=True)
     if found is None:
         return None
-    problem = _problem(found, key_check)
     if problem:
         log.warning("state snapshot %s refused (%s), starting empty", source, problem)
         return None
@@ -117,3 +136,100 @@ def _problem(found: Any, key_check: str) -> str:
     if found.key_check != key_check:
         return "written with another hash key"
     return ""
+
+
+class PeriodicSnapshots:
+    """Every ``interval_s``, the scorer's in-memory state written by a forked child (see the
+    module docstring); `stop` waits for a child still writing, so a graceful stop's own
+    snapshot, written after, is never overwritten by an older one."""
+
+    def __init__(self, scorer: Scorer, path: Path, key_check: str, interval_s: float) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"the snapshot interval must be > 0 seconds, got {interval_s}")
+        self.scorer = scorer
+        self.path = path
+        self.key_check = key_check
+        self.interval_s = interval_s
+        self.written = 0  # snapshots written by children
+        self.last_fork_ms = 0.0  # how long the last fork held the scorer's lock
+        self._busy = threading.Lock()  # one child at a time, and none after stop
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="state-snapshots", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """No snapshot after this returns, and none being written."""
+        self._stopping.set()
+        with self._busy:
+            pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval_s):
+            try:
+                self.write_now()
+            except Exception:  # the next interval tries again; the previous file stays
+                log.exception("state snapshot failed")
+                metrics.state_snapshot("failed")
+
+    def write_now(self) -> bool:
+        """Fork a child that writes the state as of now; wait for it. True once written."""
+        with self._busy:
+            if self._stopping.is_set():
+                return False
+            scorer = self.scorer
+            with scorer.lock:  # the state as of one instant: no request changes it meanwhile
+                state = scorer.state_snapshot(self.key_check)
+                if state is None:
+                    return False
+                forked = time.perf_counter()
+                pid = _fork()
+                if pid == 0:
+                    _write_and_exit(self.path, state)
+                self.last_fork_ms = (time.perf_counter() - forked) * 1000
+            del state
+            _, status = os.waitpid(pid, 0)
+            seconds = time.perf_counter() - forked
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            log.warning(
+                "state snapshot child %d exited with %d: %s kept as it was", pid, code, self.path
+            )
+            metrics.state_snapshot("failed")
+            return False
+        self.written += 1
+        metrics.state_snapshot("ok")
+        log.info(
+            "state written to %s in %.2f s (the fork held requests %.1f ms)",
+            self.path,
+            seconds,
+            self.last_fork_ms,
+        )
+        return True
+
+
+def _fork() -> int:
+    """os.fork: the child runs only `_write_and_exit` (no lock, no log, no other thread's
+    objects), which is what makes forking a threaded process safe here."""
+    with warnings.catch_warnings():  # Python 3.12+ warns about fork() with threads running
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def _write_and_exit(path: Path, state: StateSnapshot) -> NoReturn:
+    """In the child: write the snapshot and leave without running any of the parent's exit
+    handlers (gunicorn's, the decision log's, atexit)."""
+    code = 1
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)  # the parent's handlers belong to the worker
+        signal.set_wakeup_fd(-1)  # gunicorn's wake-up pipe is the parent's
+        write(path, state)
+        code = 0
+    finally:  # an exception too: the parent logs the exit code
+        os._exit(code)

@@ -43,6 +43,9 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
     yield build
     for app in apps:
         app.extensions["risk_watcher"].stop()
+        snapshots = app.extensions.get("risk_snapshots")
+        if snapshots is not None:
+            snapshots.stop()
         app.extensions["risk"].close()
 
 

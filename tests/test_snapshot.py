@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import stat
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import AppFactory
+from flask import Flask
 from flask.testing import FlaskClient
 from test_api import NOW, iso, logged, payment
 
+from risk_service import metrics
 from risk_service.service import save_snapshot
+from risk_service.snapshot import PeriodicSnapshots
 
 
 def score_history(client: FlaskClient, n: int, t0: datetime) -> None:
@@ -24,9 +28,14 @@ def score_history(client: FlaskClient, n: int, t0: datetime) -> None:
 def test_a_graceful_stop_keeps_the_state_for_the_next_start(
     make_app: AppFactory, tmp_path: Path
 ) -> None:
-    kept = {"DECISION_LOG_PATH": str(tmp_path / "kept.sqlite")}
+    # written only at the stop, so read once (with periodic snapshots the file stays)
+    kept = {
+        "DECISION_LOG_PATH": str(tmp_path / "kept.sqlite"),
+        "STATE_SNAPSHOT_INTERVAL_SECONDS": 0,
+    }
     t0 = NOW - timedelta(hours=2)
     before = make_app(**kept)
+    assert "risk_snapshots" not in before.extensions
     client = before.test_client()
     score_history(client, 4, t0)
     label = {"event_id": "h-0", "is_fraud": 1, "label_time": iso(t0 + timedelta(minutes=30))}
@@ -78,3 +87,93 @@ def test_a_snapshot_of_another_key_or_a_broken_one_is_refused(
     later = payment("h-later", timestamp=iso(t0 + timedelta(hours=1)), merchant_id="m-s")
     assert after.test_client().post("/score", json=later).status_code == 200
     assert logged(after, "h-later").features["account_events_24h"] == 0
+
+
+def periodic(app: Flask) -> PeriodicSnapshots:
+    snapshots = app.extensions["risk_snapshots"]
+    assert isinstance(snapshots, PeriodicSnapshots)
+    return snapshots
+
+
+def test_after_a_crash_the_start_reads_the_last_periodic_snapshot(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """A forked child writes the state while the worker goes on; a crash then loses only the
+    events scored since (undercounted, never counted twice), and the file stays for the next
+    start."""
+    kept = {"DECISION_LOG_PATH": str(tmp_path / "kept.sqlite")}
+    t0 = NOW - timedelta(hours=2)
+    before = make_app(**kept)  # the default interval (300 s): the test takes the turns itself
+    client = before.test_client()
+    score_history(client, 4, t0)
+    ok = metrics.sample("risk_state_snapshots_total", {"result": "ok"})
+    assert periodic(before).write_now()
+    assert metrics.sample("risk_state_snapshots_total", {"result": "ok"}) == ok + 1
+    assert periodic(before).last_fork_ms < 1000  # requests wait only for the fork
+    state_file = tmp_path / "state.snapshot"
+    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+    for i in (4, 5):  # scored after the snapshot, then the process dies: no graceful stop
+        body = payment(f"h-{i}", timestamp=iso(t0 + timedelta(minutes=i)), merchant_id="m-s")
+        assert client.post("/score", json=body).status_code == 200
+    for start in ("after the crash", "after a second crash"):
+        after = make_app(**kept)
+        assert state_file.exists(), start  # kept: another crash reads it again
+        retry = payment("h-5", timestamp=iso(t0 + timedelta(minutes=5)), merchant_id="m-s")
+        replays = metrics.sample("risk_idempotent_replays_total")
+        assert after.test_client().post("/score", json=retry).status_code == 200
+        assert metrics.sample("risk_idempotent_replays_total") == replays + 1  # from the log
+        later = payment(f"late-{start}", timestamp=iso(t0 + timedelta(hours=1)))
+        assert after.test_client().post("/score", json=later).status_code == 200
+        # h-4 and h-5 are lost from the state; the retry of h-5 was not counted either
+        assert logged(after, f"late-{start}").features["account_events_24h"] == 4
+
+
+def test_periodic_snapshots_run_on_their_own_and_stop_before_the_last_one(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    kept = {"DECISION_LOG_PATH": str(tmp_path / "kept.sqlite")}
+    t0 = NOW - timedelta(hours=2)
+    before = make_app(**kept, STATE_SNAPSHOT_INTERVAL_SECONDS=0.2)
+    client = before.test_client()
+    score_history(client, 3, t0)
+    snapshots = periodic(before)
+    deadline = time.monotonic() + 30
+    while snapshots.written < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert snapshots.written >= 2
+    body = payment("h-3", timestamp=iso(t0 + timedelta(minutes=3)), merchant_id="m-s")
+    assert client.post("/score", json=body).status_code == 200
+    assert save_snapshot(before) > 0  # stops the periodic ones first: this one is the newest
+    written = snapshots.written
+    time.sleep(0.5)
+    assert snapshots.written == written and not snapshots.write_now()
+    after = make_app(**kept)
+    later = payment("h-later", timestamp=iso(t0 + timedelta(hours=1)))
+    assert after.test_client().post("/score", json=later).status_code == 200
+    assert logged(after, "h-later").features["account_events_24h"] == 4
+
+
+def test_a_failed_periodic_snapshot_keeps_the_previous_file(
+    make_app: AppFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(DECISION_LOG_PATH=str(tmp_path / "kept.sqlite"))
+    score_history(app.test_client(), 2, NOW - timedelta(hours=2))
+    snapshots = periodic(app)
+    assert snapshots.write_now()
+    state_file = tmp_path / "state.snapshot"
+    good = state_file.read_bytes()
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    snapshots.path = blocker / "state.snapshot"  # the child cannot write there
+    failed = metrics.sample("risk_state_snapshots_total", {"result": "failed"})
+    with caplog.at_level(logging.WARNING, logger="risk_service.snapshot"):
+        assert not snapshots.write_now()
+    assert "exited with 1" in caplog.text
+    assert metrics.sample("risk_state_snapshots_total", {"result": "failed"}) == failed + 1
+    assert state_file.read_bytes() == good
+
+
+def test_no_periodic_snapshots_on_redis_or_without_a_path(make_app: AppFactory) -> None:
+    assert "risk_snapshots" not in make_app(STATE_SNAPSHOT_PATH="").extensions
+    with pytest.raises(ValueError, match="interval must be > 0"):
+        PeriodicSnapshots(None, Path("x"), "k", 0)  # type: ignore[arg-type]

@@ -560,3 +560,60 @@ def test_a_graceful_stop_of_risk_serve_keeps_the_velocities(tmp_path: Path) -> N
     assert features["account_events_24h"] == 3
     said = (tmp_path / "server.log").read_text()
     assert "state of 1 entities written" in said and "state of 1 entities restored" in said
+
+
+def test_after_a_crash_risk_serve_starts_from_the_last_periodic_snapshot(tmp_path: Path) -> None:
+    """SIGKILL (no graceful stop): the state a forked child wrote while the worker served
+    (RISK_STATE_SNAPSHOT_INTERVAL_SECONDS) is read by the next start."""
+    env = {
+        **os.environ,
+        "RISK_DECISION_LOG_PATH": str(tmp_path / "decisions.sqlite"),
+        "RISK_HASH_KEY": "worker-test-" + "k" * 32,
+        "RISK_STATE_SNAPSHOT_INTERVAL_SECONDS": "0.3",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    server_log = tmp_path / "server.log"
+
+    def serve() -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        with server_log.open("ab") as out:
+            proc = subprocess.Popen(
+                serve_command(port, threads=1), env=env, cwd=tmp_path, stdout=out, stderr=out,
+                start_new_session=True,
+            )  # fmt: skip
+        wait_ready(port, proc)
+        return proc, port
+
+    def post(port: int, event_id: str) -> dict[str, Any]:
+        body = json.dumps({**json.loads(event(event_id)), "account_id": "acct-crash"}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(with_length(body))
+            status, _, answer = read_response(sock, bytearray())
+        assert status == 200, answer
+        return dict(json.loads(answer))
+
+    def snapshots_written() -> int:
+        return server_log.read_text().count("state written to")
+
+    proc, port = serve()
+    try:
+        for i in range(3):
+            post(port, f"crash-{i}")
+        seen = snapshots_written()
+        deadline = time.monotonic() + 30
+        while snapshots_written() < seen + 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # two more: one of them began after the last event
+        assert snapshots_written() >= seen + 2, server_log.read_text()[-2000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the arbiter and its worker: no stop hook runs
+        proc.wait(timeout=60)
+    proc, port = serve()
+    try:
+        post(port, "crash-after")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/decisions/crash-after") as answer:
+            features = json.loads(answer.read())["features"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert features["account_events_24h"] == 3
+    assert "state of 1 entities restored" in server_log.read_text()
