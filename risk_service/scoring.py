@@ -160,6 +160,7 @@ class Scorer:
         self.lock = threading.Lock()
         self.applied_labels = AppliedLabels(LABEL_HORIZON_MS)
         self.snapshot_to: tuple[Path, str] | None = None  # where a stop writes the state, key check
+        self.closed = False
         self.watermark_ms = -(2**62)
         self._sweep_at_ms = -(2**62)  # event time of the next sweep of idle entities
         if file is not None:
@@ -628,6 +629,7 @@ class Scorer:
 
     def close(self) -> None:
         """Stop the backlog thread, close the decision log and the shared store's client."""
+        self.closed = True  # periodic snapshots stop too
         self.backlog.stop()
         self.log.close()
         if self.shared is not None:

@@ -40,6 +40,7 @@ import signal
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,7 +147,7 @@ class PeriodicSnapshots:
     def __init__(self, scorer: Scorer, path: Path, key_check: str, interval_s: float) -> None:
         if not interval_s > 0:
             raise ValueError(f"the snapshot interval must be > 0 seconds, got {interval_s}")
-        self.scorer = scorer
+        self._scorer = weakref.ref(scorer)  # a scorer dropped or closed ends the thread
         self.path = path
         self.key_check = key_check
         self.interval_s = interval_s
@@ -180,9 +181,11 @@ class PeriodicSnapshots:
     def write_now(self) -> bool:
         """Fork a child that writes the state as of now; wait for it. True once written."""
         with self._busy:
-            if self._stopping.is_set():
+            scorer = self._scorer()
+            if scorer is None or scorer.closed:
+                self._stopping.set()
+            if scorer is None or self._stopping.is_set():
                 return False
-            scorer = self.scorer
             with scorer.lock:  # the state as of one instant: no request changes it meanwhile
                 state = scorer.state_snapshot(self.key_check)
                 if state is None:

@@ -177,3 +177,14 @@ def test_no_periodic_snapshots_on_redis_or_without_a_path(make_app: AppFactory) 
     assert "risk_snapshots" not in make_app(STATE_SNAPSHOT_PATH="").extensions
     with pytest.raises(ValueError, match="interval must be > 0"):
         PeriodicSnapshots(None, Path("x"), "k", 0)  # type: ignore[arg-type]
+
+
+def test_a_closed_scorer_ends_its_periodic_snapshots(make_app: AppFactory) -> None:
+    app = make_app(STATE_SNAPSHOT_INTERVAL_SECONDS=0.05)
+    snapshots = periodic(app)
+    thread = snapshots._thread
+    assert thread is not None and thread.is_alive()
+    app.extensions["risk"].close()
+    assert not snapshots.write_now()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
