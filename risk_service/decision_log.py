@@ -18,7 +18,8 @@ first appender to find no commit in progress becomes the leader, takes every
 queued record, writes them in one transaction and wakes the others; appends
 that arrived during that commit wait and form the next batch. There is no
 background thread, so a lone append pays no hand-off. Each append still
-returns only once its own batch has committed.
+returns only once its own batch has committed. A one-thread worker batches the
+requests of one turn of its event loop the same way (`risk_service/turns.py`).
 
 **Checkpoints.** SQLite copies the WAL back into the database file every 1,000 pages
 (about 250 decisions), in whichever commit crosses that mark, and that checkpoint syncs the

@@ -15,7 +15,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import greenlet
+
+from risk_service import metrics
 from risk_service.decision_records import DECISION
+from risk_service.turns import RequestGreenlet
 
 
 class Pending:
@@ -63,6 +67,21 @@ class GroupCommit:
             if self.closed:
                 raise self._closed_error()
             self._queue.extend(pendings)
+        current = greenlet.getcurrent()
+        if isinstance(current, RequestGreenlet):  # in the event loop: commit with its turn
+            current.park(self)
+        self._wait_for(last)
+
+    def commit_queued(self) -> None:
+        """Commit every row queued so far (the end of a turn of the event loop, `turns.py`)."""
+        with self.cond:
+            if not self._queue:
+                return
+            last = self._queue[-1]
+        self._wait_for(last)
+
+    def _wait_for(self, last: Pending) -> None:
+        """Return once ``last`` has committed: as the leader, or after the leader's batch."""
         while True:
             with self.cond:
                 while not last.done and self._writing:
@@ -73,6 +92,7 @@ class GroupCommit:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
             try:
+                metrics.log_commit(len(batch))
                 self._commit(batch)
             finally:
                 with self.cond:

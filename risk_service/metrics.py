@@ -135,6 +135,12 @@ SETTLED_LOOKUPS = Counter(
     "unreadable: scored)",
     ["found"],
 )
+LOG_COMMIT_ROWS = Histogram(
+    "risk_decision_log_commit_rows",
+    "Rows (decisions and labels) per commit of the decision log: a group commit of "
+    "concurrent threads, or of the requests of one turn of a one-thread worker's event loop",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 512),
+)
 STATE_SNAPSHOTS = Counter(
     "risk_state_snapshots",
     "In-memory state written for the next start by a forked copy of the worker, every "
@@ -284,6 +290,11 @@ def observe_state(
 def settled_lookup(found: str) -> None:
     """A settled-filter hit looked up in the log: ``retry``, ``new`` or ``unreadable``."""
     _child(SETTLED_LOOKUPS, found).inc()
+
+
+def log_commit(rows: int) -> None:
+    """One commit of the decision log (SQLite or PostgreSQL) of ``rows`` rows."""
+    LOG_COMMIT_ROWS.observe(rows)
 
 
 def state_snapshot(result: str) -> None:

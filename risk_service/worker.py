@@ -41,8 +41,10 @@ from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from risk_service.http_framing import DEFAULT_BODY_LIMIT, HEAD_LIMIT, RequestReader, Status
+from risk_service.turns import Turn
 
 TIMEOUT_ENV = "RISK_CLIENT_TIMEOUT_SECONDS"
+TURN_COMMITS_ENV = "RISK_TURN_COMMITS"
 DEFAULT_TIMEOUT_SECONDS = 5.0
 RECV_SIZE = 64 * 1024
 READS_PER_EVENT = 4  # then back to the loop, so one fast sender does not hold it
@@ -54,6 +56,17 @@ LOG_EVERY_SECONDS = 10.0
 # hold every /score meanwhile.
 POOL_PATHS = (b"/admin/",)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def turn_commits(environ: Mapping[str, str] = os.environ) -> bool:
+    """``RISK_TURN_COMMITS`` (default on): with one thread, the decisions of one turn of the
+    event loop commit together (`risk_service/turns.py`); off, each commits alone."""
+    raw = environ.get(TURN_COMMITS_ENV, "").strip().lower()
+    if raw in ("", "1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise RuntimeError(f"{TURN_COMMITS_ENV}={raw!r}: expected on or off (1 or 0)")
 
 
 def client_timeout(environ: Mapping[str, str] = os.environ) -> float:
@@ -160,6 +173,8 @@ class BufferingThreadWorker(ThreadWorker):
         self.lingering: dict[socket.socket, _Linger] = {}
         # one thread: requests are answered in the loop, without the pool (`serve_inline`)
         self.inline = self.cfg.threads == 1 and not self.passthrough
+        # the requests of this turn of the loop waiting for their commit (None: each alone)
+        self.turn = Turn() if self.inline and turn_commits() else None
         self.timed_out = 0  # since the last warning
         self.warned_at = -math.inf
 
@@ -168,6 +183,7 @@ class BufferingThreadWorker(ThreadWorker):
         """In the arbiter, at start: a bad RISK_CLIENT_TIMEOUT_SECONDS stops gunicorn there."""
         super().check_config(cfg, log)
         client_timeout()
+        turn_commits()
 
     def run(self) -> None:
         """Bodies are bounded by the application's limit (Flask's MAX_CONTENT_LENGTH)."""
@@ -263,13 +279,26 @@ class BufferingThreadWorker(ThreadWorker):
         conn.continued = pending.continued
         conn.data_ready = True  # gthread's handle() must not wait for a first byte again
         if self.inline and not pending.reader.target.startswith(POOL_PATHS):
-            self.serve_inline(conn)
+            if self.turn is not None:
+                self.turn.run(functools.partial(self.serve_inline, conn))
+            else:
+                self.serve_inline(conn)
         else:
             super().enqueue_req(conn)
 
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """One turn of the loop; at its end the decisions its requests made commit together
+        and those requests answer (`risk_service/turns.py`)."""
+        try:
+            super().wait_for_and_dispatch_events(timeout)
+        finally:
+            if self.turn is not None:
+                self.turn.flush()
+
     def serve_inline(self, conn: _Conn) -> None:
-        """Answer a whole request in the loop's own thread, then do what gthread does when a
-        pool thread is done (`finish_request`: keep alive, or close).
+        """Answer a whole request in the loop's own thread (in a greenlet of its own, which
+        waits for the end of the turn to commit its decision), then do what gthread does when
+        a pool thread is done (`finish_request`: keep alive, or close).
 
         With one thread the pool only adds two hand-offs a request (submit to the thread, its
         "done" back to the loop through a pipe), each a wake-up of another thread and a turn

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from risk_service.http_framing import FRAMING_ALLOWANCE, HEAD_LIMIT, RequestReader, Status
-from risk_service.worker import client_timeout
+from risk_service.worker import client_timeout, turn_commits
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 1.0  # RISK_CLIENT_TIMEOUT_SECONDS of the test server
@@ -128,6 +128,13 @@ def test_a_body_is_expected_only_from_http_1_1_clients_that_ask() -> None:
     assert read(asking).expects_continue
     assert not read(asking.replace(b"HTTP/1.1", b"HTTP/1.0")).expects_continue
     assert not read(asking.replace(b"Expect: 100-Continue\r\n", b"")).expects_continue
+
+
+def test_the_turn_commits_setting() -> None:
+    assert turn_commits({}) and turn_commits({"RISK_TURN_COMMITS": " On "})
+    assert not turn_commits({"RISK_TURN_COMMITS": "0"})
+    with pytest.raises(RuntimeError, match="RISK_TURN_COMMITS"):
+        turn_commits({"RISK_TURN_COMMITS": "sometimes"})
 
 
 def test_the_timeout_setting() -> None:
@@ -450,6 +457,7 @@ def test_a_bad_timeout_setting_stops_risk_serve_with_a_clear_error(tmp_path: Pat
 def test_operations_doc_names_the_setting() -> None:
     text = (ROOT / "docs" / "operations.md").read_text()
     assert "RISK_CLIENT_TIMEOUT_SECONDS" in text and "risk_client_timeouts_total" in text
+    assert "RISK_TURN_COMMITS" in text and "risk_decision_log_commit_rows" in text
 
 
 def test_with_one_thread_an_admin_change_does_not_hold_the_event_loop(tmp_path: Path) -> None:
@@ -617,3 +625,67 @@ def test_after_a_crash_risk_serve_starts_from_the_last_periodic_snapshot(tmp_pat
         proc.wait(timeout=60)
     assert features["account_events_24h"] == 3
     assert "state of 1 entities restored" in server_log.read_text()
+
+
+def metric_value(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["turn commits", "each alone"])
+def test_the_requests_of_one_turn_of_the_loop_share_one_commit(
+    tmp_path: Path, shared: bool
+) -> None:
+    """risk_service/turns.py: eight requests that are ready together (sent while the server
+    was stopped) are scored in one turn of the event loop, their decisions commit in one
+    transaction, and only then are they answered; with RISK_TURN_COMMITS=0, eight commits."""
+    env = {
+        **os.environ,
+        "RISK_DECISION_LOG_PATH": str(tmp_path / "decisions.sqlite"),
+        "RISK_HASH_KEY": "worker-test-" + "k" * 32,
+        "RISK_TURN_COMMITS": "1" if shared else "0",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    port = free_port()
+    with (tmp_path / "server.log").open("wb") as out:
+        proc = subprocess.Popen(
+            serve_command(port, threads=1), env=env, cwd=tmp_path, stdout=out, stderr=out,
+            start_new_session=True,
+        )  # fmt: skip
+    socks: list[socket.socket] = []
+    try:
+        wait_ready(port, proc)
+        buffers = [bytearray() for _ in range(8)]
+        for i, buf in enumerate(buffers):  # kept alive: each is one readable socket later
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            socks[i].sendall(with_length(event(f"turn-warm-{i}")))
+            assert read_response(socks[i], buf)[0] == 200
+        commits = metric_value(port, "risk_decision_log_commit_rows_count")
+        rows = metric_value(port, "risk_decision_log_commit_rows_sum")
+        time.sleep(0.3)  # the worker idle in its poll
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            for i, sock in enumerate(socks):
+                sock.sendall(with_length(event(f"turn-{i}")))
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        answers = [read_response(sock, buf) for sock, buf in zip(socks, buffers, strict=True)]
+        assert [status for status, _, _ in answers] == [200] * 8
+        assert {json.loads(body)["event_id"] for _, _, body in answers} == {
+            f"turn-{i}" for i in range(8)
+        }
+        assert metric_value(port, "risk_decision_log_commit_rows_sum") == rows + 8
+        assert metric_value(port, "risk_decision_log_commit_rows_count") == commits + (
+            1 if shared else 8
+        )
+        for i in range(8):  # every answered decision is in the log
+            url = f"http://127.0.0.1:{port}/decisions/turn-{i}"
+            with urllib.request.urlopen(url, timeout=10) as logged:
+                assert json.loads(logged.read())["event_id"] == f"turn-{i}"
+    finally:
+        for sock in socks:
+            sock.close()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
