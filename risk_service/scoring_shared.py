@@ -44,6 +44,7 @@ from risk_service.redis_state import (
     prefetch_keys,
 )
 from risk_service.requests import ScoreRequest
+from risk_service.turns import wait_for_turn
 
 if TYPE_CHECKING:
     from risk_service.scoring import Scorer
@@ -185,7 +186,8 @@ def _replay(
             return response
         if time.perf_counter() >= takeover_at:
             break
-        time.sleep(POLL_S)
+        if not wait_for_turn():  # a twin parked in this turn of the loop: its commit first
+            time.sleep(POLL_S)
     return _answer(scorer, _takeover_entry(scorer, request, stored), request, started)[0]
 
 

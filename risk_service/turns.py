@@ -48,17 +48,30 @@ class RequestGreenlet(greenlet.greenlet):
             self.turn.idle.append(self)
             request = self.parent.switch()
 
-    def park(self, group: GroupCommit) -> None:
-        """Wait for the end of the turn, when ``group`` commits what this request queued."""
+    def park(self, group: GroupCommit | None) -> None:
+        """Wait for the end of the turn, when ``group`` commits what this request queued
+        (None: wait for the turn's commits, of the others)."""
         self.turn.parked.append((self, group))
         self.parent.switch()
+
+
+def wait_for_turn() -> bool:
+    """For a request polling for a decision that another request may be about to log: in a
+    request greenlet while others of the turn are parked, wait until the turn's commits are
+    done (the awaited decision may be among them; a sleep would hold the whole loop, and them
+    with it) and return True; else False, and the caller sleeps as it would in a thread."""
+    current = greenlet.getcurrent()
+    if not isinstance(current, RequestGreenlet) or not current.turn.parked:
+        return False
+    current.park(None)
+    return True
 
 
 class Turn:
     """The requests a turn of the loop parked, and the logs they wait for."""
 
     def __init__(self) -> None:
-        self.parked: list[tuple[RequestGreenlet, GroupCommit]] = []
+        self.parked: list[tuple[RequestGreenlet, GroupCommit | None]] = []
         self.idle: list[RequestGreenlet] = []
         self.largest = 0  # the most requests one commit has served
 
@@ -76,7 +89,8 @@ class Turn:
             self.largest = max(self.largest, len(parked))
             groups: dict[int, GroupCommit] = {}
             for _, group in parked:
-                groups.setdefault(id(group), group)
+                if group is not None:
+                    groups.setdefault(id(group), group)
             for group in groups.values():
                 group.commit_queued()
             for request, _ in parked:

@@ -7,7 +7,7 @@ import threading
 import greenlet
 
 from risk_service.group_commit import GroupCommit, Pending
-from risk_service.turns import Turn
+from risk_service.turns import Turn, wait_for_turn
 
 
 class Log:
@@ -119,3 +119,37 @@ def test_a_failed_commit_reaches_every_request_of_the_turn() -> None:
     turn.run(lambda: request("b"))
     turn.flush()
     assert seen == ["a: disk full", "b: disk full"]
+
+
+def test_a_request_polling_for_a_twin_waits_for_the_turn_not_a_sleep() -> None:
+    events: list[str] = []
+    log = Log("log", events)
+    turn = Turn()
+    assert not wait_for_turn()  # outside a request greenlet: the caller sleeps
+
+    def first() -> None:
+        log.append("twin")
+        events.append("first answered")
+
+    def second() -> None:
+        while "twin" not in [row for batch in log.batches for row in batch]:
+            assert wait_for_turn()  # the first is parked: the turn's commit comes first
+            events.append("second looked again")
+        events.append("second answered")
+
+    turn.run(first)
+    turn.run(second)
+    assert events == []
+    turn.flush()
+    assert events == [
+        "commit log 1",
+        "first answered",
+        "second looked again",
+        "second answered",
+    ]
+
+    def alone() -> None:
+        events.append(f"alone waits: {wait_for_turn()}")
+
+    turn.run(alone)  # nobody else parked: no turn to wait for, so it would sleep
+    assert events[-1] == "alone waits: False"

@@ -689,3 +689,63 @@ def test_the_requests_of_one_turn_of_the_loop_share_one_commit(
             sock.close()
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("store", ["memory", pytest.param("redis", marks=pytest.mark.integration)])
+def test_a_twin_request_in_the_same_turn_waits_for_the_turn_not_the_takeover(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """The same event sent twice at once (a double submit) lands in one turn of the loop: the
+    second finds the first's decision not yet logged. On Redis it polls the log, and a sleep
+    there would hold the loop, and the first request with it, until the take-over
+    (RISK_TAKEOVER_MS): it waits for the turn's commit instead. Both get the one answer."""
+    env = {
+        **os.environ,
+        "RISK_DECISION_LOG_PATH": str(tmp_path / "decisions.sqlite"),
+        "RISK_HASH_KEY": "worker-test-" + "k" * 32,
+        "RISK_TAKEOVER_MS": "5000",
+    }
+    if store == "redis":
+        target = request.getfixturevalue("redis_target")
+        env.update(
+            RISK_STATE_URL=target.url, RISK_STATE_PREFIX=target.prefix, RISK_STATE_TIMEOUT_MS="2000"
+        )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    port = free_port()
+    with (tmp_path / "server.log").open("wb") as out:
+        proc = subprocess.Popen(
+            serve_command(port, threads=1), env=env, cwd=tmp_path, stdout=out, stderr=out,
+            start_new_session=True,
+        )  # fmt: skip
+    socks: list[socket.socket] = []
+    try:
+        wait_ready(port, proc)
+        buffers = [bytearray(), bytearray()]
+        for i, buf in enumerate(buffers):
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=20))
+            socks[i].sendall(with_length(event(f"twin-warm-{i}")))
+            assert read_response(socks[i], buf)[0] == 200
+        time.sleep(0.3)
+        twin = with_length(event("twin"))
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            for sock in socks:
+                sock.sendall(twin)
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        sent = time.monotonic()
+        answers = [read_response(sock, buf) for sock, buf in zip(socks, buffers, strict=True)]
+        waited = time.monotonic() - sent
+        assert [status for status, _, _ in answers] == [200, 200]
+        first, second = (json.loads(body) for _, _, body in answers)
+        assert first["event_id"] == second["event_id"] == "twin"
+        assert first["decision"] == second["decision"]
+        assert waited < 2.5, waited  # not the 5 s take-over
+        url = f"http://127.0.0.1:{port}/decisions/twin"
+        with urllib.request.urlopen(url, timeout=10) as logged:
+            assert json.loads(logged.read())["decision"] == first["decision"]
+    finally:
+        for sock in socks:
+            sock.close()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
