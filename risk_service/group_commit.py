@@ -94,6 +94,11 @@ class GroupCommit:
             try:
                 metrics.log_commit(len(batch))
                 self._commit(batch)
+            except Exception as exc:  # a commit must mark its rows; if it broke off, they fail
+                for p in batch:
+                    if not p.done:
+                        p.error, p.done = exc, True
+                raise
             finally:
                 with self.cond:
                     self._writing = False

@@ -92,6 +92,9 @@ class Turn:
                 if group is not None:
                     groups.setdefault(id(group), group)
             for group in groups.values():
-                group.commit_queued()
+                try:
+                    group.commit_queued()
+                except Exception:  # then each parked request commits, or fails, on its own
+                    log.exception("the commit of a turn of the event loop failed")
             for request, _ in parked:
                 request.switch()

@@ -498,7 +498,8 @@ def test_the_wal_stays_bounded_under_steady_appends(
     log.close()
     written = appended * 4096  # at least a page per decision of ~3 KB
     assert appended > 1000 and written > 4 * 1024 * 1024
-    assert largest < min(written / 4, 8 * 1024 * 1024), (largest, written)
+    # without the restarts the WAL holds every page of every decision: over 4x ``written``
+    assert largest < min(written, 16 * 1024 * 1024), (largest, written)
     assert restarts >= 3, restarts
     with SQLiteDecisionLog(path, KEY) as reopened:
         assert reopened.count() == appended  # nothing lost to the restarts

@@ -153,3 +153,26 @@ def test_a_request_polling_for_a_twin_waits_for_the_turn_not_a_sleep() -> None:
 
     turn.run(alone)  # nobody else parked: no turn to wait for, so it would sleep
     assert events[-1] == "alone waits: False"
+
+
+def test_when_the_turns_commit_raises_its_requests_get_the_error_and_the_loop_goes_on() -> None:
+    calls: list[int] = []
+
+    def commit(batch: list[Pending]) -> None:
+        calls.append(len(batch))
+        raise RuntimeError("a bug in the commit")  # the rows are left unmarked
+
+    group = GroupCommit(commit, max_batch=512, closed_error=RuntimeError)
+    answered: list[str] = []
+    turn = Turn()
+
+    def request(name: str) -> None:
+        pending = Pending((name,))
+        group.submit([pending])
+        answered.append(f"{name}: {pending.error}")
+
+    turn.run(lambda: request("a"))
+    turn.run(lambda: request("b"))
+    turn.flush()  # logged, not raised: the loop goes on
+    assert answered == ["a: a bug in the commit", "b: a bug in the commit"]
+    assert calls == [2]
