@@ -519,52 +519,92 @@ def test_with_one_thread_an_admin_change_does_not_hold_the_event_loop(tmp_path: 
         proc.wait(timeout=30)
 
 
-def test_a_graceful_stop_of_risk_serve_keeps_the_velocities(tmp_path: Path) -> None:
-    """SIGTERM: the worker writes its in-memory state (gunicorn_conf.worker_exit) and the next
-    `risk serve` starts from it (risk_service/snapshot.py)."""
+# -- one-thread `risk serve` runs of a test's own -------------------------------------------------
+def one_thread_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {
         **os.environ,
         "RISK_DECISION_LOG_PATH": str(tmp_path / "decisions.sqlite"),
         "RISK_HASH_KEY": "worker-test-" + "k" * 32,
+        **extra,
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
 
-    def serve() -> tuple[subprocess.Popen[bytes], int]:
-        port = free_port()
-        with (tmp_path / "server.log").open("ab") as out:
-            proc = subprocess.Popen(
-                serve_command(port, threads=1), env=env, cwd=tmp_path, stdout=out, stderr=out,
-                start_new_session=True,
-            )  # fmt: skip
-        wait_ready(port, proc)
-        return proc, port
 
-    def post(port: int, body: bytes) -> dict[str, Any]:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(with_length(body))
-            status, _, answer = read_response(sock, bytearray())
-        assert status == 200, answer
-        return dict(json.loads(answer))
+def serve_one_thread(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    """`risk serve --threads 1` on a port of its own, ready; its output in server.log."""
+    port = free_port()
+    with (tmp_path / "server.log").open("ab") as out:
+        proc = subprocess.Popen(
+            serve_command(port, threads=1), env=env, cwd=tmp_path, stdout=out, stderr=out,
+            start_new_session=True,
+        )  # fmt: skip
+    wait_ready(port, proc)
+    return proc, port
 
-    def same_account(event_id: str) -> bytes:
-        return json.dumps({**json.loads(event(event_id)), "account_id": "acct-kept"}).encode()
 
-    proc, port = serve()
+def post_event(port: int, event_id: str, account_id: str) -> dict[str, Any]:
+    body = json.dumps({**json.loads(event(event_id)), "account_id": account_id}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(with_length(body))
+        status, _, answer = read_response(sock, bytearray())
+    assert status == 200, answer
+    return dict(json.loads(answer))
+
+
+def logged_features(port: int, event_id: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/decisions/{event_id}") as answer:
+        return dict(json.loads(answer.read())["features"])
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    os.killpg(proc.pid, sig)
+    proc.wait(timeout=60)
+
+
+def kept_alive(port: int, count: int) -> tuple[list[socket.socket], list[bytearray]]:
+    """``count`` connections that each had one request answered: kept alive, each becomes one
+    readable socket of the loop when its next request comes."""
+    socks, buffers = [], []
+    for i in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        socks.append(sock)
+        buffers.append(bytearray())
+        sock.sendall(with_length(event(f"warm-{port}-{i}")))
+        assert read_response(sock, buffers[-1])[0] == 200
+    return socks, buffers
+
+
+def send_while_stopped(
+    proc: subprocess.Popen[bytes], socks: list[socket.socket], requests: list[bytes]
+) -> None:
+    """Send while the server is stopped, so that its next turn finds every request ready."""
+    time.sleep(0.3)  # the worker idle in its poll
+    os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        for sock, request in zip(socks, requests, strict=True):
+            sock.sendall(request)
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+
+
+def test_a_graceful_stop_of_risk_serve_keeps_the_velocities(tmp_path: Path) -> None:
+    """SIGTERM: the worker writes its in-memory state (gunicorn_conf.worker_exit) and the next
+    `risk serve` starts from it (risk_service/snapshot.py)."""
+    env = one_thread_env(tmp_path)
+    proc, port = serve_one_thread(tmp_path, env)
     try:
         for i in range(3):
-            post(port, same_account(f"kept-{i}"))
+            post_event(port, f"kept-{i}", "acct-kept")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop(proc)
     assert (tmp_path / "state.snapshot").is_file()
-    proc, port = serve()
+    proc, port = serve_one_thread(tmp_path, env)
     try:
-        post(port, same_account("kept-after"))
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/decisions/kept-after") as answer:
-            features = json.loads(answer.read())["features"]
+        post_event(port, "kept-after", "acct-kept")
+        features = logged_features(port, "kept-after")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop(proc)
     assert features["account_events_24h"] == 3
     said = (tmp_path / "server.log").read_text()
     assert "state of 1 entities written" in said and "state of 1 entities restored" in said
@@ -573,56 +613,29 @@ def test_a_graceful_stop_of_risk_serve_keeps_the_velocities(tmp_path: Path) -> N
 def test_after_a_crash_risk_serve_starts_from_the_last_periodic_snapshot(tmp_path: Path) -> None:
     """SIGKILL (no graceful stop): the state a forked child wrote while the worker served
     (RISK_STATE_SNAPSHOT_INTERVAL_SECONDS) is read by the next start."""
-    env = {
-        **os.environ,
-        "RISK_DECISION_LOG_PATH": str(tmp_path / "decisions.sqlite"),
-        "RISK_HASH_KEY": "worker-test-" + "k" * 32,
-        "RISK_STATE_SNAPSHOT_INTERVAL_SECONDS": "0.3",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env = one_thread_env(tmp_path, RISK_STATE_SNAPSHOT_INTERVAL_SECONDS="0.3")
     server_log = tmp_path / "server.log"
-
-    def serve() -> tuple[subprocess.Popen[bytes], int]:
-        port = free_port()
-        with server_log.open("ab") as out:
-            proc = subprocess.Popen(
-                serve_command(port, threads=1), env=env, cwd=tmp_path, stdout=out, stderr=out,
-                start_new_session=True,
-            )  # fmt: skip
-        wait_ready(port, proc)
-        return proc, port
-
-    def post(port: int, event_id: str) -> dict[str, Any]:
-        body = json.dumps({**json.loads(event(event_id)), "account_id": "acct-crash"}).encode()
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(with_length(body))
-            status, _, answer = read_response(sock, bytearray())
-        assert status == 200, answer
-        return dict(json.loads(answer))
 
     def snapshots_written() -> int:
         return server_log.read_text().count("state written to")
 
-    proc, port = serve()
+    proc, port = serve_one_thread(tmp_path, env)
     try:
         for i in range(3):
-            post(port, f"crash-{i}")
+            post_event(port, f"crash-{i}", "acct-crash")
         seen = snapshots_written()
         deadline = time.monotonic() + 30
         while snapshots_written() < seen + 2 and time.monotonic() < deadline:
             time.sleep(0.1)  # two more: one of them began after the last event
         assert snapshots_written() >= seen + 2, server_log.read_text()[-2000:]
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the arbiter and its worker: no stop hook runs
-        proc.wait(timeout=60)
-    proc, port = serve()
+        stop(proc, signal.SIGKILL)  # the arbiter and its worker: no stop hook runs
+    proc, port = serve_one_thread(tmp_path, env)
     try:
-        post(port, "crash-after")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/decisions/crash-after") as answer:
-            features = json.loads(answer.read())["features"]
+        post_event(port, "crash-after", "acct-crash")
+        features = logged_features(port, "crash-after")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop(proc)
     assert features["account_events_24h"] == 3
     assert "state of 1 entities restored" in server_log.read_text()
 
@@ -641,36 +654,14 @@ def test_the_requests_of_one_turn_of_the_loop_share_one_commit(
     """risk_service/turns.py: eight requests that are ready together (sent while the server
     was stopped) are scored in one turn of the event loop, their decisions commit in one
     transaction, and only then are they answered; with RISK_TURN_COMMITS=0, eight commits."""
-    env = {
-        **os.environ,
-        "RISK_DECISION_LOG_PATH": str(tmp_path / "decisions.sqlite"),
-        "RISK_HASH_KEY": "worker-test-" + "k" * 32,
-        "RISK_TURN_COMMITS": "1" if shared else "0",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    port = free_port()
-    with (tmp_path / "server.log").open("wb") as out:
-        proc = subprocess.Popen(
-            serve_command(port, threads=1), env=env, cwd=tmp_path, stdout=out, stderr=out,
-            start_new_session=True,
-        )  # fmt: skip
+    env = one_thread_env(tmp_path, RISK_TURN_COMMITS="1" if shared else "0")
+    proc, port = serve_one_thread(tmp_path, env)
     socks: list[socket.socket] = []
     try:
-        wait_ready(port, proc)
-        buffers = [bytearray() for _ in range(8)]
-        for i, buf in enumerate(buffers):  # kept alive: each is one readable socket later
-            socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
-            socks[i].sendall(with_length(event(f"turn-warm-{i}")))
-            assert read_response(socks[i], buf)[0] == 200
+        socks, buffers = kept_alive(port, 8)
         commits = metric_value(port, "risk_decision_log_commit_rows_count")
         rows = metric_value(port, "risk_decision_log_commit_rows_sum")
-        time.sleep(0.3)  # the worker idle in its poll
-        os.killpg(proc.pid, signal.SIGSTOP)
-        try:
-            for i, sock in enumerate(socks):
-                sock.sendall(with_length(event(f"turn-{i}")))
-        finally:
-            os.killpg(proc.pid, signal.SIGCONT)
+        send_while_stopped(proc, socks, [with_length(event(f"turn-{i}")) for i in range(8)])
         answers = [read_response(sock, buf) for sock, buf in zip(socks, buffers, strict=True)]
         assert [status for status, _, _ in answers] == [200] * 8
         assert {json.loads(body)["event_id"] for _, _, body in answers} == {
@@ -681,14 +672,11 @@ def test_the_requests_of_one_turn_of_the_loop_share_one_commit(
             1 if shared else 8
         )
         for i in range(8):  # every answered decision is in the log
-            url = f"http://127.0.0.1:{port}/decisions/turn-{i}"
-            with urllib.request.urlopen(url, timeout=10) as logged:
-                assert json.loads(logged.read())["event_id"] == f"turn-{i}"
+            assert logged_features(port, f"turn-{i}")["amount"] == 12.5
     finally:
         for sock in socks:
             sock.close()
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop(proc)
 
 
 @pytest.mark.parametrize("store", ["memory", pytest.param("redis", marks=pytest.mark.integration)])
@@ -699,40 +687,17 @@ def test_a_twin_request_in_the_same_turn_waits_for_the_turn_not_the_takeover(
     second finds the first's decision not yet logged. On Redis it polls the log, and a sleep
     there would hold the loop, and the first request with it, until the take-over
     (RISK_TAKEOVER_MS): it waits for the turn's commit instead. Both get the one answer."""
-    env = {
-        **os.environ,
-        "RISK_DECISION_LOG_PATH": str(tmp_path / "decisions.sqlite"),
-        "RISK_HASH_KEY": "worker-test-" + "k" * 32,
-        "RISK_TAKEOVER_MS": "5000",
-    }
+    extra = {"RISK_TAKEOVER_MS": "5000"}
     if store == "redis":
         target = request.getfixturevalue("redis_target")
-        env.update(
+        extra.update(
             RISK_STATE_URL=target.url, RISK_STATE_PREFIX=target.prefix, RISK_STATE_TIMEOUT_MS="2000"
         )
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    port = free_port()
-    with (tmp_path / "server.log").open("wb") as out:
-        proc = subprocess.Popen(
-            serve_command(port, threads=1), env=env, cwd=tmp_path, stdout=out, stderr=out,
-            start_new_session=True,
-        )  # fmt: skip
+    proc, port = serve_one_thread(tmp_path, one_thread_env(tmp_path, **extra))
     socks: list[socket.socket] = []
     try:
-        wait_ready(port, proc)
-        buffers = [bytearray(), bytearray()]
-        for i, buf in enumerate(buffers):
-            socks.append(socket.create_connection(("127.0.0.1", port), timeout=20))
-            socks[i].sendall(with_length(event(f"twin-warm-{i}")))
-            assert read_response(socks[i], buf)[0] == 200
-        time.sleep(0.3)
-        twin = with_length(event("twin"))
-        os.killpg(proc.pid, signal.SIGSTOP)
-        try:
-            for sock in socks:
-                sock.sendall(twin)
-        finally:
-            os.killpg(proc.pid, signal.SIGCONT)
+        socks, buffers = kept_alive(port, 2)
+        send_while_stopped(proc, socks, [with_length(event("twin"))] * 2)
         sent = time.monotonic()
         answers = [read_response(sock, buf) for sock, buf in zip(socks, buffers, strict=True)]
         waited = time.monotonic() - sent
@@ -741,11 +706,8 @@ def test_a_twin_request_in_the_same_turn_waits_for_the_turn_not_the_takeover(
         assert first["event_id"] == second["event_id"] == "twin"
         assert first["decision"] == second["decision"]
         assert waited < 2.5, waited  # not the 5 s take-over
-        url = f"http://127.0.0.1:{port}/decisions/twin"
-        with urllib.request.urlopen(url, timeout=10) as logged:
-            assert json.loads(logged.read())["decision"] == first["decision"]
+        assert logged_features(port, "twin")["amount"] == 12.5
     finally:
         for sock in socks:
             sock.close()
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop(proc)
