@@ -18,6 +18,10 @@ Closing a connection ("lingering": FIN, then reading what the client still sends
 answer rather than a reset) also happens in the event loop: gthread does it in the loop with a
 blocking read of up to 2 s.
 
+With one thread, a whole request is answered in the loop itself (`serve_inline`), in a greenlet
+that waits for the end of the loop's turn to commit its decision with the others of that turn
+(`risk_service/turns.py`, ``RISK_TURN_COMMITS``).
+
 TLS, the PROXY protocol and HTTP/2 prior knowledge are not buffered (their bytes are not plain
 HTTP/1.1 here): with any of them on, connections are handled as gthread handles them.
 """
