@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "RESTART_RECALL_SECONDS": 3600,
     "RESTART_RECALL_MAX_EVENTS": 500_000,
     # with the in-memory state: a graceful stop writes the state here and the next start reads
-    # it back (and removes it), so a deploy keeps every velocity. "auto": state.snapshot beside
+    # it back, so a deploy keeps every velocity. "auto": state.snapshot beside
     # DECISION_LOG_PATH; "": off
     "STATE_SNAPSHOT_PATH": "auto",
     # with the in-memory state: also every this-many seconds, written by a forked copy of the
