@@ -232,6 +232,9 @@ def _write_and_exit(path: Path, state: StateSnapshot) -> NoReturn:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)  # the parent's handlers belong to the worker
         signal.set_wakeup_fd(-1)  # gunicorn's wake-up pipe is the parent's
+        # the listening sockets, connections and database files are the parent's too: a child
+        # outliving a killed worker must not keep its port taken for the next start
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         write(path, state)
         code = 0
     finally:  # an exception too: the parent logs the exit code
