@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import AppFactory
+from conftest import AppFactory, RedisTarget
 from flask import Flask
 from flask.testing import FlaskClient
 from test_api import NOW, iso, logged, payment
@@ -103,7 +103,7 @@ def test_after_a_crash_the_start_reads_the_last_periodic_snapshot(
     start."""
     kept = {"DECISION_LOG_PATH": str(tmp_path / "kept.sqlite")}
     t0 = NOW - timedelta(hours=2)
-    before = make_app(**kept)  # the default interval (300 s): the test takes the turns itself
+    before = make_app(**kept)  # the default interval (300 s): the test writes one itself
     client = before.test_client()
     score_history(client, 4, t0)
     ok = metrics.sample("risk_state_snapshots_total", {"result": "ok"})
@@ -173,10 +173,17 @@ def test_a_failed_periodic_snapshot_keeps_the_previous_file(
     assert state_file.read_bytes() == good
 
 
-def test_no_periodic_snapshots_on_redis_or_without_a_path(make_app: AppFactory) -> None:
+def test_no_periodic_snapshots_without_a_path(make_app: AppFactory) -> None:
     assert "risk_snapshots" not in make_app(STATE_SNAPSHOT_PATH="").extensions
     with pytest.raises(ValueError, match="interval must be > 0"):
         PeriodicSnapshots(None, Path("x"), "k", 0)  # type: ignore[arg-type]
+
+
+@pytest.mark.integration
+def test_no_periodic_snapshots_on_redis(make_app: AppFactory, redis_target: RedisTarget) -> None:
+    """Redis keeps the state outside the process: nothing to fork for."""
+    app = make_app(STATE_URL=redis_target.url, STATE_PREFIX=redis_target.prefix)
+    assert "risk_snapshots" not in app.extensions
 
 
 def test_a_closed_scorer_ends_its_periodic_snapshots(make_app: AppFactory) -> None:
