@@ -338,16 +338,15 @@ class SQLiteDecisionLog:
         try:
             while not self._stop_checkpoints.wait(interval_s):
                 try:
-                    self.checkpoint_round(conn)
+                    self._checkpoint_round(conn)
                 except sqlite3.Error:  # e.g. the disk is full: the commits will say so
                     log.warning("decision log checkpoint failed", exc_info=True)
         finally:
             conn.close()
 
-    def checkpoint_round(self, conn: sqlite3.Connection) -> int:
+    def _checkpoint_round(self, conn: sqlite3.Connection) -> None:
         """PASSIVE checkpoints until one finds no new frame (never blocking the writer), then
-        a RESTART if the WAL still holds over ``RESTART_FRAMES`` (see the module docstring).
-        Returns the WAL's frames at the end of the PASSIVE passes."""
+        a RESTART if the WAL still holds over ``RESTART_FRAMES`` (see the module docstring)."""
         seen = -1
         for _ in range(PASSIVE_PASSES):
             _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -359,7 +358,6 @@ class SQLiteDecisionLog:
             conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             self.checkpoints += 1
             self.wal_restarts += 1
-        return int(frames)
 
     # -- reading -----------------------------------------------------------------------------
     def get(self, event_id: str) -> DecisionRecord | None:
