@@ -20,7 +20,15 @@ RUN pip install -r requirements.lock
 COPY risk_service risk_service
 COPY training training
 COPY models models
-RUN pip install --no-deps .
+# A C compiler for the project's one extension (risk_service/features/_rolling.c), removed in
+# the same step so the image keeps none. Debian's current packages: their versions are the
+# base image's release, not pins of this project.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-deps . \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 
 USER 10001
 EXPOSE 8000

@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run demo test lint format
 
-$(STAMP): pyproject.toml requirements.lock
+# the C extension is built by the project's install: a change to its source reinstalls
+$(STAMP): pyproject.toml requirements.lock risk_service/features/_rolling.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock

@@ -21,7 +21,12 @@ def test_the_dockerfile_installs_exactly_as_make_install_does() -> None:
     assert "pip install --quiet -r requirements.lock" in makefile
     assert "pip install --quiet --no-deps -e ." in makefile
     assert "RUN pip install -r requirements.lock" in dockerfile
-    assert "RUN pip install --no-deps ." in dockerfile
+    # the project's install compiles its C extension: the compiler comes and goes in one step
+    step = re.search(r"^RUN apt-get update(?:.*\\\n)*.*$", dockerfile, re.M)
+    assert step is not None
+    assert "apt-get install -y --no-install-recommends gcc libc6-dev" in step.group(0)
+    assert "&& pip install --no-deps . " in step.group(0)
+    assert "apt-get purge -y --auto-remove gcc libc6-dev" in step.group(0)
     assert re.search(r"^USER 10001$", dockerfile, re.M)  # not root
     assert "HEALTHCHECK" in dockerfile and "/health" in dockerfile
     assert "COPY models models" in dockerfile  # models baked in (or mounted over /app/models)

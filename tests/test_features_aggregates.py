@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
 from test_features_world import make_world
 
-from risk_service.features import compute_offline_features
-from risk_service.features.aggregates import LabelTimes, RecentMembers, RollingSums
+from risk_service.features import aggregates, compute_offline_features
+from risk_service.features.aggregates import LabelTimes, PyRollingSums, RecentMembers, RollingSums
 from risk_service.features.derived import times_ms
 from risk_service.features.kernels import distinct_members, previous_in_group
 from risk_service.features.spec import DAY_MS, HOUR_MS, MINUTE_MS, W1H, W7D, W10M, W24H, Window
@@ -24,12 +26,17 @@ def _stream(rng: np.random.Generator, n: int, step_ms: int) -> np.ndarray:
     return np.cumsum(gaps).astype(np.int64) + 1_700_000_000_000 // step_ms * step_ms
 
 
+# every RollingSums test runs on the compiled class and on the Python one it must equal
+BOTH = pytest.mark.parametrize("sums", [RollingSums, PyRollingSums], ids=["compiled", "python"])
+
+
+@BOTH
 @pytest.mark.parametrize("window", [W10M, W1H, W7D, Window("3d", DAY_MS, 3)])
-def test_rolling_sums_vs_brute_force(window: Window) -> None:
+def test_rolling_sums_vs_brute_force(window: Window, sums: type[PyRollingSums]) -> None:
     rng = np.random.default_rng(1)
     times = _stream(rng, 1500, window.bucket_ms)
     values = rng.integers(0, 1000, len(times))
-    agg = RollingSums(window, 2)
+    agg = sums(window, 2)
     for i, t in enumerate(times):
         got = list(agg.get(int(t)))
         seen = [j for j in range(i) if _in_window(int(times[j]), int(t), window)]
@@ -38,22 +45,96 @@ def test_rolling_sums_vs_brute_force(window: Window) -> None:
     assert len(agg.buckets) <= window.n_buckets
 
 
-def test_rolling_sums_bucket_edges() -> None:
-    agg = RollingSums(W10M, 1)
+@BOTH
+def test_rolling_sums_bucket_edges(sums: type[PyRollingSums]) -> None:
+    agg = sums(W10M, 1)
     agg.update(0, [1])  # bucket 0
     agg.update(MINUTE_MS - 1, [1])  # still bucket 0
     assert agg.get(10 * MINUTE_MS - 1) == [2]  # bucket 9: 0 > 9 - 10
     assert agg.get(10 * MINUTE_MS) == [0]  # bucket 10: 0 > 0 is false -> expired
 
 
-def test_rolling_sums_late_event_inside_window() -> None:
-    agg = RollingSums(W1H, 1)
+@BOTH
+def test_rolling_sums_late_event_inside_window(sums: type[PyRollingSums]) -> None:
+    agg = sums(W1H, 1)
     agg.update(10 * MINUTE_MS, [1])
     agg.update(5 * MINUTE_MS, [1])  # late but inside the window: kept in its own bucket
     assert agg.get(64 * MINUTE_MS) == [2]
     assert agg.get(65 * MINUTE_MS) == [1]  # bucket 5 expired first
     agg.update(0, [1])  # already outside the window: ignored
     assert agg.get(65 * MINUTE_MS) == [1]
+
+
+def test_the_compiled_rolling_sums_are_in_use() -> None:
+    """`pip install` builds `_rolling.c`; a silent fall-back to Python would cost the request
+    path about half of its feature engine's time."""
+    from risk_service.features._rolling import RollingSums as Compiled
+
+    assert aggregates.RollingSums is Compiled is not PyRollingSums
+
+
+def _fields(agg: PyRollingSums) -> tuple[object, ...]:
+    return agg.cutoff, list(agg.totals), [list(b) for b in agg.buckets], agg.last_bucket
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_rolling_sums_equal_python_with_late_events(seed: int) -> None:
+    """Random streams with late events (inside and outside the window), reads at random
+    times, idle gaps that expire everything, and every field after every step."""
+    rng = np.random.default_rng(seed)
+    window = [W10M, W1H, W7D, Window("3d", DAY_MS, 3)][seed % 4]
+    k = 1 + seed % 3
+    fast, slow = RollingSums(window, k), PyRollingSums(window, k)
+    t = 1_700_000_000_000
+    for _ in range(2500):
+        t += int(rng.choice([0, 1, window.bucket_ms, 3 * window.bucket_ms, 400 * window.bucket_ms],
+                            p=[0.2, 0.3, 0.3, 0.15, 0.05]))  # fmt: skip
+        late = int(rng.integers(0, (window.n_buckets + 3) * window.bucket_ms))
+        at = t - late if rng.random() < 0.3 else t
+        if rng.random() < 0.5:
+            vals = [int(v) for v in rng.integers(0, 10**9, k)]
+            fast.update(at, vals)
+            slow.update(at, vals)
+        else:
+            assert fast.get(at) == slow.get(at)
+        assert _fields(fast) == _fields(slow)
+
+
+def test_compiled_rolling_sums_survive_pickle_and_field_copy() -> None:
+    """Snapshots pickle states; the Redis codec copies cutoff, totals and buckets."""
+    agg = RollingSums(W1H, 2)
+    for i, minute in enumerate([3, 3, 7, 50, 52]):
+        agg.update(minute * MINUTE_MS, [1, 100 * i])
+    copied = pickle.loads(pickle.dumps(agg))
+    assert type(copied) is RollingSums and _fields(copied) == _fields(agg)
+    blank = RollingSums(W1H, 2)
+    blank.cutoff, blank.totals, blank.buckets = agg.cutoff, agg.totals, agg.buckets
+    assert _fields(blank) == _fields(agg)
+    for agg_ in (agg, copied, blank):  # and they go on alike
+        agg_.update(64 * MINUTE_MS, [1, 5])
+    assert _fields(agg) == _fields(copied) == _fields(blank)
+    assert agg.get(64 * MINUTE_MS) == [4, 905]  # minutes 7, 50, 52 and 64: the hour to 64
+
+
+@BOTH
+def test_rolling_sums_refuse_a_wrong_number_of_channels(sums: type[PyRollingSums]) -> None:
+    agg = sums(W1H, 2)
+    with pytest.raises(ValueError, match="expected 2 channel values, got 3"):
+        agg.update(0, [1, 2, 3])
+    assert agg.totals == [0, 0] and agg.last_bucket is None
+
+
+def test_compiled_rolling_sums_refuse_overflow_and_bad_buckets() -> None:
+    agg = RollingSums(W1H, 1)
+    agg.update(0, [2**62])
+    with pytest.raises(OverflowError):
+        agg.update(0, [2**62])
+    assert agg.totals == [2**62]  # unchanged by the refused update
+    with pytest.raises(ValueError, match="increasing order"):
+        agg.buckets = [[5, 1], [5, 1]]
+    with pytest.raises(ValueError, match="a bucket must hold 2 ints"):
+        agg.buckets = [[5, 1, 1]]
+    assert agg.buckets == [[0, 2**62]]
 
 
 @pytest.mark.parametrize("cap", [3, 50])

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from risk_service.features.spec import DISTINCT_CAP, Window
 
 
-class RollingSums:
+class PyRollingSums:
     """Integer running sums of several channels over a bucketed window.
+
+    ``RollingSums`` is this class compiled (`_rolling.c`, the same behaviour at ~1/8 of the
+    CPU) wherever the extension was built; this one is the reference the tests compare it with.
 
     An update at ``t_e`` counts for a query at ``t`` iff
     ``floor(t_e / b) > floor(max(t, latest) / b) - n``: buckets of size ``b``, ``n`` of them.
@@ -56,7 +60,14 @@ class RollingSums:
                 self._expire(cutoff)
         return self.totals
 
+    @property
+    def last_bucket(self) -> int | None:
+        """The newest bucket held, or None."""
+        return self.buckets[-1][0] if self.buckets else None
+
     def update(self, t_ms: int, values: Sequence[int]) -> None:
+        if len(values) != len(self.totals):
+            raise ValueError(f"expected {len(self.totals)} channel values, got {len(values)}")
         b = t_ms // self.bucket_ms
         cutoff = b - self.n
         if cutoff > self.cutoff:
@@ -82,6 +93,15 @@ class RollingSums:
                     buckets[j][i + 1] += v
             else:
                 buckets.insert(j, [b, *values])
+
+
+if TYPE_CHECKING:
+    RollingSums = PyRollingSums
+else:
+    try:
+        from risk_service.features._rolling import RollingSums
+    except ImportError:  # not built (a source checkout without `pip install`): the same, slower
+        RollingSums = PyRollingSums
 
 
 class RecentMembers:

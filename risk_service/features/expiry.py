@@ -44,8 +44,9 @@ def active_ms(st: EntityState) -> int:
     """The latest time ``st`` holds anything at (an upper bound for bucketed sums)."""
     latest = st.last_ms if st.last_ms is not None else NEVER
     for sums in st.rolling:
-        if sums.buckets:  # a bucket holds times up to its end
-            latest = max(latest, (sums.buckets[-1][0] + 1) * sums.bucket_ms - 1)
+        last = sums.last_bucket
+        if last is not None:  # a bucket holds times up to its end
+            latest = max(latest, (last + 1) * sums.bucket_ms - 1)
     for members in st.distinct:
         if members.last:  # in time order: the newest sighting is last
             latest = max(latest, next(reversed(members.last.values())))
