@@ -8,6 +8,7 @@ Identifiers that could be personal are replaced by HMAC-SHA256 hashes here
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
@@ -66,17 +67,29 @@ class DecisionRecord:
 
 
 class Pseudonymiser:
-    """Keyed hashing of identifiers: HMAC-SHA256(hash_key, utf-8 value), lowercase hex."""
+    """Keyed hashing of identifiers: HMAC-SHA256(hash_key, utf-8 value), lowercase hex.
+
+    The hashes of the last ``MEMO`` distinct values are remembered: one request hashes the
+    same account in its state key, its log row and its logged request, and busy merchants,
+    devices and IPs come back request after request (an HMAC costs ~1.5 µs, a hit ~0.1).
+    """
+
+    MEMO = 1 << 14  # values; about 5 MB
 
     def __init__(self, hash_key: bytes) -> None:
         if not isinstance(hash_key, bytes) or len(hash_key) < MIN_KEY_BYTES:
             raise ValueError(f"hash_key must be at least {MIN_KEY_BYTES} bytes")
-        self._mac = hmac.new(hash_key, digestmod=hashlib.sha256)
+        mac = hmac.new(hash_key, digestmod=hashlib.sha256)
+
+        def keyed_hash(value: str) -> str:
+            one = mac.copy()
+            one.update(value.encode("utf-8"))
+            return one.hexdigest()
+
+        self._hash = functools.lru_cache(maxsize=self.MEMO)(keyed_hash)
 
     def __call__(self, value: str) -> str:
-        mac = self._mac.copy()
-        mac.update(value.encode("utf-8"))
-        return mac.hexdigest()
+        return self._hash(value)
 
     def scrub(self, obj: Any) -> Any:
         """A copy of ``obj`` with personal identifiers hashed and locations coarsened."""

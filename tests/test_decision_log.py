@@ -148,6 +148,22 @@ def test_pseudonymise_is_keyed_hmac_sha256() -> None:
         Pseudonymiser(b"short")
 
 
+def test_pseudonymise_remembers_recent_values_and_stays_exact_past_its_memory() -> None:
+    import hashlib
+    import hmac
+
+    p = Pseudonymiser(KEY)
+    values = [f"acct-{i}" for i in range(Pseudonymiser.MEMO + 500)]
+    for round_ in range(2):  # the second round: the first 500 were forgotten, the rest hit
+        for v in values[:: 1 + round_ * 7]:
+            assert p(v) == hmac.new(KEY, v.encode(), hashlib.sha256).hexdigest(), v
+    other = Pseudonymiser(KEY + b"x")  # its own memory: the same value, another key
+    assert other(values[-1]) != p(values[-1])
+    info = p._hash.cache_info()
+    assert info.maxsize == Pseudonymiser.MEMO and info.currsize == Pseudonymiser.MEMO
+    assert info.hits > 0
+
+
 def test_no_personal_identifier_in_the_clear_anywhere_in_the_files(tmp_path: Path) -> None:
     path = tmp_path / "decisions.db"
     log = SQLiteDecisionLog(path, KEY)
