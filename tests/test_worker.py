@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -575,13 +575,44 @@ def kept_alive(port: int, count: int) -> tuple[list[socket.socket], list[bytearr
     return socks, buffers
 
 
+def worker_pids(proc: subprocess.Popen[bytes]) -> list[str]:
+    return Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    streak = 0
+    while time.monotonic() < deadline:
+        streak = streak + 1 if check() else 0
+        if streak == 3:  # three looks 10 ms apart
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
 def send_while_stopped(
     proc: subprocess.Popen[bytes], socks: list[socket.socket], requests: list[bytes]
 ) -> None:
-    """Send while the server is stopped, so that its next turn finds every request ready."""
-    time.sleep(0.3)  # the worker idle in its poll
+    """Send while the server is stopped, so that its next turn finds every request ready.
+
+    SIGSTOP takes effect when the worker next runs: sending at once, the first request could
+    wake its poll before it stopped, and the turn after would see only that one. So: the
+    worker idle in its poll (its main thread in epoll_wait), then stopped (state T), then the
+    requests. (A fixed 0.3 s sleep before the signal lost that race about one run in six.)"""
+    workers = worker_pids(proc)
+
+    def waits() -> list[str]:
+        return [Path(f"/proc/{pid}/wchan").read_text() for pid in workers]
+
+    def states() -> list[str]:
+        return [
+            Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] for pid in workers
+        ]
+
+    wait_until("the worker idle in its poll", lambda: all("epoll" in w for w in waits()))
     os.killpg(proc.pid, signal.SIGSTOP)
     try:
+        wait_until("the worker stopped", lambda: all(s == "T" for s in states()))
         for sock, request in zip(socks, requests, strict=True):
             sock.sendall(request)
     finally:
