@@ -74,6 +74,15 @@ class IdempotencyEntry:
     logged: bool = False
     ready: Ready = field(default_factory=Ready)
 
+    def mark_logged(self) -> None:
+        """The decision is durable in the log: the record and the features by name, which only
+        the append needed, go now, while they are still in the CPU's caches. The entry stays
+        in the memory window for `memory_events` more requests; freeing its whole graph then,
+        gone cold, cost 15-50 µs a request (`MemoryIdempotencyStore._settle`)."""
+        self.logged = True
+        self.record = None
+        self.features = {}
+
 
 class SettledFilter:
     """The event_ids settled within the TTL, as a time-partitioned Bloom filter: no false

@@ -203,12 +203,13 @@ class Scorer:
             self._finish(entry, request, started)
         elif not entry.ready.wait(timeout=10.0):
             raise RuntimeError(f"event {event_id!r} is still being scored by another request")
-        if entry.record is None:  # finishing failed (an exception was raised there)
+        if entry.record is None and not entry.logged:  # finishing failed (it raised)
             raise RuntimeError(f"event {event_id!r} could not be scored")
         if not entry.logged:  # also a retry of a decision whose log append failed
+            assert entry.record is not None
             if not self.log.append(entry.record):  # logged before: by a previous process
                 created = not self._adopt_logged_answer(entry, event_id)
-            entry.logged = True
+            entry.mark_logged()
         response = dict(entry.response)
         if request.explain and not entry.reasons_complete and entry.x is not None:
             response = self._with_approval_reasons(response, entry.x)
