@@ -58,8 +58,19 @@ class PlattMap:
     intercept: float
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, dtype=np.float64)
+        if raw.shape == (1,):  # a request's one row: 1.4 against 6 µs, the same bits
+            return np.array([self.one(float(raw[0]))])
         z = self.slope * logit(raw) + self.intercept
         return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+
+    def one(self, raw: float) -> float:
+        """One calibrated probability: numpy's log and exp (whose last bit can differ from
+        the math module's) on a float, with Python's arithmetic, which rounds as numpy's does,
+        so a request's probability is the backtest's to the bit (tests/test_reasons.py)."""
+        clipped = min(max(raw, 1e-9), 1 - 1e-9)  # NaN stays NaN, as with np.maximum
+        z = self.slope * float(np.log(clipped / (1.0 - clipped))) + self.intercept
+        return 1.0 / (1.0 + float(np.exp(-z)))
 
     @classmethod
     def from_sklearn(cls, logistic: Any) -> PlattMap:

@@ -197,3 +197,20 @@ def test_reasons_look_the_same_either_way(model: FraudModel, flagged: np.ndarray
                 assert reason["contribution"] == round(float(c[NAMES.index(reason["feature"])]), 6)
             shown = [r["contribution"] for r in reasons]
             assert shown == sorted(shown, reverse=True) and shown[0] > 0
+
+
+def test_one_rows_calibration_is_the_batchs_to_the_bit() -> None:
+    """A request's one row takes a scalar path through the Platt map; the backtest calibrates
+    arrays. The same raw score must give the same probability, bit for bit."""
+    from risk_service.fraud_model import PlattMap
+
+    rng = np.random.default_rng(5)
+    raw = np.concatenate(
+        [rng.random(20_000), rng.random(500) * 1e-8, 1 - rng.random(500) * 1e-8, [0.0, 1.0]]
+    )
+    for calibrate in (PlattMap(0.93, -0.21), PlattMap(1.7, 2.4), PlattMap(0.4, -3.0)):
+        batch = calibrate(raw)
+        one_by_one = np.concatenate([calibrate(raw[i : i + 1]) for i in range(len(raw))])
+        assert np.array_equal(batch, one_by_one)
+        assert calibrate.one(float(raw[7])) == batch[7]
+    assert np.isnan(PlattMap(1.0, 0.0)(np.array([np.nan]))[0])
