@@ -252,3 +252,53 @@ def test_offline_windows_and_distincts_vs_brute_force() -> None:
         seen7 = earlier & (ms // HOUR_MS > ms[i] // HOUR_MS - 168) & (acc == acc[i])
         want = len({d for d in dev[seen7] if not pd.isna(d)})
         assert feats["account_distinct_devices_7d"].iloc[i] == want
+
+
+def test_compiled_batch_reads_and_updates_equal_python() -> None:
+    """`read_into` / `update_from` (one C call for all of an entity's rolling sums, what the
+    online engine uses) against the Python loops they replace, on a random stream."""
+    from risk_service.features import _rolling
+    from risk_service.features.aggregates import py_read_into, py_update_from
+
+    rng = np.random.default_rng(7)
+    windows = [(W10M, 2), (W1H, 3), (W7D, 1), (Window("3d", DAY_MS, 3), 2)]
+    fast = [RollingSums(w, k) for w, k in windows]
+    slow = [PyRollingSums(w, k) for w, k in windows]
+    picks = ((0, 1), (0, 2, 3), (1,), (4, 5))
+    reads = (
+        (0, ((0, "count_10m", False), (1, "amount_10m", True))),
+        (1, ((2, "amount_1h", True),)),
+        (3, ((0, "count_3d", False), (1, "amount_3d", True))),
+    )
+    t = 1_700_000_000_000
+    for _ in range(2000):
+        t += int(rng.choice([0, 1_000, MINUTE_MS, HOUR_MS, DAY_MS], p=[0.2, 0.3, 0.3, 0.15, 0.05]))
+        at = t - int(rng.integers(0, 2 * HOUR_MS)) if rng.random() < 0.2 else t
+        values = [int(x) for x in rng.integers(0, 3, 6) * rng.integers(0, 10**7, 6)]
+        got: dict[str, float] = {}
+        want: dict[str, float] = {}
+        _rolling.read_into(fast, at, reads, got)
+        py_read_into(slow, at, reads, want)
+        assert got == want and all(type(x) is float for x in got.values())
+        _rolling.update_from(fast, at, values, picks)
+        py_update_from(slow, at, values, picks)
+        assert [_fields(f) for f in fast] == [_fields(s) for s in slow]
+
+
+def test_compiled_batch_calls_refuse_bad_arguments() -> None:
+    from risk_service.features import _rolling
+
+    sums = [RollingSums(W1H, 2)]
+    with pytest.raises(IndexError, match="no rolling sums at index 3"):
+        _rolling.read_into(sums, 0, ((3, ((0, "f", False),)),), {})
+    with pytest.raises(IndexError, match="no channel 2"):
+        _rolling.read_into(sums, 0, ((0, ((2, "f", False),)),), {})
+    with pytest.raises(TypeError, match="expected compiled RollingSums"):
+        _rolling.read_into([PyRollingSums(W1H, 2)], 0, ((0, ((0, "f", False),)),), {})
+    with pytest.raises(ValueError, match="a pick must be a tuple of 2 indexes"):
+        _rolling.update_from(sums, 0, [1, 2, 3], ((0,),))
+    with pytest.raises(IndexError, match="no event value 5"):
+        _rolling.update_from(sums, 0, [1, 2, 3], ((0, 5),))
+    with pytest.raises(ValueError, match="one pick per rolling sums"):
+        _rolling.update_from(sums, 0, [1, 2], ())
+    assert sums[0].totals == [0, 0] and sums[0].buckets == []  # nothing was added

@@ -148,14 +148,19 @@ static void RollingSums_dealloc(RollingSums *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *RollingSums_get(RollingSums *self, PyObject *arg) {
-    int64_t t = PyLong_AsLongLong(arg);
-    if (t == -1 && PyErr_Occurred()) return NULL;
+/* The window as seen at t: buckets that left it expire. */
+static void advance(RollingSums *self, int64_t t) {
     int64_t cutoff = floor_div(t, self->bucket_ms) - self->n;
     if (cutoff > self->cutoff) {
         self->cutoff = cutoff;
         if (self->len > 0 && row_at(self, 0)[0] <= cutoff) expire(self, cutoff);
     }
+}
+
+static PyObject *RollingSums_get(RollingSums *self, PyObject *arg) {
+    int64_t t = PyLong_AsLongLong(arg);
+    if (t == -1 && PyErr_Occurred()) return NULL;
+    advance(self, t);
     return totals_list(self);
 }
 
@@ -187,6 +192,55 @@ static int add_row(int64_t *row, const int64_t *values, Py_ssize_t k) {
     return 0;
 }
 
+/* Add one event's k channel values at t (0, or -1 with an exception set). */
+static int update_values(RollingSums *self, int64_t t, const int64_t *values) {
+    Py_ssize_t k = self->k;
+    int64_t b = floor_div(t, self->bucket_ms);
+    int64_t cutoff = b - self->n;
+    if (cutoff > self->cutoff) {
+        self->cutoff = cutoff;
+        if (self->len > 0 && row_at(self, 0)[0] <= cutoff) expire(self, cutoff);
+    } else if (b <= self->cutoff) {
+        return 0; /* a late event already outside the window */
+    }
+    /* check every sum before changing any, so an overflow leaves the state as it was */
+    for (Py_ssize_t c = 0; c < k; c++) {
+        int64_t probe;
+        if (__builtin_add_overflow(self->totals[c], values[c], &probe)) {
+            PyErr_SetString(PyExc_OverflowError, "a rolling sum overflowed int64");
+            return -1;
+        }
+    }
+    for (Py_ssize_t c = 0; c < k; c++) self->totals[c] += values[c];
+    Py_ssize_t width = k + 1;
+    if (self->len > 0 && row_at(self, self->len - 1)[0] == b) {
+        return add_row(row_at(self, self->len - 1), values, k);
+    }
+    if (self->len == 0 || row_at(self, self->len - 1)[0] < b) {
+        if (reserve_one(self) < 0) return -1;
+        int64_t *row = row_at(self, self->len);
+        row[0] = b;
+        memcpy(row + 1, values, (size_t)k * sizeof(int64_t));
+        self->len++;
+        return 0;
+    }
+    /* a late event inside the window: find or insert its bucket */
+    Py_ssize_t lo = 0, hi = self->len;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (row_at(self, mid)[0] < b) lo = mid + 1;
+        else hi = mid;
+    }
+    if (row_at(self, lo)[0] == b) return add_row(row_at(self, lo), values, k);
+    if (reserve_one(self) < 0) return -1;
+    int64_t *at = row_at(self, lo);
+    memmove(at + width, at, (size_t)((self->len - lo) * width) * sizeof(int64_t));
+    at[0] = b;
+    memcpy(at + 1, values, (size_t)k * sizeof(int64_t));
+    self->len++;
+    return 0;
+}
+
 static PyObject *RollingSums_update(RollingSums *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "update(t_ms, values) takes 2 arguments");
@@ -196,62 +250,14 @@ static PyObject *RollingSums_update(RollingSums *self, PyObject *const *args, Py
     if (t == -1 && PyErr_Occurred()) return NULL;
     int64_t stack_values[16];
     int64_t *values = stack_values;
-    Py_ssize_t k = self->k;
-    if (k > 16) {
-        values = PyMem_Malloc((size_t)k * sizeof(int64_t));
+    if (self->k > 16) {
+        values = PyMem_Malloc((size_t)self->k * sizeof(int64_t));
         if (values == NULL) return PyErr_NoMemory();
     }
-    PyObject *result = NULL;
-    if (read_values(self, args[1], values) < 0) goto done;
-    int64_t b = floor_div(t, self->bucket_ms);
-    int64_t cutoff = b - self->n;
-    if (cutoff > self->cutoff) {
-        self->cutoff = cutoff;
-        if (self->len > 0 && row_at(self, 0)[0] <= cutoff) expire(self, cutoff);
-    } else if (b <= self->cutoff) {
-        result = Py_NewRef(Py_None); /* a late event already outside the window */
-        goto done;
-    }
-    /* check every sum before changing any, so an overflow leaves the state as it was */
-    for (Py_ssize_t c = 0; c < k; c++) {
-        int64_t probe;
-        if (__builtin_add_overflow(self->totals[c], values[c], &probe)) {
-            PyErr_SetString(PyExc_OverflowError, "a rolling sum overflowed int64");
-            goto done;
-        }
-    }
-    for (Py_ssize_t c = 0; c < k; c++) self->totals[c] += values[c];
-    Py_ssize_t width = k + 1;
-    if (self->len > 0 && row_at(self, self->len - 1)[0] == b) {
-        if (add_row(row_at(self, self->len - 1), values, k) < 0) goto done;
-    } else if (self->len == 0 || row_at(self, self->len - 1)[0] < b) {
-        if (reserve_one(self) < 0) goto done;
-        int64_t *row = row_at(self, self->len);
-        row[0] = b;
-        memcpy(row + 1, values, (size_t)k * sizeof(int64_t));
-        self->len++;
-    } else { /* a late event inside the window: find or insert its bucket */
-        Py_ssize_t lo = 0, hi = self->len;
-        while (lo < hi) {
-            Py_ssize_t mid = (lo + hi) / 2;
-            if (row_at(self, mid)[0] < b) lo = mid + 1;
-            else hi = mid;
-        }
-        if (row_at(self, lo)[0] == b) {
-            if (add_row(row_at(self, lo), values, k) < 0) goto done;
-        } else {
-            if (reserve_one(self) < 0) goto done;
-            int64_t *at = row_at(self, lo);
-            memmove(at + width, at, (size_t)((self->len - lo) * width) * sizeof(int64_t));
-            at[0] = b;
-            memcpy(at + 1, values, (size_t)k * sizeof(int64_t));
-            self->len++;
-        }
-    }
-    result = Py_NewRef(Py_None);
-done:
+    int rc = read_values(self, args[1], values);
+    if (rc == 0) rc = update_values(self, t, values);
     if (values != stack_values) PyMem_Free(values);
-    return result;
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *buckets_list(RollingSums *self) {
@@ -461,8 +467,142 @@ static PyObject *restore(PyObject *module, PyObject *args) {
     return (PyObject *)self;
 }
 
+static RollingSums *item_sums(PyObject *aggs, Py_ssize_t i) {
+    if (i < 0 || i >= PyList_GET_SIZE(aggs)) {
+        PyErr_Format(PyExc_IndexError, "no rolling sums at index %zd", i);
+        return NULL;
+    }
+    PyObject *agg = PyList_GET_ITEM(aggs, i);
+    if (!PyObject_TypeCheck(agg, &RollingSumsType)) {
+        PyErr_SetString(PyExc_TypeError, "expected compiled RollingSums");
+        return NULL;
+    }
+    return (RollingSums *)agg;
+}
+
+/* read_into(aggs, t_ms, reads, v): for (i, outs) in reads, the totals of aggs[i] as seen at
+ * t_ms, and for (channel, feature, is_amount) in outs, v[feature] = total / 100 (an amount in
+ * minor units) or float(total). What `aggregates.py_read_into` does, in one call. */
+static PyObject *read_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyList_Check(args[0]) || !PyDict_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "read_into(aggs: list, t_ms: int, reads, v: dict)");
+        return NULL;
+    }
+    PyObject *aggs = args[0], *v = args[3];
+    int64_t t = PyLong_AsLongLong(args[1]);
+    if (t == -1 && PyErr_Occurred()) return NULL;
+    PyObject *reads = PySequence_Fast(args[2], "reads must be a sequence");
+    if (reads == NULL) return NULL;
+    Py_ssize_t n_reads = PySequence_Fast_GET_SIZE(reads);
+    for (Py_ssize_t r = 0; r < n_reads; r++) {
+        PyObject *read = PySequence_Fast_GET_ITEM(reads, r);
+        if (!PyTuple_Check(read) || PyTuple_GET_SIZE(read) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a read is a tuple (index, outputs)");
+            goto fail;
+        }
+        Py_ssize_t i = PyLong_AsSsize_t(PyTuple_GET_ITEM(read, 0));
+        if (i == -1 && PyErr_Occurred()) goto fail;
+        RollingSums *agg = item_sums(aggs, i);
+        if (agg == NULL) goto fail;
+        advance(agg, t);
+        PyObject *outs = PyTuple_GET_ITEM(read, 1);
+        if (!PyTuple_Check(outs)) {
+            PyErr_SetString(PyExc_TypeError, "a read's outputs are a tuple");
+            goto fail;
+        }
+        for (Py_ssize_t o = 0; o < PyTuple_GET_SIZE(outs); o++) {
+            PyObject *out = PyTuple_GET_ITEM(outs, o);
+            if (!PyTuple_Check(out) || PyTuple_GET_SIZE(out) != 3) {
+                PyErr_SetString(PyExc_TypeError, "an output is (channel, feature, is_amount)");
+                goto fail;
+            }
+            Py_ssize_t ch = PyLong_AsSsize_t(PyTuple_GET_ITEM(out, 0));
+            if (ch == -1 && PyErr_Occurred()) goto fail;
+            if (ch < 0 || ch >= agg->k) {
+                PyErr_Format(PyExc_IndexError, "no channel %zd", ch);
+                goto fail;
+            }
+            int is_amount = PyObject_IsTrue(PyTuple_GET_ITEM(out, 2));
+            if (is_amount < 0) goto fail;
+            double x = (double)agg->totals[ch];
+            PyObject *value = PyFloat_FromDouble(is_amount ? x / 100.0 : x);
+            if (value == NULL) goto fail;
+            int rc = PyDict_SetItem(v, PyTuple_GET_ITEM(out, 1), value);
+            Py_DECREF(value);
+            if (rc < 0) goto fail;
+        }
+    }
+    Py_DECREF(reads);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(reads);
+    return NULL;
+}
+
+#define MAX_EVENT_VALUES 64
+
+/* update_from(aggs, t_ms, values, picks): for each aggs[j], its channel values are
+ * values[picks[j][c]]; when any is non-zero, aggs[j].update(t_ms, those). What
+ * `aggregates.py_update_from` does, in one call. */
+static PyObject *update_from(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyList_Check(args[0]) || !PyList_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "update_from(aggs: list, t_ms: int, values: list, picks)");
+        return NULL;
+    }
+    PyObject *aggs = args[0], *values = args[2];
+    int64_t t = PyLong_AsLongLong(args[1]);
+    if (t == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t n_values = PyList_GET_SIZE(values);
+    if (n_values > MAX_EVENT_VALUES) {
+        PyErr_SetString(PyExc_ValueError, "too many event values");
+        return NULL;
+    }
+    int64_t event[MAX_EVENT_VALUES];
+    for (Py_ssize_t i = 0; i < n_values; i++) {
+        event[i] = PyLong_AsLongLong(PyList_GET_ITEM(values, i));
+        if (event[i] == -1 && PyErr_Occurred()) return NULL;
+    }
+    PyObject *picks = PySequence_Fast(args[3], "picks must be a sequence");
+    if (picks == NULL) return NULL;
+    if (PySequence_Fast_GET_SIZE(picks) != PyList_GET_SIZE(aggs)) {
+        PyErr_SetString(PyExc_ValueError, "one pick per rolling sums");
+        goto fail;
+    }
+    for (Py_ssize_t j = 0; j < PyList_GET_SIZE(aggs); j++) {
+        RollingSums *agg = item_sums(aggs, j);
+        if (agg == NULL) goto fail;
+        PyObject *pick = PySequence_Fast_GET_ITEM(picks, j);
+        if (!PyTuple_Check(pick) || PyTuple_GET_SIZE(pick) != agg->k || agg->k > 16) {
+            PyErr_Format(PyExc_ValueError, "a pick must be a tuple of %zd indexes", agg->k);
+            goto fail;
+        }
+        int64_t vals[16];
+        int any = 0;
+        for (Py_ssize_t c = 0; c < agg->k; c++) {
+            Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(pick, c));
+            if (at == -1 && PyErr_Occurred()) goto fail;
+            if (at < 0 || at >= n_values) {
+                PyErr_Format(PyExc_IndexError, "no event value %zd", at);
+                goto fail;
+            }
+            vals[c] = event[at];
+            any |= vals[c] != 0;
+        }
+        if (any && update_values(agg, t, vals) < 0) goto fail;
+    }
+    Py_DECREF(picks);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(picks);
+    return NULL;
+}
+
 static PyMethodDef module_methods[] = {
     {"_restore", restore, METH_VARARGS, "A RollingSums from its pickled fields."},
+    {"read_into", (PyCFunction)(void (*)(void))read_into, METH_FASTCALL,
+     "read_into(aggs, t_ms, reads, v): the features of several rolling sums into a dict."},
+    {"update_from", (PyCFunction)(void (*)(void))update_from, METH_FASTCALL,
+     "update_from(aggs, t_ms, values, picks): one event into several rolling sums."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -95,13 +95,43 @@ class PyRollingSums:
                 buckets.insert(j, [b, *values])
 
 
+# A read: (index of the rolling sums, ((channel, feature, is_amount), ...)).
+Read = tuple[int, tuple[tuple[int, str, bool], ...]]
+
+
+def py_read_into(aggs: list[PyRollingSums], t_ms: int, reads: Sequence[Read], v: dict) -> None:
+    """For each read, the totals of ``aggs[i]`` as seen at ``t_ms`` into ``v``: an amount (in
+    minor units) / 100, a count as a float. ``read_into`` is this in C."""
+    for i, outs in reads:
+        totals = aggs[i].get(t_ms)
+        for channel, feature, is_amount in outs:
+            x = totals[channel]
+            v[feature] = x / 100.0 if is_amount else float(x)
+
+
+def py_update_from(
+    aggs: list[PyRollingSums], t_ms: int, values: list[int], picks: Sequence[tuple[int, ...]]
+) -> None:
+    """One event into every rolling sums of an entity: ``aggs[j]`` takes
+    ``values[picks[j][c]]`` as its channel ``c``, if any is non-zero. ``update_from`` is this
+    in C."""
+    if len(picks) != len(aggs):
+        raise ValueError("one pick per rolling sums")
+    for agg, pick in zip(aggs, picks, strict=True):
+        vals = [values[i] for i in pick]
+        if any(vals):
+            agg.update(t_ms, vals)
+
+
 if TYPE_CHECKING:
     RollingSums = PyRollingSums
+    read_into = py_read_into
+    update_from = py_update_from
 else:
     try:
-        from risk_service.features._rolling import RollingSums
+        from risk_service.features._rolling import RollingSums, read_into, update_from
     except ImportError:  # not built (a source checkout without `pip install`): the same, slower
-        RollingSums = PyRollingSums
+        RollingSums, read_into, update_from = PyRollingSums, py_read_into, py_update_from
 
 
 class RecentMembers:

@@ -9,8 +9,7 @@ at their ``label_time`` before any later event) reproduces ``compute_offline_fea
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,8 +19,11 @@ from risk_service.features.aggregates import (
     EntityState,
     LabelTimes,
     Profile,
+    Read,
     RecentMembers,
     RollingSums,
+    read_into,
+    update_from,
 )
 from risk_service.features.spec import (
     CREDIT_FEATURE_NAMES,
@@ -50,18 +52,12 @@ _LAB = {k: [x for x in LABELS if x.state == k] for k in _KINDS}
 _FILTER_INDEX = {f: i for i, f in enumerate(FILTERS)}
 
 
-def _channel_getter(
-    channels: tuple[tuple[str, str], ...],
-) -> Callable[[list[int]], Sequence[int]]:
-    """Picks a rolling aggregate's channel values from the per-event value vector."""
-    idx = [2 * _FILTER_INDEX[f] + (v == "amount") for f, v in channels]
-    if len(idx) == 1:  # itemgetter of one index gives the value, not a tuple
-        only = idx[0]
-        return lambda pv: (pv[only],)
-    return itemgetter(*idx)
+def _pick(channels: tuple[tuple[str, str], ...]) -> tuple[int, ...]:
+    """Where a rolling aggregate's channel values are in the per-event value vector."""
+    return tuple(2 * _FILTER_INDEX[f] + (v == "amount") for f, v in channels)
 
 
-_CHANNELS = {k: [_channel_getter(r.channels) for r in _ROLL[k]] for k in _KINDS}
+_PICKS = {k: tuple(_pick(r.channels) for r in _ROLL[k]) for k in _KINDS}
 
 
 def new_state(kind: str) -> EntityState:
@@ -79,9 +75,8 @@ class _Plan:
     def __init__(self, names: tuple[str, ...]) -> None:
         want = set(names)
         self.names = names
-        # (query column, kind, [(rolling index, [(channel, feature, is_amount)])])
-        self.rolling: list[tuple[str, str, list[tuple[int, list[tuple[int, str, bool]]]]]] = []
-        groups: dict[tuple[str, str], list[tuple[int, list[tuple[int, str, bool]]]]] = {}
+        # (query column, kind, ((rolling index, ((channel, feature, is_amount), ...)), ...))
+        groups: dict[tuple[str, str], list[Read]] = {}
         for kind in _KINDS:
             for i, r in enumerate(_ROLL[kind]):
                 per_q: dict[str, list[tuple[int, str, bool]]] = {}
@@ -89,9 +84,15 @@ class _Plan:
                     if o.feature in want:
                         is_amount = r.channels[o.channel][1] == "amount"
                         per_q.setdefault(o.query, []).append((o.channel, o.feature, is_amount))
-                for q, reads in per_q.items():
-                    groups.setdefault((q, kind), []).append((i, reads))
-        self.rolling = [(q, k, reads) for (q, k), reads in groups.items()]
+                for q, outs in per_q.items():
+                    groups.setdefault((q, kind), []).append((i, tuple(outs)))
+        self.rolling: list[tuple[str, str, tuple[Read, ...]]] = [
+            (q, k, tuple(reads)) for (q, k), reads in groups.items()
+        ]
+        # the same outputs flat, for an entity with no state yet (every one of them is 0)
+        self.rolling_names = [
+            (q, tuple(f for _, outs in reads for _, f, _ in outs)) for q, _, reads in self.rolling
+        ]
         self.distinct: list[tuple[str, int, str, list[tuple[str, Window]], str | None]] = []
         for kind in _KINDS:
             for i, x in enumerate(_DIST[kind]):
@@ -191,16 +192,16 @@ class OnlineFeatureEngine:
         self, plan: _Plan, keys: Mapping[str, Any], ms: int, v: dict[str, float]
     ) -> None:
         """Window, distinct, label and time-since features of the entities named in ``keys``."""
-        for q, kind, reads in plan.rolling:
+        for (q, kind, reads), (_, names) in zip(plan.rolling, plan.rolling_names, strict=True):
             key = keys.get(q)
             if key is None:
                 continue  # stays NaN
             st = self._state(kind, key)
-            for i, outs in reads:
-                tot = st.rolling[i].get(ms) if st is not None else None
-                for ch, feat, is_amount in outs:
-                    x = tot[ch] if tot is not None else 0
-                    v[feat] = x / 100.0 if is_amount else float(x)
+            if st is None:
+                for feat in names:
+                    v[feat] = 0.0
+            else:
+                read_into(st.rolling, ms, reads, v)
         for kind, i, member_col, wins, first in plan.distinct:
             key = keys.get(ENTITY_KEYS[kind])
             if key is None:
@@ -300,10 +301,7 @@ class OnlineFeatureEngine:
             st = self._state(kind, key)
             if st is None:
                 st = new_state(kind)
-            for agg, pick in zip(st.rolling, _CHANNELS[kind], strict=True):
-                vals = pick(pv)
-                if any(vals):
-                    agg.update(ms, vals)
+            update_from(st.rolling, ms, pv, _PICKS[kind])
             for members, x in zip(st.distinct, _DIST[kind], strict=True):
                 m = keys[x.member]
                 if m is not None:
