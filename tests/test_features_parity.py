@@ -35,6 +35,24 @@ def test_online_replay_equals_offline(seed: int) -> None:
     assert_features_equal(credit_online, credit.to_numpy(), CREDIT_FEATURE_NAMES)
 
 
+def test_the_python_rolling_sums_give_the_same_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where `_rolling.c` is not built, the engine runs on `PyRollingSums` and the Python
+    loops: the same parity must hold there (a dense world: long windows, late expiry)."""
+    from risk_service.features import aggregates, online
+
+    monkeypatch.setattr(online, "RollingSums", aggregates.PyRollingSums)
+    monkeypatch.setattr(online, "read_into", aggregates.py_read_into)
+    monkeypatch.setattr(online, "update_from", aggregates.py_update_from)
+    assert type(online.new_state("account").rolling[0]) is aggregates.PyRollingSums
+    events, accounts, applications = make_world(n_accounts=8, n_events=3000, days=200, seed=3)
+    replayed, credit_online = replay(events, accounts, applications)
+    assert_features_equal(
+        replayed, compute_offline_features(events, accounts).to_numpy(), FEATURE_NAMES
+    )
+    credit = compute_offline_credit_features(events, accounts, applications)
+    assert_features_equal(credit_online, credit.to_numpy(), CREDIT_FEATURE_NAMES)
+
+
 def test_dense_world_parity() -> None:
     """Few entities, many events: long windows, many members, expiry of the 90-day horizon."""
     events, accounts, applications = make_world(n_accounts=8, n_events=4000, days=200, seed=7)
