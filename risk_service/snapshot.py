@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from risk_service import metrics
+from risk_service.features import aggregates
 from risk_service.features.spec import FEATURE_SET_VERSION
 from risk_service.features.store import MemoryStateStore
 from risk_service.idempotency import AppliedLabels
@@ -99,7 +100,9 @@ def take(path: str | Path, key_check: str, *, remove: bool = True) -> StateSnaps
         return None
     try:
         with source.open("rb") as handle, _collector_paused():
-            found: Any = pickle.load(handle)
+            found: Any = _Unpickler(handle).load()
+            if isinstance(found, StateSnapshot):
+                _compile_rolling_sums(found.store)
     except Exception as exc:  # a partial or foreign file: start empty rather than not at all
         log.warning("state snapshot %s unreadable, starting empty: %s", source, exc)
         found = None
@@ -113,6 +116,24 @@ def take(path: str | Path, key_check: str, *, remove: bool = True) -> StateSnaps
         return None
     snapshot: StateSnapshot = found
     return snapshot
+
+
+class _Unpickler(pickle.Unpickler):
+    """Reads snapshots written before the rolling sums were compiled (2026-12-05): their
+    `aggregates.RollingSums` objects were the Python class, now `PyRollingSums`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("risk_service.features.aggregates", "RollingSums"):
+            return aggregates.PyRollingSums
+        return super().find_class(module, name)
+
+
+def _compile_rolling_sums(store: MemoryStateStore) -> None:
+    """Every state's `PyRollingSums` (an older snapshot's) as the engine's `RollingSums`."""
+    for kind in store.counts():
+        for _, st in store.states(kind):
+            if any(type(r) is not aggregates.RollingSums for r in st.rolling):
+                st.rolling = [aggregates.as_compiled(r) for r in st.rolling]
 
 
 @contextmanager

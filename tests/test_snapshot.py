@@ -56,6 +56,43 @@ def test_a_graceful_stop_keeps_the_state_for_the_next_start(
     assert again["online_state"] == "duplicate"  # applied once, across the restart too
 
 
+def test_a_snapshot_from_before_the_compiled_rolling_sums_is_read(
+    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots written before 2026-12-05 pickled the Python class under the name
+    `aggregates.RollingSums`; an upgrade reads them, as compiled sums, rather than start empty."""
+    from risk_service.features import aggregates, online
+
+    kept = {
+        "DECISION_LOG_PATH": str(tmp_path / "kept.sqlite"),
+        "STATE_SNAPSHOT_INTERVAL_SECONDS": 0,
+    }
+    t0 = NOW - timedelta(hours=2)
+    with monkeypatch.context() as old_code:  # the engine and the pickle as they were
+        old_code.setattr(aggregates, "RollingSums", aggregates.PyRollingSums)
+        old_code.setattr(online, "RollingSums", aggregates.PyRollingSums)
+        old_code.setattr(online, "read_into", aggregates.py_read_into)
+        old_code.setattr(online, "update_from", aggregates.py_update_from)
+        aggregates.PyRollingSums.__qualname__ = "RollingSums"
+        try:
+            before = make_app(**kept)
+            score_history(before.test_client(), 4, t0)
+            assert save_snapshot(before) > 0
+        finally:
+            aggregates.PyRollingSums.__qualname__ = "PyRollingSums"
+    written = (tmp_path / "state.snapshot").read_bytes()
+    assert b"RollingSums" in written and b"PyRollingSums" not in written
+    assert b"_rolling" not in written  # no compiled sums in it
+    after = make_app(**kept)
+    store = after.extensions["risk"].engine.store
+    rolling = [r for _, st in store.states("account") for r in st.rolling]
+    assert rolling and all(type(r) is aggregates.RollingSums for r in rolling)
+    client = after.test_client()
+    later = payment("h-later", timestamp=iso(t0 + timedelta(hours=1)), merchant_id="m-s")
+    assert client.post("/score", json=later).status_code == 200
+    assert logged(after, "h-later").features["account_events_24h"] == 4
+
+
 def test_without_a_snapshot_the_start_is_empty(make_app: AppFactory, tmp_path: Path) -> None:
     kept = {"DECISION_LOG_PATH": str(tmp_path / "kept.sqlite")}
     t0 = NOW - timedelta(hours=2)

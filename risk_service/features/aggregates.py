@@ -134,6 +134,16 @@ else:
         RollingSums, read_into, update_from = PyRollingSums, py_read_into, py_update_from
 
 
+def as_compiled(agg: PyRollingSums) -> PyRollingSums:
+    """The same sums as a `RollingSums` (compiled where built): a snapshot written before
+    2026-12-05 holds `PyRollingSums`, which the compiled engine's calls refuse."""
+    if type(agg) is RollingSums:
+        return agg
+    fresh = RollingSums(Window("restored", agg.bucket_ms, agg.n), len(agg.totals))
+    fresh.cutoff, fresh.totals, fresh.buckets = agg.cutoff, list(agg.totals), agg.buckets
+    return fresh
+
+
 class RecentMembers:
     """Members of a distinct-set with their last-seen time, in time order of that sighting.
 
