@@ -61,6 +61,7 @@ class Server:
     runs: list[dict] = field(default_factory=list)
     paced: list[dict] = field(default_factory=list)
     stores: production_stores.ProductionStores | None = None
+    env: dict[str, str] = field(default_factory=dict)  # on top of the server's environment
 
     @property
     def url(self) -> str:
@@ -70,7 +71,7 @@ class Server:
         """``api_key``: on the production stores (see the module docstring), else embedded."""
         (self.work / "metrics").mkdir(parents=True)
         self.port = free_port()
-        env = {**server_env(self.work, data), "PYTHONPATH": str(self.source)}
+        env = {**server_env(self.work, data), "PYTHONPATH": str(self.source), **self.env}
         workers = 1
         if api_key is not None:
             self.stores = production_stores.ProductionStores()

@@ -21,50 +21,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench_service import free_port, server_env, wait_ready, write_bodies
-
-
-@dataclass
-class Server:
-    name: str
-    env: dict[str, str]
-    work: Path
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-    results: dict[int, list[dict[str, float]]] = field(default_factory=dict)
-
-    def start(self, data: Path, models: str) -> None:
-        (self.work / "metrics").mkdir(parents=True)
-        self.port = free_port()
-        env = {**server_env(self.work, data), **self.env}
-        command = [sys.executable, "-m", "training.cli", "serve", "--quiet", "--threads", "1"]
-        command += ["--port", str(self.port), "--models", str(Path(models).resolve())]
-        with (self.work / "server.log").open("wb") as log:
-            self.process = subprocess.Popen(
-                command, env=env, start_new_session=True, stdout=log, stderr=log
-            )
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
-            self.process.wait(timeout=30)
+from bench_configs import Server
+from bench_service import wait_ready, write_bodies
 
 
 def parse_config(spec: str, root: Path) -> Server:
+    """``NAME[:VAR=VALUE,...]``: the code here, one thread, the environment on top."""
     name, _, assignments = spec.partition(":")
     env = dict(a.split("=", 1) for a in assignments.split(",") if a)
-    return Server(name, env, root / name)
+    return Server(name, 1, Path(__file__).resolve().parent.parent, root / name, env=env)
 
 
 class Bodies:
@@ -165,14 +137,15 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-open-loop-"))
     servers = [parse_config(spec, root) for spec in args.configs]
+    results: dict[str, dict[int, list[dict[str, float]]]] = {s.name: {} for s in servers}
     per_server = args.warmup + int(sum(args.rates) * args.seconds * args.rounds * 1.2)
     write_bodies(args.data, root / "bodies.jsonl", min(per_server, 400_000))
     templates = (root / "bodies.jsonl").read_text().splitlines()
     try:
         for server in servers:
-            server.start(args.data, args.models)
+            server.start(args.data, args.models, api_key=None)
         for server in servers:
-            wait_ready(f"http://127.0.0.1:{server.port}")
+            wait_ready(server.url)
         streams = {s.name: Bodies(templates) for s in servers}
         for server in servers:  # warm state: the same events, at the highest rate
             asyncio.run(
@@ -187,7 +160,7 @@ def main() -> None:
                         open_loop(server.port, streams[server.name], rate, args.seconds,
                                   args.connections, seed=1000 * r + int(rate))
                     )  # fmt: skip
-                    server.results.setdefault(int(rate), []).append(result)
+                    results[server.name].setdefault(int(rate), []).append(result)
                     print(server.name, int(rate), json.dumps(result), flush=True)
     finally:
         for server in servers:
@@ -196,7 +169,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     summary = {}
     for server in servers:
-        for rate, runs in server.results.items():
+        for rate, runs in results[server.name].items():
             med = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
             summary[f"{server.name}@{rate}"] = med
             print(f"| {server.name} | {rate} | {med['rps']:.0f} | {med['p50_ms']:.2f} | "

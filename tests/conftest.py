@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,21 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 
 AppFactory = Callable[..., Flask]
+
+
+def wait_for(
+    condition: Callable[[], bool], what: str, seconds: float = 15.0, *, looks: int = 1
+) -> None:
+    """Until ``condition`` holds ``looks`` times in a row (looked at every 20 ms)."""
+    deadline = time.monotonic() + seconds
+    streak = 0
+    while True:
+        streak = streak + 1 if condition() else 0
+        if streak >= looks:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 @pytest.fixture

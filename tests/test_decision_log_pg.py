@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import wait_for
 from test_decision_log import KEY, ROOT, SHADOW, label, record
 
 from risk_service.decision_log import DecisionLogError, SQLiteDecisionLog, open_decision_log
@@ -50,14 +51,6 @@ def pg_log(pg_url: str, spool: Path) -> Iterator[PostgresDecisionLog]:
 def rows_in_pg(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
         return conn.execute(sql).fetchall()
-
-
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Proxy:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import greenlet
 
@@ -97,15 +98,9 @@ def test_outside_a_request_greenlet_a_write_commits_at_once() -> None:
     assert log.batches == [["thread"], ["pool"], ["plain greenlet"]]
 
 
-def test_a_failed_commit_reaches_every_request_of_the_turn() -> None:
-    class Broken(Exception):
-        pass
-
-    def commit(batch: list[Pending]) -> None:
-        for p in batch:
-            p.error = Broken("disk full")
-            p.done = True
-
+def two_requests_of_one_turn(commit: Callable[[list[Pending]], None]) -> list[str]:
+    """Requests "a" and "b" submit a row each in one turn, which then flushes; what each saw
+    (``name: error``)."""
     group = GroupCommit(commit, max_batch=512, closed_error=RuntimeError)
     seen: list[str] = []
     turn = Turn()
@@ -118,7 +113,19 @@ def test_a_failed_commit_reaches_every_request_of_the_turn() -> None:
     turn.run(lambda: request("a"))
     turn.run(lambda: request("b"))
     turn.flush()
-    assert seen == ["a: disk full", "b: disk full"]
+    return seen
+
+
+def test_a_failed_commit_reaches_every_request_of_the_turn() -> None:
+    class Broken(Exception):
+        pass
+
+    def commit(batch: list[Pending]) -> None:
+        for p in batch:
+            p.error = Broken("disk full")
+            p.done = True
+
+    assert two_requests_of_one_turn(commit) == ["a: disk full", "b: disk full"]
 
 
 def test_a_request_polling_for_a_twin_waits_for_the_turn_not_a_sleep() -> None:
@@ -162,17 +169,6 @@ def test_when_the_turns_commit_raises_its_requests_get_the_error_and_the_loop_go
         calls.append(len(batch))
         raise RuntimeError("a bug in the commit")  # the rows are left unmarked
 
-    group = GroupCommit(commit, max_batch=512, closed_error=RuntimeError)
-    answered: list[str] = []
-    turn = Turn()
-
-    def request(name: str) -> None:
-        pending = Pending((name,))
-        group.submit([pending])
-        answered.append(f"{name}: {pending.error}")
-
-    turn.run(lambda: request("a"))
-    turn.run(lambda: request("b"))
-    turn.flush()  # logged, not raised: the loop goes on
+    answered = two_requests_of_one_turn(commit)  # the flush logs, not raises: the loop goes on
     assert answered == ["a: a bug in the commit", "b: a bug in the commit"]
     assert calls == [2]

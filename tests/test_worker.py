@@ -22,12 +22,13 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 
 from risk_service.http_framing import FRAMING_ALLOWANCE, HEAD_LIMIT, RequestReader, Status
 from risk_service.worker import client_timeout, turn_commits
@@ -579,17 +580,6 @@ def worker_pids(proc: subprocess.Popen[bytes]) -> list[str]:
     return Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    streak = 0
-    while time.monotonic() < deadline:
-        streak = streak + 1 if check() else 0
-        if streak == 3:  # three looks 10 ms apart
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"{what}: not within {timeout} s")
-
-
 def send_while_stopped(
     proc: subprocess.Popen[bytes], socks: list[socket.socket], requests: list[bytes]
 ) -> None:
@@ -609,10 +599,10 @@ def send_while_stopped(
             Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] for pid in workers
         ]
 
-    wait_until("the worker idle in its poll", lambda: all("epoll" in w for w in waits()))
+    wait_for(lambda: all("epoll" in w for w in waits()), "the worker idle in its poll", looks=3)
     os.killpg(proc.pid, signal.SIGSTOP)
     try:
-        wait_until("the worker stopped", lambda: all(s == "T" for s in states()))
+        wait_for(lambda: all(s == "T" for s in states()), "the worker stopped", looks=3)
         for sock, request in zip(socks, requests, strict=True):
             sock.sendall(request)
     finally:

@@ -140,7 +140,7 @@ def as_compiled(agg: PyRollingSums) -> PyRollingSums:
     if type(agg) is RollingSums:
         return agg
     fresh = RollingSums(Window("restored", agg.bucket_ms, agg.n), len(agg.totals))
-    fresh.cutoff, fresh.totals, fresh.buckets = agg.cutoff, list(agg.totals), agg.buckets
+    fresh.cutoff, fresh.totals, fresh.buckets = agg.cutoff, agg.totals, agg.buckets
     return fresh
 
 
