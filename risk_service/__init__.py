@@ -17,7 +17,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the service: defaults, RISK_* environment, then `test_config`; routes and errors."""
     from flask import Flask
 
-    from risk_service import api, api_admin, logs, service, web
+    from risk_service import api, api_admin, logs, routing, service, web
     from risk_service.config import DEFAULTS
 
     app = Flask(__name__)
@@ -39,6 +39,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.add_url_rule("/_empty", "empty", api.empty, methods=["GET", "POST"])
     api.register_errors(app)
     web.init_app(app)  # keys and scopes, request ids, JSON logs, /metrics
+    routing.install(app)  # static routes matched without a garbage cycle a request
     if app.config["GC_TUNING"]:
         service.tune_gc()
     watcher.start()

@@ -1,0 +1,149 @@
+"""URL matching (`risk_service.routing`): werkzeug's answers, without a garbage cycle a request."""
+
+from __future__ import annotations
+
+import gc
+import io
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from conftest import AppFactory
+from flask import Flask
+from test_api import payment
+from werkzeug.routing.matcher import StateMachineMatcher
+
+from risk_service.routing import StaticRouteMatcher
+
+
+def call(app: Flask, method: str, path: str, body: bytes = b"") -> int:
+    """One request straight into the WSGI app (the test client makes cycles of its own)."""
+    status: list[str] = []
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_HOST": "127.0.0.1:8000",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
+    out = app.wsgi_app(environ, lambda s, h, exc=None: status.append(s))
+    b"".join(out)
+    getattr(out, "close", lambda: None)()
+    return int(status[0][:3])
+
+
+@pytest.fixture
+def collector_off() -> Iterator[None]:
+    """No automatic collection (and gc.garbage emptied after)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def test_scoring_requests_leave_no_garbage_cycle(make_app: AppFactory, collector_off: None) -> None:
+    app = make_app(BENCH_EMPTY_ENDPOINT=True)
+    bodies = [
+        orjson.dumps(payment(f"gc-{i}", amount=10.0 + i, explain=i % 5 == 0)) for i in range(80)
+    ]
+
+    def serve(some: list[bytes]) -> None:
+        for body in some:
+            assert call(app, "POST", "/score", body) == 200
+            assert call(app, "POST", "/score", body) == 200  # a retry, answered from memory
+            assert call(app, "POST", "/_empty", body) == 200
+            assert call(app, "GET", "/health") == 200
+
+    serve(bodies[:20])  # the first matches (werkzeug's), lazy imports, numba's compilations
+    gc.collect()
+    serve(bodies[20:])
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collection finds stays in gc.garbage
+    found = gc.collect()
+    kinds = sorted({type(o).__qualname__ for o in gc.garbage})
+    # werkzeug's own matcher left 8 objects a request here (its recursive closure)
+    assert found == 0, f"{found} objects in reference cycles: {kinds}"
+
+
+def test_dynamic_routes_still_match_through_werkzeug(make_app: AppFactory) -> None:
+    client = make_app().test_client()
+    assert client.post("/score", json=payment("routed-1")).status_code == 200
+    found = client.get("/decisions/routed-1")
+    assert found.status_code == 200
+    assert found.get_json()["event_id"] == "routed-1"
+    missing = client.get("/decisions/nobody")
+    assert missing.status_code == 404
+    assert missing.get_json()["field"] == "event_id"
+
+
+def _answer(matcher: StateMachineMatcher, path: str, method: str) -> Any:
+    """What a matcher says: the rule and values, or the exception with its details."""
+    try:
+        rule, values = matcher.match("", path, method, False)
+    except Exception as exc:  # NoMatch, RequestPath, ...
+        return (type(exc).__name__, sorted(getattr(exc, "have_match_for", ()) or ()),
+                getattr(exc, "path_info", None))  # fmt: skip
+    return rule.endpoint, rule.rule, dict(values)
+
+
+def test_answers_equal_werkzeugs_on_every_route(app: Flask) -> None:
+    rules = list(app.url_map.iter_rules())
+    ours = app.url_map._matcher  # type: ignore[attr-defined]
+    assert isinstance(ours, StaticRouteMatcher)
+    theirs = StateMachineMatcher(ours.merge_slashes)
+    for rule in rules:
+        theirs.add(rule)
+    theirs.update()
+    paths = {"/", "/nowhere", "/score/", "//score", "/decisions/", "/decisions/x/y"}
+    for rule in rules:
+        path = rule.rule.replace("<event_id>", "e-1").replace("<", "").replace(">", "")
+        paths |= {path, path + "/", path.rstrip("/") + "x"}
+    methods = ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS")
+    compared = 0
+    for _ in range(2):  # the second time from the remembered answers
+        for path in sorted(paths):
+            for method in methods:
+                assert _answer(ours, path, method) == _answer(theirs, path, method), (path, method)
+                compared += 1
+    assert compared > 200
+    remembered = ours._remembered
+    assert ("", "/score", "POST", False) in remembered
+    assert all(not rule.arguments for rule in remembered.values())
+
+
+def test_a_rule_added_after_the_matcher_is_matched(app: Flask) -> None:
+    app.add_url_rule("/late-route", "late", lambda: {"late": True})
+    client = app.test_client()
+    assert client.get("/late-route").get_json() == {"late": True}
+    assert client.get("/late-route").get_json() == {"late": True}  # remembered
+    assert client.get("/late-route/x").status_code == 404
+
+
+def test_remembers_no_more_than_its_limit(app: Flask) -> None:
+    matcher = StaticRouteMatcher(merge_slashes=True, limit=2)
+    for rule in app.url_map.iter_rules():
+        matcher.add(rule)
+    matcher.update()
+    for path in ("/health", "/ready", "/metrics", "/models"):
+        rule, values = matcher.match("", path, "GET", False)
+        assert rule.rule == path
+        assert values == {}
+    assert len(matcher._remembered) == 2
