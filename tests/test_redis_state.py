@@ -24,9 +24,15 @@ from test_api import NOW, iso, payment
 from risk_service import metrics
 from risk_service.features import MemoryStateStore, codec
 from risk_service.features.aggregates import Profile
-from risk_service.features.online import OnlineFeatureEngine
-from risk_service.features.spec import DAY_MS, TIME_SINCE
-from risk_service.redis_state import decode_stored, state_ttls
+from risk_service.features.online import OnlineFeatureEngine, new_state
+from risk_service.features.spec import DAY_MS, ENTITY_KEYS, TIME_SINCE
+from risk_service.redis_state import (
+    RedisState,
+    Transaction,
+    TransactionStore,
+    decode_stored,
+    state_ttls,
+)
 
 
 def shared_app(make_app: AppFactory, target: RedisTarget, **config: Any) -> Flask:
@@ -60,6 +66,41 @@ def test_state_blobs_round_trip_exactly() -> None:
 
 
 # -- the machine's Redis ---------------------------------------------------------------------
+@pytest.mark.integration
+def test_a_state_written_since_begin_is_a_conflict(redis_target: RedisTarget) -> None:
+    """Optimistic transactions: every state read is checked at commit by its version token
+    (one new token a commit, shared by the states it writes)."""
+    state = RedisState(redis_target.url, b"k" * 32, prefix=redis_target.prefix, timeout_ms=2000)
+    try:
+        keys = {(kind, f"h-{kind}"): state.hashed_key(kind, f"h-{kind}") for kind in ENTITY_KEYS}
+        account, device = ("account", "h-account"), ("device", "h-device")
+
+        def txn(event_id: str, writes: tuple[tuple[str, str], ...]) -> Transaction:
+            begun = state.begin(state.idempotency_key(event_id), keys)
+            store = TransactionStore(state, begun)
+            for kind, key in writes:
+                store.put(kind, key, new_state(kind))
+            return begun
+
+        first = txn("e1", (account, device))
+        late = txn("e2", (account,))  # read the same versions as the first
+        reader = txn("e3", ())  # writes nothing, but read them too
+        assert state.commit(first, b"r1", 60_000, 1_000) == "OK"
+        tokens = {state.client.getrange(keys[k], 0, 15) for k in (account, device)}
+        assert len(tokens) == 1 and tokens != {b""}  # one token for the commit's writes
+        assert state.commit(late, b"r2", 60_000, 1_000) == "CONFLICT"
+        assert state.commit(reader, b"r3", 60_000, 1_000) == "CONFLICT"
+        # begun after the first commit: its versions are current
+        second = txn("e4", (device,))
+        third = txn("e5", (account,))
+        assert state.commit(second, b"r4", 60_000, 1_000) == "OK"
+        assert state.commit(third, b"r5", 60_000, 1_000) == "CONFLICT"  # it read the device
+        assert state.commit(txn("e5", (account,)), b"r5", 60_000, 1_000) == "OK"
+        assert state.commit(txn("e5", (account,)), b"r5", 60_000, 1_000) == "EXISTS"
+    finally:
+        state.close()
+
+
 @pytest.mark.integration
 def test_two_workers_many_threads_count_exactly(
     make_app: AppFactory, redis_target: RedisTarget, tmp_path: Path
