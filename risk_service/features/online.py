@@ -50,6 +50,7 @@ _ROLL = {k: [r for r in ROLLINGS if r.state == k] for k in _KINDS}
 _DIST = {k: [x for x in DISTINCTS if x.state == k] for k in _KINDS}
 _LAB = {k: [x for x in LABELS if x.state == k] for k in _KINDS}
 _FILTER_INDEX = {f: i for i, f in enumerate(FILTERS)}
+_Win = tuple[str, Window]  # a feature and its window
 
 
 def _pick(channels: tuple[tuple[str, str], ...]) -> tuple[int, ...]:
@@ -93,13 +94,18 @@ class _Plan:
         self.rolling_names = [
             (q, tuple(f for _, outs in reads for _, f, _ in outs)) for q, _, reads in self.rolling
         ]
-        self.distinct: list[tuple[str, int, str, list[tuple[str, Window]], str | None]] = []
+        # per kind (its state looked up once): (kind, its key column, (set index, member
+        # column, windowed features, first-seen feature or None) for each distinct-set read)
+        self.distinct: list[tuple[str, str, list[tuple[int, str, list[_Win], str | None]]]] = []
         for kind in _KINDS:
+            reads: list[tuple[int, str, list[_Win], str | None]] = []
             for i, x in enumerate(_DIST[kind]):
                 wins = [(f, w) for f, w in x.windows if f in want]
                 first = x.first_seen if x.first_seen in want else None
                 if wins or first:
-                    self.distinct.append((kind, i, x.member, wins, first))
+                    reads.append((i, x.member, wins, first))
+            if reads:
+                self.distinct.append((kind, ENTITY_KEYS[kind], reads))
         self.labels = [
             (k, i, x.feature) for k in _KINDS for i, x in enumerate(_LAB[k]) if x.feature in want
         ]
@@ -202,18 +208,19 @@ class OnlineFeatureEngine:
                     v[feat] = 0.0
             else:
                 read_into(st.rolling, ms, reads, v)
-        for kind, i, member_col, wins, first in plan.distinct:
-            key = keys.get(ENTITY_KEYS[kind])
+        for kind, key_col, sets in plan.distinct:
+            key = keys.get(key_col)
             if key is None:
                 continue
             st = self._state(kind, key)
-            members = st.distinct[i] if st is not None else None
-            for feat, w in wins:
-                v[feat] = float(members.count(ms, w)) if members is not None else 0.0
-            if first is not None:
-                m = keys.get(member_col)
-                if m is not None:
-                    v[first] = 1.0 if members is None or members.is_new(m, ms) else 0.0
+            for i, member_col, wins, first in sets:
+                members = st.distinct[i] if st is not None else None
+                for feat, w in wins:
+                    v[feat] = float(members.count(ms, w)) if members is not None else 0.0
+                if first is not None:
+                    m = keys.get(member_col)
+                    if m is not None:
+                        v[first] = 1.0 if members is None or members.is_new(m, ms) else 0.0
         for kind, i, feat in plan.labels:
             key = keys.get(ENTITY_KEYS[kind])
             if key is not None:
@@ -237,8 +244,9 @@ class OnlineFeatureEngine:
     def features(self, event: Mapping[str, Any]) -> np.ndarray:
         """The fraud feature vector (FEATURE_NAMES order) of ``event``; state is not updated."""
         self._loaded.clear()
-        ms = d.to_ms(event["timestamp"])
-        keys = self._keys(event)
+        return self._features(event, d.to_ms(event["timestamp"]), self._keys(event))
+
+    def _features(self, event: Mapping[str, Any], ms: int, keys: dict[str, Any]) -> np.ndarray:
         amount = float(event["amount"])
         v = _request_time(event, ms, amount)
         self._entity_features(_FRAUD_PLAN, keys, ms, v)
@@ -272,11 +280,10 @@ class OnlineFeatureEngine:
     def update(self, event: Mapping[str, Any]) -> None:
         """Apply ``event`` to the state of every entity it names."""
         self._loaded.clear()
-        self._apply(event)
+        self._apply(event, d.to_ms(event["timestamp"]), self._keys(event))
 
-    def _apply(self, event: Mapping[str, Any]) -> None:
+    def _apply(self, event: Mapping[str, Any], ms: int, keys: dict[str, Any]) -> None:
         """The update, reusing states already loaded by ``features`` for this event."""
-        ms = d.to_ms(event["timestamp"])
         minor = d.to_minor(float(event["amount"]))
         et = event.get("event_type")
         flags = (
@@ -292,7 +299,6 @@ class OnlineFeatureEngine:
         for i, flag in enumerate(flags):
             if flag:
                 pv[2 * i], pv[2 * i + 1] = 1, minor
-        keys = self._keys(event)
         store = self.store
         for kind in _KINDS:
             key = keys[ENTITY_KEYS[kind]]
@@ -325,8 +331,10 @@ class OnlineFeatureEngine:
 
     def process(self, event: Mapping[str, Any]) -> np.ndarray:
         """Features of ``event`` as of just before it, then its state update (the usual path)."""
-        out = self.features(event)
-        self._apply(event)
+        self._loaded.clear()
+        ms, keys = d.to_ms(event["timestamp"]), self._keys(event)  # once for both halves
+        out = self._features(event, ms, keys)
+        self._apply(event, ms, keys)
         self._loaded.clear()
         return out
 
