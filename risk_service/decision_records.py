@@ -93,9 +93,10 @@ class Pseudonymiser:
 
     def scrub(self, obj: Any) -> Any:
         """A copy of ``obj`` with personal identifiers hashed and locations coarsened."""
-        if type(obj) in _SCALARS:
+        t = type(obj)
+        if t in _SCALARS:
             return obj
-        if isinstance(obj, Mapping):
+        if t is dict or isinstance(obj, Mapping):  # the ABC check costs more than the rest
             out: dict[Any, Any] = {}
             for key, value in obj.items():
                 kind = type(value)
@@ -106,7 +107,7 @@ class Pseudonymiser:
                     out[key] = round(value, LOCATION_DECIMALS) if located else value
                 elif kind in _SCALARS:
                     out[key] = value
-                elif isinstance(value, (Mapping, list, tuple)):
+                elif kind is dict or kind is list or isinstance(value, (Mapping, list, tuple)):
                     out[key] = self.scrub(value)
                 elif key in PERSONAL_FIELDS and isinstance(value, str):  # a str subclass
                     out[key] = self(value)
@@ -115,7 +116,7 @@ class Pseudonymiser:
                 else:
                     out[key] = value
             return out
-        if isinstance(obj, (list, tuple)):
+        if t is list or isinstance(obj, (list, tuple)):
             return [self.scrub(x) for x in obj]
         return obj
 
