@@ -14,6 +14,7 @@ from test_api import payment
 from werkzeug.routing.matcher import StateMachineMatcher
 from werkzeug.test import create_environ
 
+from risk_service import routing
 from risk_service.routing import StaticRouteMatcher
 
 Request = tuple[dict[str, Any], int]  # a WSGI environ and the status expected
@@ -126,7 +127,7 @@ def _answer(matcher: StateMachineMatcher, path: str, method: str) -> Any:
 
 def test_answers_equal_werkzeugs_on_every_route(app: Flask) -> None:
     rules = list(app.url_map.iter_rules())
-    ours = app.url_map._matcher  # type: ignore[attr-defined]
+    ours = app.url_map._matcher
     assert isinstance(ours, StaticRouteMatcher)
     theirs = StateMachineMatcher(ours.merge_slashes)
     for rule in rules:
@@ -167,3 +168,16 @@ def test_remembers_no_more_than_its_limit(app: Flask) -> None:
         assert rule.rule == path
         assert values == {}
     assert len(matcher._remembered) == 2
+
+
+def test_an_unknown_matcher_is_left_in_place_with_a_warning(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    class OtherMatcher(StateMachineMatcher):  # what another werkzeug might put there
+        pass
+
+    other = OtherMatcher(merge_slashes=True)
+    app.url_map._matcher = other
+    assert routing.install(app) is False
+    assert app.url_map._matcher is other
+    assert "stays werkzeug's (OtherMatcher" in caplog.text
