@@ -125,14 +125,19 @@ def _answer(matcher: StateMachineMatcher, path: str, method: str) -> Any:
     return rule.endpoint, rule.rule, dict(values)
 
 
+def with_rules(matcher: StateMachineMatcher, app: Flask) -> StateMachineMatcher:
+    """``matcher`` holding the app's rules, as `routing.install` fills its own."""
+    for rule in app.url_map.iter_rules():
+        matcher.add(rule)
+    matcher.update()
+    return matcher
+
+
 def test_answers_equal_werkzeugs_on_every_route(app: Flask) -> None:
     rules = list(app.url_map.iter_rules())
     ours = app.url_map._matcher
     assert isinstance(ours, StaticRouteMatcher)
-    theirs = StateMachineMatcher(ours.merge_slashes)
-    for rule in rules:
-        theirs.add(rule)
-    theirs.update()
+    theirs = with_rules(StateMachineMatcher(ours.merge_slashes), app)
     paths = {"/", "/nowhere", "/score/", "//score", "/decisions/", "/decisions/x/y"}
     for rule in rules:
         path = rule.rule.replace("<event_id>", "e-1").replace("<", "").replace(">", "")
@@ -159,10 +164,8 @@ def test_a_rule_added_after_the_matcher_is_matched(app: Flask) -> None:
 
 
 def test_remembers_no_more_than_its_limit(app: Flask) -> None:
-    matcher = StaticRouteMatcher(merge_slashes=True, limit=2)
-    for rule in app.url_map.iter_rules():
-        matcher.add(rule)
-    matcher.update()
+    matcher = with_rules(StaticRouteMatcher(merge_slashes=True, limit=2), app)
+    assert isinstance(matcher, StaticRouteMatcher)
     for path in ("/health", "/ready", "/metrics", "/models"):
         rule, values = matcher.match("", path, "GET", False)
         assert rule.rule == path
