@@ -9,7 +9,9 @@ are compared; a drift of the machine reaches every configuration alike.
 
 A configuration is ``NAME:THREADS`` or ``NAME:THREADS:SOURCE`` where SOURCE is a checkout
 of the project (a ``git worktree`` of another commit) whose code that server runs, with
-this virtualenv. The embedded default otherwise, as `bench_service.py` runs it.
+this virtualenv, either followed by ``,VAR=VALUE`` items for its environment (e.g.
+``alone:1,RISK_REASONS_BESIDE=0``). The embedded default otherwise, as `bench_service.py`
+runs it.
 
 ``--production``: every server on the machine's Redis and PostgreSQL, each with a fresh key
 prefix and schema of its own (`production_stores.ProductionStores`, removed after), the
@@ -114,6 +116,7 @@ class Server:
         )
         result["service_cores"] = cores["service"]
         result["cpu_ms_per_request"] = 1000 * cores["service"] / max(result["rps"], 1e-9)
+        result["loop_ms_per_request"] = 1000 * cores["loop"] / max(result["rps"], 1e-9)
         result["machine_ms_per_request"] = 1000 * cores["machine"] / max(result["rps"], 1e-9)
         return result
 
@@ -126,11 +129,13 @@ class Server:
 
 
 def parse_config(spec: str, here: Path, root: Path) -> Server:
-    parts = spec.split(":")
-    if len(parts) not in (2, 3) or not parts[1].isdigit():
-        raise SystemExit(f"a configuration is NAME:THREADS[:SOURCE], got {spec!r}")
+    head, *assignments = spec.split(",")
+    parts = head.split(":")
+    if len(parts) not in (2, 3) or not parts[1].isdigit() or not all("=" in a for a in assignments):
+        raise SystemExit(f"a configuration is NAME:THREADS[:SOURCE][,VAR=VALUE...], got {spec!r}")
     source = Path(parts[2]).resolve() if len(parts) == 3 else here
-    return Server(parts[0], int(parts[1]), source, root / parts[0])
+    env = dict(a.split("=", 1) for a in assignments)
+    return Server(parts[0], int(parts[1]), source, root / parts[0], env=env)
 
 
 def median(runs: list[dict], key: str) -> float:
@@ -139,7 +144,7 @@ def median(runs: list[dict], key: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("configs", nargs="+", help="NAME:THREADS[:SOURCE]")
+    parser.add_argument("configs", nargs="+", help="NAME:THREADS[:SOURCE][,VAR=VALUE...]")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=20, help="seconds of /score per server")
@@ -218,6 +223,7 @@ def main() -> None:
             "ratios": [round(run["ratio"], 3) for run in s.runs],
             "score_cpu_ms": median(scores, "cpu_ms_per_request"),
             "score_machine_ms": median(scores, "machine_ms_per_request"),
+            "score_loop_ms": median(scores, "loop_ms_per_request"),
             "empty_cpu_ms": median(empties, "cpu_ms_per_request"),
             "paced_rps": median(s.paced, "rps"),
             "paced_p50_ms": median(s.paced, "p50_ms"),
@@ -228,14 +234,16 @@ def main() -> None:
         }
     print(
         "| config | /score req/s | empty req/s | ratio (median, range) | CPU ms per /score "
-        "(server; machine) | per empty | paced: req/s, p50, p99, p99.9 (ms) |"
+        "(server; machine; workers' main threads) | per empty | paced: req/s, p50, p99, p99.9 "
+        "(ms) |"
     )
     print("|---|---|---|---|---|---|---|")
     for name, r in result.items():
         print(
             f"| {name} ({r['threads']} thread{'s' * (r['threads'] > 1)}) | {r['score_rps']:,.0f} "
             f"| {r['empty_rps']:,.0f} | {r['ratio']:.2f} ({min(r['ratios']):.2f}-"
-            f"{max(r['ratios']):.2f}) | {r['score_cpu_ms']:.2f}; {r['score_machine_ms']:.2f} "
+            f"{max(r['ratios']):.2f}) | {r['score_cpu_ms']:.2f}; {r['score_machine_ms']:.2f}; "
+            f"{r['score_loop_ms']:.2f} "
             f"| {r['empty_cpu_ms']:.2f} "
             f"| {r['paced_rps']:,.0f}, {r['paced_p50_ms']:.2f}, {r['paced_p99_ms']:.2f}, "
             f"{r['paced_p999_ms']:.2f} |"

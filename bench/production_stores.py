@@ -345,10 +345,12 @@ def connections_per_process(port: int) -> list[int]:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_cpu(pid: int, which: tuple[int, ...] = (11, 12)) -> float:
-    """CPU seconds of a process: user and system time (fields 14 and 15 of its stat)."""
+def _proc_cpu(pid: int, which: tuple[int, ...] = (11, 12), *, main_thread: bool = False) -> float:
+    """CPU seconds of a process: user and system time (fields 14 and 15 of its stat); of its
+    main thread alone with `main_thread` (a one-thread worker's event loop)."""
+    path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return sum(int(fields[i]) for i in which) / _TICK
@@ -360,16 +362,19 @@ def _named(name: str) -> list[int]:
 
 
 def cpu_snapshot(master: int) -> dict[str, float]:
-    """CPU seconds so far: the machine (busy), the service (gunicorn master and workers),
-    Redis, PostgreSQL (all its processes) and this script's finished children (wrk)."""
+    """CPU seconds so far: the machine (busy), the service (gunicorn master and workers), the
+    workers' main threads (`loop`: where a one-thread worker answers), Redis, PostgreSQL (all
+    its processes) and this script's finished children (wrk)."""
     import resource
 
     ticks = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     busy = sum(int(t) for i, t in enumerate(ticks) if i not in (3, 4)) / _TICK  # not idle, iowait
-    service = [master, *worker_pids(master)]
+    workers = worker_pids(master)
+    service = [master, *workers]
     return {
         "machine": busy,
         "service": sum(_proc_cpu(p) for p in service),
+        "loop": sum(_proc_cpu(p, main_thread=True) for p in workers),
         "service_kernel": sum(_proc_cpu(p, (12,)) for p in service),
         "redis": sum(_proc_cpu(p) for p in _named("redis-server")),
         "postgres": sum(_proc_cpu(p) for p in _named("postgres")),
