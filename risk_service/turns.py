@@ -15,13 +15,24 @@ The park point is `GroupCommit.submit`, entered with no lock held: a greenlet pa
 holding a lock would stop the next greenlet of the thread that wants it, and the thread with
 it. Outside a request greenlet (a pool thread, a test, the backlog thread) `submit` commits
 as before.
+
+**Work beside the loop** (`beside`, ``RISK_REASONS_BESIDE``). TreeSHAP reasons cost a
+non-approve decision 1-2 ms in a kernel that lets go of the GIL: a fifth of the loop's time
+under wrk, while the second core sat idle. A request greenlet hands such a call to a helper
+thread and parks; the loop goes on serving the other requests, and their turns commit and
+answer without it. When the call is done, the helper asks the loop (through the worker's
+thread-safe method queue) to resume the greenlet, which logs its decision with the turn it
+resumes in. A request waiting for one parked beside (a retry of the same event) parks for the
+next turn instead of blocking the loop (`wait_ready`, `wait_for_turn`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import greenlet
 
@@ -29,6 +40,19 @@ if TYPE_CHECKING:
     from risk_service.group_commit import GroupCommit
 
 log = logging.getLogger("risk_service.turns")
+
+# Requests parked beside at once, at most; past it the loop computes the call itself (the
+# helper is one thread: a longer queue would only add to these requests' latency).
+BESIDE_LIMIT = 4
+T = TypeVar("T")
+
+
+class Waitable(Protocol):
+    """`idempotency.Ready`'s contract: set once, waited on with a timeout."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
 
 
 class RequestGreenlet(greenlet.greenlet):
@@ -61,19 +85,76 @@ def wait_for_turn() -> bool:
     done (the awaited decision may be among them; a sleep would hold the whole loop, and them
     with it) and return True; else False, and the caller sleeps as it would in a thread."""
     current = greenlet.getcurrent()
-    if not isinstance(current, RequestGreenlet) or not current.turn.parked:
+    if not isinstance(current, RequestGreenlet):
+        return False
+    if not current.turn.parked and not current.turn.beside:
         return False
     current.park(None)
     return True
 
 
+def wait_ready(ready: Waitable, timeout: float) -> bool:
+    """``ready.wait(timeout)``, but in a request greenlet the request parks turn after turn
+    until it is set: the request that sets it may be parked beside in this same loop, which a
+    blocking wait would hold."""
+    current = greenlet.getcurrent()
+    if ready.is_set() or not isinstance(current, RequestGreenlet):
+        return ready.wait(timeout)
+    deadline = time.monotonic() + timeout
+    while not ready.is_set():
+        if time.monotonic() >= deadline:
+            return False
+        current.park(None)
+    return True
+
+
+def beside(call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)``; in a request greenlet of a loop that allows it, on the loop's helper
+    thread while the loop serves other requests (for calls that let go of the GIL and take
+    long enough to repay two hand-offs, ~1 ms). Returns its result or raises its error."""
+    current = greenlet.getcurrent()
+    if isinstance(current, RequestGreenlet):
+        turn = current.turn
+        if turn.defer is not None and turn.beside < BESIDE_LIMIT:
+            return turn.run_beside(current, call, args)
+    return call(*args)
+
+
 class Turn:
     """The requests a turn of the loop parked, and the logs they wait for."""
 
-    def __init__(self) -> None:
+    def __init__(self, defer: Callable[..., None] | None = None) -> None:
+        """``defer``: runs a callable in the loop's thread on its next turn, from any thread
+        (gunicorn's method queue); None: `beside` calls run in the request itself."""
         self.parked: list[tuple[RequestGreenlet, GroupCommit | None]] = []
         self.idle: list[RequestGreenlet] = []
         self.largest = 0  # the most requests one commit has served
+        self.defer = defer
+        self.beside = 0  # requests parked on a call of the helper thread
+        self._helper: ThreadPoolExecutor | None = None
+
+    def run_beside(self, request: RequestGreenlet, call: Callable[..., T], args: Any) -> T:
+        """Run ``call`` on the helper thread; ``request`` parks until the loop resumes it."""
+        assert self.defer is not None
+        defer = self.defer
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(1, thread_name_prefix="risk-beside")
+        try:
+            future = self._helper.submit(call, *args)
+        except RuntimeError:  # shut down: the worker is stopping
+            return call(*args)
+        self.beside += 1
+        try:
+            future.add_done_callback(lambda _: defer(request.switch))
+            request.parent.switch()
+        finally:
+            self.beside -= 1
+        return future.result(timeout=0)
+
+    def close(self) -> None:
+        """Stop the helper thread (after the calls it was given)."""
+        if self._helper is not None:
+            self._helper.shutdown(wait=True)
 
     def run(self, request: Callable[[], Any]) -> None:
         """Run ``request`` in a greenlet of its own; returns when it is done or parked. Only
@@ -83,9 +164,18 @@ class Turn:
 
     def flush(self) -> None:
         """Commit what the parked requests queued, one transaction a log, then resume them
-        (a resumed request may park again, for another log: then again)."""
+        (a resumed request may park again, for another log: then again). Requests waiting
+        for others' commits resume after them; one that parks again only to wait (none of the
+        parked has anything to commit) waits for the next turn: the request it waits for is
+        beside, and its end comes through the loop."""
+        first = True
         while self.parked:
             parked, self.parked = self.parked, []
+            if not first and all(group is None for _, group in parked):
+                self.parked = parked
+                return
+            first = False
+            parked.sort(key=lambda item: item[1] is None)  # stable: else in order of parking
             self.largest = max(self.largest, len(parked))
             groups: dict[int, GroupCommit] = {}
             for _, group in parked:

@@ -20,7 +20,8 @@ blocking read of up to 2 s.
 
 With one thread, a whole request is answered in the loop itself (`serve_inline`), in a greenlet
 that waits for the end of the loop's turn to commit its decision with the others of that turn
-(`risk_service/turns.py`, ``RISK_TURN_COMMITS``).
+(`risk_service/turns.py`, ``RISK_TURN_COMMITS``); TreeSHAP reasons run on a helper thread
+meanwhile, beside the loop (``RISK_REASONS_BESIDE``).
 
 TLS, the PROXY protocol and HTTP/2 prior knowledge are not buffered (their bytes are not plain
 HTTP/1.1 here): with any of them on, connections are handled as gthread handles them.
@@ -49,6 +50,7 @@ from risk_service.turns import Turn
 
 TIMEOUT_ENV = "RISK_CLIENT_TIMEOUT_SECONDS"
 TURN_COMMITS_ENV = "RISK_TURN_COMMITS"
+REASONS_BESIDE_ENV = "RISK_REASONS_BESIDE"
 DEFAULT_TIMEOUT_SECONDS = 5.0
 RECV_SIZE = 64 * 1024
 READS_PER_EVENT = 4  # then back to the loop, so one fast sender does not hold it
@@ -65,12 +67,28 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 def turn_commits(environ: Mapping[str, str] = os.environ) -> bool:
     """``RISK_TURN_COMMITS`` (default on): with one thread, the decisions of one turn of the
     event loop commit together (`risk_service/turns.py`); off, each commits alone."""
-    raw = environ.get(TURN_COMMITS_ENV, "").strip().lower()
+    return _switch(TURN_COMMITS_ENV, environ)
+
+
+def reasons_beside(
+    environ: Mapping[str, str] = os.environ, *, workers: int = 1, cores: int | None = None
+) -> bool:
+    """``RISK_REASONS_BESIDE``: with turn commits, a request's TreeSHAP reasons run on a
+    helper thread while the loop serves the others (`turns.beside`); off, in the loop. Unset:
+    on where the workers leave a core for the helpers (fewer workers than usable cores), since
+    on a machine the workers fill it only adds two hand-offs a flagged request."""
+    if not environ.get(REASONS_BESIDE_ENV, "").strip():
+        return workers < (cores if cores is not None else len(os.sched_getaffinity(0)))
+    return _switch(REASONS_BESIDE_ENV, environ)
+
+
+def _switch(name: str, environ: Mapping[str, str]) -> bool:
+    raw = environ.get(name, "").strip().lower()
     if raw in ("", "1", "true", "yes", "on"):
         return True
     if raw in ("0", "false", "no", "off"):
         return False
-    raise RuntimeError(f"{TURN_COMMITS_ENV}={raw!r}: expected on or off (1 or 0)")
+    raise RuntimeError(f"{name}={raw!r}: expected on or off (1 or 0)")
 
 
 def client_timeout(environ: Mapping[str, str] = os.environ) -> float:
@@ -178,7 +196,10 @@ class BufferingThreadWorker(ThreadWorker):
         # one thread: requests are answered in the loop, without the pool (`serve_inline`)
         self.inline = self.cfg.threads == 1 and not self.passthrough
         # the requests of this turn of the loop waiting for their commit (None: each alone)
-        self.turn = Turn() if self.inline and turn_commits() else None
+        self.turn: Turn | None = None
+        if self.inline and turn_commits():
+            beside = reasons_beside(workers=self.cfg.workers)
+            self.turn = Turn(self.method_queue.defer if beside else None)
         self.timed_out = 0  # since the last warning
         self.warned_at = -math.inf
 
@@ -188,6 +209,7 @@ class BufferingThreadWorker(ThreadWorker):
         super().check_config(cfg, log)
         client_timeout()
         turn_commits()
+        reasons_beside()
 
     def run(self) -> None:
         """Bodies are bounded by the application's limit (Flask's MAX_CONTENT_LENGTH)."""
@@ -195,7 +217,11 @@ class BufferingThreadWorker(ThreadWorker):
         limit = config.get("MAX_CONTENT_LENGTH") if isinstance(config, Mapping) else None
         if isinstance(limit, int) and limit > 0:
             self.body_limit = limit
-        super().run()
+        try:
+            super().run()
+        finally:
+            if self.turn is not None:
+                self.turn.close()
 
     # -- reading requests in the event loop ----------------------------------------------------
     def accept(self, listener: socket.socket) -> None:

@@ -31,7 +31,7 @@ import pytest
 from conftest import wait_for
 
 from risk_service.http_framing import FRAMING_ALLOWANCE, HEAD_LIMIT, RequestReader, Status
-from risk_service.worker import client_timeout, turn_commits
+from risk_service.worker import client_timeout, reasons_beside, turn_commits
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 1.0  # RISK_CLIENT_TIMEOUT_SECONDS of the test server
@@ -136,6 +136,11 @@ def test_the_turn_commits_setting() -> None:
     assert not turn_commits({"RISK_TURN_COMMITS": "0"})
     with pytest.raises(RuntimeError, match="RISK_TURN_COMMITS"):
         turn_commits({"RISK_TURN_COMMITS": "sometimes"})
+    assert reasons_beside({}, workers=1, cores=2) and not reasons_beside({}, workers=2, cores=2)
+    assert reasons_beside({"RISK_REASONS_BESIDE": "on"}, workers=2, cores=2)
+    assert not reasons_beside({"RISK_REASONS_BESIDE": "off"}, workers=1, cores=8)
+    with pytest.raises(RuntimeError, match="RISK_REASONS_BESIDE='later'"):
+        reasons_beside({"RISK_REASONS_BESIDE": "later"})
 
 
 def test_the_timeout_setting() -> None:
@@ -459,6 +464,7 @@ def test_operations_doc_names_the_setting() -> None:
     text = (ROOT / "docs" / "operations.md").read_text()
     assert "RISK_CLIENT_TIMEOUT_SECONDS" in text and "risk_client_timeouts_total" in text
     assert "RISK_TURN_COMMITS" in text and "risk_decision_log_commit_rows" in text
+    assert "RISK_REASONS_BESIDE" in text
 
 
 def test_with_one_thread_an_admin_change_does_not_hold_the_event_loop(tmp_path: Path) -> None:
@@ -728,6 +734,54 @@ def test_a_twin_request_in_the_same_turn_waits_for_the_turn_not_the_takeover(
         assert first["decision"] == second["decision"]
         assert waited < 2.5, waited  # not the 5 s take-over
         assert logged_features(port, "twin")["amount"] == 12.5
+    finally:
+        for sock in socks:
+            sock.close()
+        stop(proc)
+
+
+def explained(event_id: str) -> bytes:
+    """A payment whose approval asks for its reasons: TreeSHAP, as for a flagged one."""
+    return json.dumps({**json.loads(event(event_id)), "explain": True}).encode()
+
+
+@pytest.mark.parametrize("beside", [True, False], ids=["beside", "in the loop"])
+@pytest.mark.parametrize("store", ["memory", pytest.param("redis", marks=pytest.mark.integration)])
+def test_reasons_computed_beside_the_loop_reach_the_answers_the_log_and_a_twin(
+    tmp_path: Path, store: str, beside: bool, request: pytest.FixtureRequest
+) -> None:
+    """turns.beside: a request's TreeSHAP runs on a helper thread of the worker (started at
+    its first use) while the loop serves the others. The same event sent twice at once with
+    a third in one turn: the twin waits for the first without holding the loop (the first
+    could never resume: a 10 s wait in memory, the 5 s take-over on Redis), and both answer
+    the same reasons, which the log holds. RISK_REASONS_BESIDE=0: no helper, same answers."""
+    extra = {"RISK_TAKEOVER_MS": "5000", "RISK_REASONS_BESIDE": "1" if beside else "0"}
+    if store == "redis":
+        target = request.getfixturevalue("redis_target")
+        extra.update(
+            RISK_STATE_URL=target.url, RISK_STATE_PREFIX=target.prefix, RISK_STATE_TIMEOUT_MS="2000"
+        )
+    proc, port = serve_one_thread(tmp_path, one_thread_env(tmp_path, **extra))
+    (worker,) = worker_pids(proc)
+    socks: list[socket.socket] = []
+    try:
+        socks, buffers = kept_alive(port, 3)
+        threads = len(os.listdir(f"/proc/{worker}/task"))
+        bodies = [explained("why"), explained("why"), event("other")]
+        send_while_stopped(proc, socks, [with_length(body) for body in bodies])
+        sent = time.monotonic()
+        answers = [read_response(sock, buf) for sock, buf in zip(socks, buffers, strict=True)]
+        waited = time.monotonic() - sent
+        assert [status for status, _, _ in answers] == [200, 200, 200]
+        first, twin, other = (json.loads(body) for _, _, body in answers)
+        assert waited < 2.5, waited
+        assert first["event_id"] == twin["event_id"] == "why" and other["event_id"] == "other"
+        reasons = first["fraud"]["reasons"]
+        assert 3 <= len(reasons) <= 5 and twin["fraud"]["reasons"] == reasons
+        assert other["fraud"]["reasons"] == []  # an approval not asked to explain itself
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/decisions/why") as answer:
+            assert json.loads(answer.read())["reasons"] == reasons
+        assert len(os.listdir(f"/proc/{worker}/task")) == threads + (1 if beside else 0)
     finally:
         for sock in socks:
             sock.close()
