@@ -11,6 +11,7 @@ timeouts, pipelining and keep-alive, chunked and Content-Length bodies,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -587,7 +588,10 @@ def worker_pids(proc: subprocess.Popen[bytes]) -> list[str]:
 
 
 def send_while_stopped(
-    proc: subprocess.Popen[bytes], socks: list[socket.socket], requests: list[bytes]
+    proc: subprocess.Popen[bytes],
+    socks: list[socket.socket],
+    requests: list[bytes],
+    then: Callable[[], None] | None = None,
 ) -> None:
     """Send while the server is stopped, so that its next turn finds every request ready.
 
@@ -611,6 +615,8 @@ def send_while_stopped(
         wait_for(lambda: all(s == "T" for s in states()), "the worker stopped", looks=3)
         for sock, request in zip(socks, requests, strict=True):
             sock.sendall(request)
+        if then is not None:
+            then()  # e.g. a signal, delivered as the server wakes to the requests
     finally:
         os.killpg(proc.pid, signal.SIGCONT)
 
@@ -785,4 +791,37 @@ def test_reasons_computed_beside_the_loop_reach_the_answers_the_log_and_a_twin(
     finally:
         for sock in socks:
             sock.close()
+        stop(proc)
+
+
+def test_a_graceful_stop_answers_and_logs_a_request_whose_reasons_are_beside(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM as the worker wakes to a request that asks for its reasons: the stop drains it
+    (its TreeSHAP on the helper, then its commit in a turn of the draining loop) before the
+    worker exits, and the next start has it in the log and in its velocities."""
+    env = one_thread_env(tmp_path, RISK_REASONS_BESIDE="1")
+    proc, port = serve_one_thread(tmp_path, env)
+    socks: list[socket.socket] = []
+    try:
+        socks, buffers = kept_alive(port, 1)
+        terminate = functools.partial(os.killpg, proc.pid, signal.SIGTERM)
+        body = json.dumps({**json.loads(explained("last")), "account_id": "acct-last"}).encode()
+        send_while_stopped(proc, socks, [with_length(body)], then=terminate)
+        status, _, answer = read_response(socks[0], buffers[0])
+        assert status == 200, answer
+        assert 3 <= len(json.loads(answer)["fraud"]["reasons"]) <= 5
+        assert proc.wait(timeout=60) == 0
+    finally:
+        for sock in socks:
+            sock.close()
+        if proc.poll() is None:
+            stop(proc)
+    proc, port = serve_one_thread(tmp_path, env)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/decisions/last") as logged:
+            assert len(json.loads(logged.read())["reasons"]) >= 3
+        post_event(port, "after-last", "acct-last")
+        assert logged_features(port, "after-last")["account_events_24h"] == 1
+    finally:
         stop(proc)
