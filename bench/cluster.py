@@ -502,6 +502,7 @@ class LoadSpec:
     copy_fraction: float = 0.0  # events sent `copies` times at once, from different threads
     copies: int = 2
     resend_fraction: float = 0.0  # events sent again after their first 200 (a retry)
+    explain_fraction: float = 0.0  # events that ask for their reasons ("explain": true)
     timeouts: tuple[float, ...] = (5.0,)  # per attempt, the last one repeated
     max_attempts: int = 8
     seed: int = 0
@@ -569,7 +570,10 @@ class _Load:
             self.created += 1
             account = account_id(spec.run, self.rng.randrange(spec.accounts))
             event_id = f"{spec.run}-{i}"
-            body = json.dumps(payment(event_id, account, self.rng, spec.merchants)).encode()
+            event = payment(event_id, account, self.rng, spec.merchants)
+            if spec.explain_fraction and self.rng.random() < spec.explain_fraction:
+                event["explain"] = True  # reasons by TreeSHAP, as a flagged payment gets
+            body = json.dumps(event).encode()
             copies = spec.copies - 1 if self.rng.random() < spec.copy_fraction else 0
         if spec.rate:
             while not self.stop.is_set() and time.time() < due:

@@ -1,4 +1,6 @@
-"""A short load test on a real server: `risk serve --workers 2` on Redis and PostgreSQL.
+"""A short load test on a real server: `risk serve --workers 2` on Redis and PostgreSQL, with
+4 threads a worker, and with one (answering in its event loop, one commit a turn) where 30% of
+the events ask for their reasons, whose TreeSHAP runs beside the loop.
 
 3,000 unique payment events over 100 known accounts, from 16 client threads with keep-alive
 connections (bench/cluster.py's load generator); 5% of the events are sent twice at once
@@ -47,9 +49,17 @@ cluster = _cluster()
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("threads", "explain_fraction"),
+    [(4, 0.0), (1, 0.3)],
+    ids=["4 threads", "1 thread, reasons beside the loop"],
+)
 def test_thousands_of_events_from_concurrent_clients_all_logged_and_counted_once(
-    tmp_path: Path, redis_target: RedisTarget, pg_url: str
+    tmp_path: Path, redis_target: RedisTarget, pg_url: str, threads: int, explain_fraction: float
 ) -> None:
+    """With one thread a worker answers in its event loop with one commit a turn; 30% of the
+    events then ask for their reasons, whose TreeSHAP runs beside the loop (turns.beside,
+    forced on: two workers on two cores leave it off), copies and resends of them included."""
     env = cluster.production_env(
         state_url=redis_target.url,
         prefix=redis_target.prefix,
@@ -57,8 +67,10 @@ def test_thousands_of_events_from_concurrent_clients_all_logged_and_counted_once
         STATE_TIMEOUT_MS=2000,
         REQUEST_DEADLINE_MS=30000,
     )
+    if threads == 1:
+        env["RISK_REASONS_BESIDE"] = "1"
     run = f"load-{uuid.uuid4().hex[:8]}"
-    with cluster.Service(tmp_path / "service", env, workers=2) as service:
+    with cluster.Service(tmp_path / "service", env, workers=2, threads=threads) as service:
         assert len(service.worker_pids()) == 2
         spec = cluster.LoadSpec(
             url=service.url,
@@ -70,6 +82,7 @@ def test_thousands_of_events_from_concurrent_clients_all_logged_and_counted_once
             copy_fraction=0.05,
             copies=2,
             resend_fraction=0.05,
+            explain_fraction=explain_fraction,
             timeouts=(30.0,),
             max_attempts=1,  # no client retry: any failure shows
         )
