@@ -811,6 +811,7 @@ def test_a_graceful_stop_answers_and_logs_a_request_whose_reasons_are_beside(
         status, _, answer = read_response(socks[0], buffers[0])
         assert status == 200, answer
         assert 3 <= len(json.loads(answer)["fraud"]["reasons"]) <= 5
+        socks.pop().close()  # else the stop keeps it open for gunicorn's keep-alive linger
         assert proc.wait(timeout=60) == 0
     finally:
         for sock in socks:
