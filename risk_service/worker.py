@@ -78,8 +78,16 @@ def reasons_beside(
     on where the workers leave a core for the helpers (fewer workers than usable cores), since
     on a machine the workers fill it only adds two hand-offs a flagged request."""
     if not environ.get(REASONS_BESIDE_ENV, "").strip():
-        return workers < (cores if cores is not None else len(os.sched_getaffinity(0)))
+        return workers < (cores if cores is not None else usable_cores())
     return _switch(REASONS_BESIDE_ENV, environ)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one, as Linux)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        return len(affinity(0))
+    return os.cpu_count() or 1
 
 
 def _switch(name: str, environ: Mapping[str, str]) -> bool:

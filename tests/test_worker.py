@@ -32,7 +32,7 @@ import pytest
 from conftest import wait_for
 
 from risk_service.http_framing import FRAMING_ALLOWANCE, HEAD_LIMIT, RequestReader, Status
-from risk_service.worker import client_timeout, reasons_beside, turn_commits
+from risk_service.worker import client_timeout, reasons_beside, turn_commits, usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 1.0  # RISK_CLIENT_TIMEOUT_SECONDS of the test server
@@ -139,6 +139,7 @@ def test_the_turn_commits_setting() -> None:
         turn_commits({"RISK_TURN_COMMITS": "sometimes"})
     assert reasons_beside({}, workers=1, cores=2) and not reasons_beside({}, workers=2, cores=2)
     assert reasons_beside({"RISK_REASONS_BESIDE": "on"}, workers=2, cores=2)
+    assert reasons_beside({}, workers=1) == (usable_cores() > 1)
     assert not reasons_beside({"RISK_REASONS_BESIDE": "off"}, workers=1, cores=8)
     with pytest.raises(RuntimeError, match="RISK_REASONS_BESIDE='later'"):
         reasons_beside({"RISK_REASONS_BESIDE": "later"})
