@@ -540,6 +540,19 @@ def one_thread_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def store_env(store: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The state settings of a "memory" or "redis" run (the machine's Redis, a prefix of the
+    test's own)."""
+    if store == "memory":
+        return {}
+    target = request.getfixturevalue("redis_target")
+    return {
+        "RISK_STATE_URL": target.url,
+        "RISK_STATE_PREFIX": target.prefix,
+        "RISK_STATE_TIMEOUT_MS": "2000",
+    }
+
+
 def serve_one_thread(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
     """`risk serve --threads 1` on a port of its own, ready; its output in server.log."""
     port = free_port()
@@ -721,13 +734,8 @@ def test_a_twin_request_in_the_same_turn_waits_for_the_turn_not_the_takeover(
     second finds the first's decision not yet logged. On Redis it polls the log, and a sleep
     there would hold the loop, and the first request with it, until the take-over
     (RISK_TAKEOVER_MS): it waits for the turn's commit instead. Both get the one answer."""
-    extra = {"RISK_TAKEOVER_MS": "5000"}
-    if store == "redis":
-        target = request.getfixturevalue("redis_target")
-        extra.update(
-            RISK_STATE_URL=target.url, RISK_STATE_PREFIX=target.prefix, RISK_STATE_TIMEOUT_MS="2000"
-        )
-    proc, port = serve_one_thread(tmp_path, one_thread_env(tmp_path, **extra))
+    env = one_thread_env(tmp_path, **store_env(store, request), RISK_TAKEOVER_MS="5000")
+    proc, port = serve_one_thread(tmp_path, env)
     socks: list[socket.socket] = []
     try:
         socks, buffers = kept_alive(port, 2)
@@ -762,13 +770,13 @@ def test_reasons_computed_beside_the_loop_reach_the_answers_the_log_and_a_twin(
     a third in one turn: the twin waits for the first without holding the loop (the first
     could never resume: a 10 s wait in memory, the 5 s take-over on Redis), and both answer
     the same reasons, which the log holds. RISK_REASONS_BESIDE=0: no helper, same answers."""
-    extra = {"RISK_TAKEOVER_MS": "5000", "RISK_REASONS_BESIDE": "1" if beside else "0"}
-    if store == "redis":
-        target = request.getfixturevalue("redis_target")
-        extra.update(
-            RISK_STATE_URL=target.url, RISK_STATE_PREFIX=target.prefix, RISK_STATE_TIMEOUT_MS="2000"
-        )
-    proc, port = serve_one_thread(tmp_path, one_thread_env(tmp_path, **extra))
+    env = one_thread_env(
+        tmp_path,
+        **store_env(store, request),
+        RISK_TAKEOVER_MS="5000",
+        RISK_REASONS_BESIDE="1" if beside else "0",
+    )
+    proc, port = serve_one_thread(tmp_path, env)
     (worker,) = worker_pids(proc)
     socks: list[socket.socket] = []
     try:
@@ -807,8 +815,7 @@ def test_a_graceful_stop_answers_and_logs_a_request_whose_reasons_are_beside(
     try:
         socks, buffers = kept_alive(port, 1)
         terminate = functools.partial(os.killpg, proc.pid, signal.SIGTERM)
-        body = json.dumps({**json.loads(explained("last")), "account_id": "acct-last"}).encode()
-        send_while_stopped(proc, socks, [with_length(body)], then=terminate)
+        send_while_stopped(proc, socks, [with_length(explained("last"))], then=terminate)
         status, _, answer = read_response(socks[0], buffers[0])
         assert status == 200, answer
         assert 3 <= len(json.loads(answer)["fraud"]["reasons"]) <= 5
