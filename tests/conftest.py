@@ -21,6 +21,34 @@ MODELS = ROOT / "models"
 
 AppFactory = Callable[..., Flask]
 
+# Modules whose tests are CPU-bound and deterministic: no wall-clock bound, no server or
+# store timeout of a few ms, nothing that another process's load could make late. `make test`
+# runs them first, one module a process on every core (pytest-xdist, `-m parallel`), then the
+# rest one at a time: the worker, degradation and load tests keep a core for themselves.
+PARALLEL_MODULES = frozenset(
+    {
+        "test_backtest",
+        "test_features_aggregates",
+        "test_features_parity",
+        "test_from_log",
+        "test_properties",
+        "test_reasons",
+        "test_scores_costs",
+        "test_service_parity",
+        "test_simulate",
+        "test_simulate_scenarios",
+        "test_train",
+        "test_treeshap",
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in PARALLEL_MODULES:
+            item.add_marker(pytest.mark.parallel)
+
 
 def wait_for(
     condition: Callable[[], bool], what: str, seconds: float = 15.0, *, looks: int = 1
