@@ -21,6 +21,13 @@ from risk_service.timeutil import iso_ms, ms_to_datetime
 
 bp = Blueprint("risk", __name__)
 
+try:  # the server's errors while it reads a body for us (gunicorn's chunked framing)
+    from gunicorn.http.errors import ParseException
+
+    HTTP_PARSE_ERRORS: tuple[type[Exception], ...] = (ParseException,)
+except ImportError:  # another WSGI server: werkzeug turns its own into a 400
+    HTTP_PARSE_ERRORS = ()
+
 
 def _json(payload: Any, status: int = 200) -> Response:
     return Response(
@@ -53,10 +60,14 @@ def _body_bytes(max_bytes: int) -> bytes:
     environ = request.environ
     header = environ.get("CONTENT_LENGTH", "")
     length = int(header) if header.isascii() and header.isdigit() else max_bytes + 1
-    if length <= max_bytes and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-        body: bytes = environ["wsgi.input"].read(length)
-        return body
-    return request.get_data(cache=False)
+    try:
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if length <= max_bytes and not chunked:
+            body: bytes = environ["wsgi.input"].read(length)
+            return body
+        return request.get_data(cache=False)
+    except HTTP_PARSE_ERRORS as exc:  # e.g. a chunk size that is not hex: the client's fault
+        raise ApiError(f"the request body is malformed: {exc}") from None
 
 
 @bp.post("/score")
@@ -111,7 +122,7 @@ def feedback() -> Response:
     )
 
 
-@bp.get("/decisions/<event_id>")
+@bp.get("/decisions/<path:event_id>")  # an event_id may hold a "/"
 def decision(event_id: str) -> Response:
     """The logged decision: features by name, reasons, versions, shadow result and labels."""
     scorer = _scorer()

@@ -109,6 +109,12 @@ MIGRATION_TIMEOUT_S = 60.0
 _FAILURES = (psycopg.Error, OSError)
 
 
+def storable(event_id: str) -> bool:
+    """Whether PostgreSQL can hold this event_id: its text cannot hold NUL, so no decision has
+    one (`/score` refuses it), and asking would fail every time (a 503, not the 404 it is)."""
+    return "\x00" not in event_id
+
+
 class PostgresDecisionLog:
     """The decision log in PostgreSQL (psycopg 3), spooling locally when it is away."""
 
@@ -400,7 +406,7 @@ class PostgresDecisionLog:
     def get(self, event_id: str) -> DecisionRecord | None:
         """The logged record (identifiers as their hashes), or None; spool first, then PG."""
         found = self.spool.get(event_id)
-        if found is not None:
+        if found is not None or not storable(event_id):
             return found
         row = self._read(lambda c: c.execute(SELECT_DECISION, (event_id,)).fetchone())
         return None if row is None else record_from_row(row)
@@ -408,11 +414,15 @@ class PostgresDecisionLog:
     def other_answers(self, event_id: str) -> list[DecisionRecord]:
         """Other acknowledged answers to the same request, kept in ``decision_conflicts``: a
         retry answered while neither Redis nor PostgreSQL knew the event (move_rows)."""
+        if not storable(event_id):
+            return []
         rows = self._read(lambda c: c.execute(SELECT_OTHER_ANSWERS, (event_id,)).fetchall())
         return [record_from_row(r) for r in rows]
 
     def labels(self, event_id: str) -> list[LabelRecord]:
         """Every label kept for the event (PostgreSQL and spool), by label then receipt time."""
+        if not storable(event_id):
+            return []
         rows = self._read(lambda c: c.execute(SELECT_LABELS, (event_id,)).fetchall())
         merged: dict[tuple[str, str, int, int, str], LabelRecord] = {}
         for label in [label_from_row(r) for r in rows] + self.spool.labels(event_id):

@@ -135,6 +135,8 @@ class RequestReader:
             if not size or not _HEX.issuperset(size):
                 return Status.HAND_OFF  # 400 from the parser
             end = eol + 2 + int(size, 16)
+            if end - self._head_end > self.body_limit + FRAMING_ALLOWANCE:
+                return Status.BODY_TOO_LARGE  # declared: no need to wait for it
             if end == eol + 2:
                 self._trailers = True
                 self._chunk = self._scan = eol + 2

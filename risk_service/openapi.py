@@ -10,7 +10,9 @@ the body for the 400s about one field, ``event_id`` for a 404 or 409 about an ev
 ``version`` for an admin change the registry refused, and ``Authorization`` for 401,
 403 and 429. It is null (`ERRORS_WITHOUT_FIELD`) when no single field is at fault:
 malformed JSON, a body that is not an object or nests too deep, 413, 415, an unknown
-route (404), a method the route does not take (405), and the 5xx answers.
+route (404), a method the route does not take (405), the refusals of the HTTP layer before
+any route (a malformed request line, header or chunk, 408, 414, 417, 431, 501), and the
+5xx answers.
 ``tests/test_fuzz_api.py`` holds every answer of the fuzzed service to this rule.
 """
 
@@ -50,7 +52,13 @@ ERRORS_WITHOUT_FIELD: dict[str, str] = {
     "unsupported_media_type": "415: the body is not application/json",
     "not_found": "404: no such route",
     "method_not_allowed": "405: the route does not take this method",
-    "bad_request": "400: the HTTP request itself is malformed",
+    "bad_request": "400: the HTTP request itself is malformed (its line, a header, a chunk)",
+    "forbidden_client": "403: a PROXY-protocol or TLS client the server does not accept",
+    "request_timeout": "408: the request was not received in time",
+    "uri_too_long": "414: the request line is over the server's limit",
+    "expectation_failed": "417: an Expect header other than 100-continue",
+    "request_header_fields_too_large": "431: a header or the whole head is over the limit",
+    "not_implemented": "501: a transfer coding the server does not read",
     "decision_log_unavailable": "503: retry with the same event_id",
     "store_unavailable": "503: retry later",
     "internal": "500: a bug, logged",
@@ -89,7 +97,14 @@ _ERROR_STATUSES: dict[str, str] = {
     "field: Authorization",
     "503": "The decision could not be made durable or the state store is down: retry "
     "with the same event_id; field: null",
+    "408": "The request was not received in time (RISK_CLIENT_TIMEOUT_SECONDS); field: null",
+    "414": "The request line is over the server's limit; field: null",
+    "417": "An Expect header other than 100-continue; field: null",
+    "431": "A header or the whole head is over the limit; field: null",
+    "501": "A transfer coding the server does not read; field: null",
 }
+# What the server answers before any route sees the request, whatever the route
+_PROTOCOL_ERRORS = ("408", "414", "417", "431", "501")
 _BODY_ERRORS = ("400", "413", "415")
 _AUTH_ERRORS = ("401", "403", "429")
 
@@ -106,7 +121,7 @@ def _operation(
     parameters: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One operation: `scope` None is an open route; otherwise it needs a key with `scope`."""
-    codes = {*errors, "403"}  # 403 everywhere: no keys configured and a remote client
+    codes = {*errors, *_PROTOCOL_ERRORS, "403"}  # 403: no keys and a remote client
     if scope is not None:
         codes.update(_AUTH_ERRORS)
     if body is not None:

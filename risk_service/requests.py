@@ -241,7 +241,8 @@ def _check_enum(v: Any, spec: FieldSpec, now_ms: int, max_future_ms: int, max_am
 def _check_instant(
     v: Any, spec: FieldSpec, now_ms: int, max_future_ms: int, max_amount: float
 ) -> Any:
-    if type(v) is not str or len(v) > MAX_INSTANT_LENGTH:
+    if type(v) is not str or len(v) > MAX_INSTANT_LENGTH or not v.isprintable():
+        # not printable: a NUL or a line break, which the date parser would pass over
         raise _bad(spec, "must be an ISO 8601 date-time string, such as 2026-11-25T13:00:00Z")
     try:
         dt = parse_instant(v)

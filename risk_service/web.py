@@ -19,6 +19,7 @@ address from X-Forwarded-For (werkzeug's ProxyFix).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -39,6 +40,16 @@ log = logging.getLogger("risk_service.auth")
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}").fullmatch
 _UNMATCHED = "unmatched"
+_CONVERTER = re.compile(r"<\w+:")
+
+
+@functools.lru_cache(maxsize=256)
+def route_name(rule: str) -> str:
+    """A route as metrics and logs name it: its rule without converters
+    (``/decisions/<event_id>`` for ``/decisions/<path:event_id>``), stable if one changes."""
+    return _CONVERTER.sub("<", rule)
+
+
 _REALM = 'Bearer realm="risk-service"'
 _UNAUTHORIZED = {
     "missing": "an API key is required: Authorization: Bearer <key>",
@@ -212,7 +223,7 @@ def _after(response: Response) -> Response:
         seconds = time.perf_counter() - current.started
         req = request._get_current_object()  # type: ignore[attr-defined]
         rule = req.url_rule
-        path = _UNMATCHED if rule is None else rule.rule
+        path = _UNMATCHED if rule is None else route_name(rule.rule)
         status = response.status_code
         response.headers[REQUEST_ID_HEADER] = current.request_id
         metrics.observe_request(path, req.method, status, seconds)
@@ -234,7 +245,7 @@ def _after(response: Response) -> Response:
 # -- helpers ---------------------------------------------------------------------------------
 def _path() -> str:
     rule = request.url_rule
-    return _UNMATCHED if rule is None else rule.rule
+    return _UNMATCHED if rule is None else route_name(rule.rule)
 
 
 def _failed(state: EdgeState, address: str, reason: str, token: str | None) -> None:

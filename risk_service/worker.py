@@ -132,6 +132,30 @@ class Refusal(NamedTuple):
         return head.encode() + body
 
 
+# gunicorn's refusals of a request it cannot parse, by status: the service's error codes
+PROTOCOL_ERRORS: dict[int, str] = {
+    400: "bad_request",
+    403: "forbidden_client",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "request_header_fields_too_large",
+    500: "internal",
+    501: "not_implemented",
+}
+
+
+def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    """`gunicorn.util.write_error`, answering the service's JSON error instead of an HTML page.
+
+    gunicorn's `Worker.handle_error` still decides the status (a malformed request line,
+    header or chunk, a URI or header over its limits, an unknown expectation or transfer
+    coding), logs it and writes the access line; only the page it sends changes. `run`
+    installs it in the worker process."""
+    error = PROTOCOL_ERRORS.get(status_int, "internal" if status_int >= 500 else "bad_request")
+    refusal = Refusal(f"{status_int} {reason}", error, mesg or reason.lower())
+    util.write_nonblock(sock, refusal.encode())
+
+
 TIMED_OUT = Refusal(
     "408 Request Timeout", "request_timeout", "the request was not received in time"
 )
@@ -225,6 +249,7 @@ class BufferingThreadWorker(ThreadWorker):
         limit = config.get("MAX_CONTENT_LENGTH") if isinstance(config, Mapping) else None
         if isinstance(limit, int) and limit > 0:
             self.body_limit = limit
+        util.write_error = write_json_error  # JSON, not HTML: see write_json_error
         try:
             super().run()
         finally:

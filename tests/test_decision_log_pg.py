@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_for
+from conftest import AppFactory, wait_for
 from test_decision_log import KEY, ROOT, SHADOW, label, record
 
 from risk_service.decision_log import DecisionLogError, SQLiteDecisionLog, open_decision_log
@@ -205,6 +205,19 @@ def test_labels(pg_log: PostgresDecisionLog) -> None:
     pg_log.add_label(label(value=1, label_time_ms=2_000, received_at_ms=9_999))  # redelivery
     assert pg_log.labels("e1") == [first, reversal]
     assert pg_log.labels("nobody") == []
+
+
+def test_an_event_id_postgresql_cannot_hold_is_simply_not_logged(
+    make_app: AppFactory, pg_url: str
+) -> None:
+    """PostgreSQL's text cannot hold NUL, so no decision has such an id (`/score` refuses
+    it); asking for one is a 404, not a failed read answered 503 ("retry") every time."""
+    app = make_app(DECISION_LOG_URL=pg_url)
+    log = app.extensions["risk"].log
+    assert log.get("a\x00b") is None
+    assert log.labels("a\x00b") == [] and log.other_answers("a\x00b") == []
+    answer = app.test_client().get("/decisions/a%00b")
+    assert answer.status_code == 404 and answer.get_json()["field"] == "event_id"
 
 
 def test_a_version_1_schema_is_migrated(pg_url: str, spool: Path) -> None:

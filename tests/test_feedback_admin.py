@@ -107,6 +107,19 @@ def test_a_decision_reads_back_with_features_reasons_and_versions(client: FlaskC
     assert missing.status_code == 404 and missing.get_json()["field"] == "event_id"
 
 
+def test_an_event_id_with_a_slash_reads_back(client: FlaskClient) -> None:
+    """Event ids are free text (a merchant's "order/123"): the route takes the rest of the
+    path, encoded or not, rather than answering "no such route"."""
+    answer = client.post("/score", json=payment("order/123")).get_json()
+    for path in ("/decisions/order/123", "/decisions/order%2F123"):
+        logged = client.get(path)
+        assert logged.status_code == 200, path
+        assert logged.get_json()["event_id"] == "order/123"
+        assert logged.get_json()["decision"] == answer["decision"]
+    missing = client.get("/decisions/order/124")
+    assert missing.status_code == 404 and missing.get_json()["field"] == "event_id"
+
+
 @pytest.mark.parametrize(
     ("body", "status", "field"),
     [

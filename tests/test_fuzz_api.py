@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -447,10 +448,7 @@ def test_generated_requests_reach_the_core(fuzz_run: FuzzRun) -> None:
 
 # -- the document ------------------------------------------------------------------------------
 def _flask_path(rule: Rule) -> str:
-    path = rule.rule
-    for argument in rule.arguments:
-        path = path.replace(f"<{argument}>", "{" + argument + "}")
-    return path
+    return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)  # <path:event_id> -> {event_id}
 
 
 def test_the_document_covers_every_route(make_app: Any) -> None:
@@ -600,7 +598,7 @@ def test_unknown_routes_and_methods_name_no_field(service: Service) -> None:
     auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
     for method, path, status in (
         ("GET", "/nope", 404),
-        ("GET", "/decisions/a/b", 404),
+        ("GET", "/decisions", 404),
         ("DELETE", "/score", 405),
         ("PUT", "/admin/promote", 405),
         ("POST", "/health", 405),

@@ -119,6 +119,14 @@ def test_timestamps_are_normalised_to_utc() -> None:
     assert naive.event["timestamp"] == "2026-11-25T12:59:00Z"
 
 
+@pytest.mark.parametrize("text", ["2026-11-25T12:59:00Z\x00", "2026-11-25T12:59:00Z\n"])
+def test_a_timestamp_with_a_control_character_is_refused(text: str) -> None:
+    """The date parser passes over a trailing NUL or line break; the validator does not."""
+    assert refused(payment(timestamp=text)).field == "timestamp"
+    with_account = payment(account={**ACCOUNT, "created_at": text})
+    assert refused(with_account).field == "account.created_at"
+
+
 def test_credit_application_defaults_application_id_to_event_id() -> None:
     req = validate(credit(account={**ACCOUNT, "account_id": "account000123"}, explain=True))
     assert req.kind == "credit_application"

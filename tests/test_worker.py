@@ -117,7 +117,10 @@ def test_limits() -> None:
     chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
     huge_chunk = read(chunked + b"ffffffff\r\n" + b"a" * (1000 + FRAMING_ALLOWANCE))
     assert huge_chunk.status is Status.BODY_TOO_LARGE
-    assert read(chunked + b"ffffffff\r\n" + b"a" * 1000).status is Status.MORE
+    # a chunk declared past the limit is refused at once, not waited for
+    assert read(chunked + b"ffffffff\r\n").status is Status.BODY_TOO_LARGE
+    assert read(chunked + b"%x\r\n" % (1000 + FRAMING_ALLOWANCE)).status is Status.BODY_TOO_LARGE
+    assert read(chunked + b"3e8\r\n" + b"a" * 999).status is Status.MORE  # 1,000 declared
     endless_trailers = read(chunked + b"0\r\nX: " + b"a" * (1000 + FRAMING_ALLOWANCE))
     assert endless_trailers.status is Status.BODY_TOO_LARGE
     at_limit = b"POST / HTTP/1.1\r\nContent-Length: 1000\r\n\r\n"
@@ -427,6 +430,41 @@ def test_chunked_and_length_bodies_expect_continue_and_the_limits(server: Server
         sock.sendall(b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * (HEAD_LIMIT + 10))
         status, _, answer = read_response(sock, bytearray())
         assert status == 431 and json.loads(answer)["error"] == "request_header_fields_too_large"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "error"),
+    [
+        # refused by gunicorn's parser (it answered an HTML page before)
+        (b"POST /score HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n{}x",
+         400, "bad_request"),
+        (b"post /score HTTP/1.1\r\nHost: t\r\n\r\n", 400, "bad_request"),
+        (b"GET /decisions/" + b"a" * 5000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, "uri_too_long"),
+        (HEAD + b"Expect: 200-ok\r\nContent-Length: 2\r\n\r\n{}", 417, "expectation_failed"),
+        (b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+         431, "request_header_fields_too_large"),
+        # chunk framing read by the application (it answered 500 before)
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400, "bad_request"),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n", 400, "bad_request"),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}XY0\r\n\r\n", 400, "bad_request"),
+        # a chunk declared past the limit: at once, not after the client timeout
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\nffffffffff\r\n",
+         413, "request_entity_too_large"),
+    ],
+)  # fmt: skip
+def test_malformed_requests_get_the_json_error_at_once(
+    server: Server, request_bytes: bytes, status: int, error: str
+) -> None:
+    """Whatever layer refuses a request, the client reads the service's JSON error, never an
+    HTML page or a 500, and without waiting out the client timeout."""
+    with server.connect() as sock:
+        started = time.monotonic()
+        sock.sendall(request_bytes)
+        got, headers, body = read_response(sock, bytearray())
+        assert time.monotonic() - started < TIMEOUT
+    assert (got, headers["content-type"]) == (status, "application/json")
+    answer = json.loads(body)
+    assert answer["error"] == error and answer["field"] is None and answer["message"]
 
 
 def test_clients_that_never_close_do_not_stall_the_event_loop(server: Server) -> None:
