@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from risk_service import metrics
 from risk_service.decision_log import DecisionLogError
-from risk_service.errors import ApiError, InvalidField, NotFound
+from risk_service.errors import ApiError, InvalidField, NotFound, UnsupportedMediaType
 from risk_service.feedback import parse_feedback
 from risk_service.openapi import docs_page, openapi_document
 from risk_service.redis_state import StoreUnavailable
@@ -58,10 +58,23 @@ def _body_bytes(max_bytes: int) -> bytes:
     Anything else takes werkzeug's way, with its checks (413 from the header, chunked
     bodies)."""
     environ = request.environ
+    coding = environ.get("HTTP_CONTENT_ENCODING")
+    if coding is not None and coding.strip().lower() not in ("", "identity"):
+        # read as it is, a gzip body would be "malformed JSON": the wrong thing to fix
+        raise UnsupportedMediaType(
+            f"Content-Encoding {coding[:40]!r} is not supported: send the JSON uncompressed"
+        )
     header = environ.get("CONTENT_LENGTH", "")
     length = int(header) if header.isascii() and header.isdigit() else max_bytes + 1
+    framing = environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    chunked = "chunked" in framing
+    if chunked and framing.replace(" ", "") != "chunked":  # gzip, chunked: not decoded
+        raise ApiError(
+            f"Transfer-Encoding {framing[:40]!r}: only chunked is supported",
+            status=501,
+            error="not_implemented",
+        )
     try:
-        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         if length <= max_bytes and not chunked:
             body: bytes = environ["wsgi.input"].read(length)
             return body

@@ -428,6 +428,26 @@ def test_malformed_bodies_get_json_errors(
     assert set(response.get_json()) == {"error", "field", "message"}
 
 
+@pytest.mark.parametrize(
+    ("headers", "status", "error"),
+    [
+        ({"Content-Encoding": "gzip"}, 415, "unsupported_media_type"),
+        ({"Transfer-Encoding": "gzip, chunked"}, 501, "not_implemented"),
+        ({"Content-Encoding": "identity"}, 200, None),
+    ],
+)
+def test_codings_the_service_does_not_decode_are_refused(
+    client: FlaskClient, headers: dict[str, str], status: int, error: str | None
+) -> None:
+    """A coding is refused by name rather than read as it is (a gzip body would be reported
+    as malformed JSON; an uncompressed one marked gzip would be scored as if it were)."""
+    body = json.dumps(payment("coded")).encode()
+    response = client.post("/score", data=body, content_type="application/json", headers=headers)
+    assert response.status_code == status
+    if error is not None:
+        assert response.get_json()["error"] == error and response.get_json()["field"] is None
+
+
 def test_unknown_routes_and_methods_are_json(client: FlaskClient) -> None:
     assert client.get("/nope").get_json()["error"] == "not_found"
     assert client.get("/score").status_code == 405
