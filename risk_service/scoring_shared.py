@@ -10,8 +10,9 @@ Redis only as keyed hashes (state keys and distinct-set members alike).
 
 A retry of an event whose transaction committed answers from the decision log.
 When the log has no record yet, the first request is still finishing (or died
-between its commit and its log append, e.g. a killed worker): the retry waits up
-to ``takeover_ms`` and then finishes the decision itself from the idempotency
+between its commit and its log append, e.g. a killed worker): the retry waits until
+``takeover_ms`` after the first request started (at once for an older one: a retry
+while PostgreSQL is away) and then finishes the decision itself from the idempotency
 record (same response, reasons recomputed when the same model versions are
 loaded) and logs it, so an acknowledged decision is always logged.
 
@@ -174,7 +175,11 @@ def _replay(
             f"event_id {request.event_id!r} was already scored with a different body",
             field="event_id",
         )
-    takeover_at = time.perf_counter() + scorer.settings.takeover_ms / 1000.0
+    # The first request had takeover_ms from its start to log its answer: wait out only what
+    # is left of it. An older record was logged or never will be (PostgreSQL away, or the
+    # first request's worker killed), and waiting longer cannot change that.
+    left_ms = stored.created_ms + scorer.settings.takeover_ms - time.time() * 1000.0
+    takeover_at = time.perf_counter() + max(0.0, left_ms) / 1000.0
     while True:
         logged = scorer.logged_or_none(request.event_id)
         if logged is not None and logged.response is not None:

@@ -233,6 +233,37 @@ def test_a_retry_finishes_a_decision_whose_first_request_died_before_logging(
     assert features(app, "t-2")["account_events_24h"] == 1
 
 
+@pytest.mark.integration
+def test_a_retry_waits_for_the_first_request_only_until_its_takeover_time(
+    make_app: AppFactory, redis_target: RedisTarget
+) -> None:
+    """TAKEOVER_MS counts from the first request's start, not the retry's: a retry of an
+    event committed long ago and not in the log (PostgreSQL away, a worker killed) answers at
+    once rather than waiting TAKEOVER_MS anew, every time it is retried."""
+    app = shared_app(make_app, redis_target, TAKEOVER_MS=600)
+    scorer = app.extensions["risk"]
+    real_append = scorer.log.append
+
+    def failing(record: Any) -> None:
+        from risk_service.decision_log import DecisionLogError
+
+        raise DecisionLogError("PostgreSQL away")
+
+    scorer.log.append = failing
+    client = app.test_client()
+    body = payment("late-retry", amount=4000.0, device_id="new-device")
+    assert client.post("/score", json=body).status_code == 503
+    started = time.monotonic()
+    assert client.post("/score", json=body).status_code == 503  # young: waits its turn
+    assert time.monotonic() - started >= 0.4
+    time.sleep(0.3)  # the first request is now older than TAKEOVER_MS
+    scorer.log.append = real_append
+    started = time.monotonic()
+    late = client.post("/score", json=body)
+    assert late.status_code == 200 and time.monotonic() - started < 0.3
+    assert scorer.log.get("late-retry").decision == late.get_json()["decision"]
+
+
 # -- a private Redis: stopped, slowed ---------------------------------------------------------
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[tuple[PrivateRedis, FaultProxy]]:
