@@ -47,11 +47,13 @@ waited in another worker's spool and Redis could not tell either.
 
 **Reads.** ``get`` and ``labels`` look in this process's spool (``get`` also, read-only,
 in the live spool files of the other processes on this host), then in PostgreSQL
-(another host's spooled rows become visible once its worker flushes them);
-``count`` adds both. When PostgreSQL cannot answer within the timeout they raise
-``DecisionLogError`` rather than give half an answer (``get`` still answers from
-the spool). Readiness should look at ``status()``: with the spool the service
-keeps answering, durably, while PostgreSQL is away.
+(another host's spooled rows become visible once its worker flushes them); ``count``
+adds both. When PostgreSQL cannot answer within the timeout they raise
+``DecisionLogError`` rather than give half an answer (``get`` still answers from the
+spool). A failed read counts towards the breaker like a failed write, and the reader's
+connection is made at start or by the background thread, never by a read. Readiness
+should look at ``status()``: with the spool the service keeps answering, durably, while
+PostgreSQL is away.
 
 **Start.** The schema is created or migrated under an advisory lock. A server
 that is unreachable at start is not fatal (the log starts on its spool and
@@ -163,6 +165,7 @@ class PostgresDecisionLog:
         self._conn: psycopg.Connection[Any] | None = None
         self._read_lock = threading.Lock()
         self._reader: psycopg.Connection[Any] | None = None
+        self._reader_stale = False  # the writer failed since the reader connected
         self._flush_lock = threading.Lock()  # a flush step is atomic for count()
         self._flush_conn: psycopg.Connection[Any] | None = None
         self._kick = threading.Event()
@@ -179,6 +182,8 @@ class PostgresDecisionLog:
         except _FAILURES as exc:
             self._note_failure(exc)
             log.warning("decision log %s unreachable at start, spooling: %s", self.url, exc)
+        else:
+            self._connect_reader()
         self._flusher = threading.Thread(
             target=self._run_flusher, name="decision-log-flusher", daemon=True
         )
@@ -211,6 +216,7 @@ class PostgresDecisionLog:
             if self._conn is conn:
                 self._conn = None
         conn.close()
+        self._reader_stale = True  # the server is likely gone for it too: reconnect both
         self._note_failure(exc)
         log.warning("decision log %s failed, spooling: %s", self.url, first_line(exc))
         self._kick.set()
@@ -315,7 +321,11 @@ class PostgresDecisionLog:
                 return
 
     def _reconnect_if_due(self) -> None:
-        if self._conn is not None or self.fatal is not None or self._breaker_open():
+        if self.fatal is not None or self._breaker_open():
+            return
+        if self._conn is not None:
+            if self._reader is None or self._reader_stale:
+                self._connect_reader()
             return
         try:
             conn = self._connect(prepare=True)
@@ -332,6 +342,24 @@ class PostgresDecisionLog:
         if conn is not None:
             conn.close()
         log.info("decision log %s reachable again", self.url)
+        self._connect_reader()
+
+    def _connect_reader(self) -> None:
+        """The reader's connection, at start or from the flusher: connecting can take libpq's
+        2 s minimum, which a request (a retry reading the log) must never wait for."""
+        if self._reader is not None and not self._reader_stale:
+            return
+        try:
+            reader: psycopg.Connection[Any] | None = self._connect(prepare=False)
+        except _FAILURES as exc:
+            self._note_failure(exc)
+            return
+        with self._read_lock:
+            if not self._stopping:
+                self._reader, reader = reader, self._reader
+                self._reader_stale = False
+        if reader is not None:
+            reader.close()
 
     def _flush_connection(self, stopping: bool) -> psycopg.Connection[Any] | None:
         if self._flush_conn is None and not stopping and self._conn is not None:
@@ -391,14 +419,24 @@ class PostgresDecisionLog:
         if not self._read_lock.acquire(timeout=self._timeout_s):
             raise DecisionLogError(f"decision log {self.url}: reader busy beyond the timeout")
         try:
-            if self._reader is None:
-                self._reader = self._connect(prepare=False)
-            with self._watchdog.guard(self._reader, self._timeout_s):
-                return query(self._reader)
+            reader = self._reader
+            if reader is not None and self._reader_stale:
+                self._reader = None
+                reader.close()
+                reader = None
+            if reader is None:  # the flusher reconnects it (never a request: up to 2 s)
+                self._kick.set()
+                raise DecisionLogError(
+                    f"decision log {self.url} not connected, reconnecting: {self.last_error}"
+                )
+            with self._watchdog.guard(reader, self._timeout_s):
+                return query(reader)
         except _FAILURES as exc:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+            metrics.store_error("postgres", "read")
+            self._note_failure(exc)  # a server too slow to read from is too slow to write to
             raise DecisionLogError(f"decision log {self.url} read failed: {exc}") from exc
         finally:
             self._read_lock.release()

@@ -397,6 +397,33 @@ def test_a_hung_server_cannot_hold_an_append(pg_url: str, spool: Path, proxy: Pr
     ]
 
 
+def test_a_hung_server_cannot_hold_a_read_nor_the_reads_after_it(
+    pg_url: str, spool: Path, proxy: Proxy
+) -> None:
+    """A retry reads the log: against a hung server each read gives up within the timeout,
+    the next ones never wait for a reconnection (libpq's 2 s minimum: the background thread
+    reconnects), and a failed read counts towards the breaker as a failed write does."""
+
+    def read_back() -> bool:
+        try:
+            return log.get("before") is not None
+        except DecisionLogError:
+            return False
+
+    with PostgresDecisionLog(proxy.url(pg_url), KEY, spool_path=spool, **FAST) as log:  # type: ignore[arg-type]
+        log.append(record("before"))
+        assert log.get("before") is not None  # from PostgreSQL: nothing is spooled
+        proxy.paused.set()
+        for _ in range(6):
+            started = time.monotonic()
+            with pytest.raises(DecisionLogError):
+                log.get("before")
+            assert time.monotonic() - started < 0.5 * 1.25 + 0.5  # timeout + watchdog tick
+        assert log.status()["consecutive_failures"] >= 1  # the first read's
+        proxy.paused.clear()
+        wait_for(read_back, "reads to come back once the server answers")
+
+
 _SPOOLER = """
 import sys
 from risk_service.decision_log_pg import PostgresDecisionLog
