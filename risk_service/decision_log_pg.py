@@ -324,8 +324,7 @@ class PostgresDecisionLog:
         if self.fatal is not None or self._breaker_open():
             return
         if self._conn is not None:
-            if self._reader is None or self._reader_stale:
-                self._connect_reader()
+            self._connect_reader()  # a no-op while the reader is connected and not stale
             return
         try:
             conn = self._connect(prepare=True)
