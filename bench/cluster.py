@@ -7,7 +7,8 @@
   the `with` block ends, on an exception and on Ctrl-C; `exit_on_signals` turns SIGTERM and
   SIGHUP into the same clean exit.
 - `PrivateStores`: a Redis and a PostgreSQL of the run's own (tests/servers.py), never the
-  machine's shared ones, optionally a fault proxy (in its own process) in front of Redis.
+  machine's shared ones, optionally a fault proxy (in its own process) in front of Redis,
+  and another in front of PostgreSQL.
 - `LoadSpec`, `drive`, `LoadProcess`: a load generator of unique payment events over a known
   set of accounts, closed loop or at a fixed rate, from threads with keep-alive
   `http.client` connections, retrying a failed attempt with the same event_id (as a payment
@@ -314,14 +315,19 @@ class PrivateStores:
     ``persistent_redis``: Redis keeps an append-only file, so a Redis stopped and started
     again comes back with its data (a restarted Redis without it would be empty: every
     velocity would restart from zero). ``proxy``: the service reaches Redis through a
-    fault proxy (`ProxyProcess`) that can slow it down."""
+    fault proxy (`ProxyProcess`) that can slow it down; ``pg_proxy``: the service reaches
+    PostgreSQL through one (`log_url`), while the checks still use `pg.url` directly."""
 
-    def __init__(self, *, persistent_redis: bool = False, proxy: bool = False) -> None:
+    def __init__(
+        self, *, persistent_redis: bool = False, proxy: bool = False, pg_proxy: bool = False
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="risk-stores-"))
         self.redis = PrivateRedis(self.dir, persistent=persistent_redis)
         self.pg = PrivatePostgres()
         self.proxy: ProxyProcess | None = None
+        self.pg_proxy: ProxyProcess | None = None
         self._proxied = proxy
+        self._pg_proxied = pg_proxy
 
     def __enter__(self) -> PrivateStores:
         _LIVE.add(self)
@@ -330,6 +336,8 @@ class PrivateStores:
             self.pg.start()
             if self._proxied:
                 self.proxy = ProxyProcess(self.redis.port)
+            if self._pg_proxied:
+                self.pg_proxy = ProxyProcess(self.pg.port)
         except BaseException:
             self.close()
             raise
@@ -341,6 +349,13 @@ class PrivateStores:
     @property
     def state_url(self) -> str:
         return self.proxy.url if self.proxy is not None else self.redis.url
+
+    @property
+    def log_url(self) -> str:
+        """The decision log's URL as the service reaches it (through `pg_proxy` if any)."""
+        if self.pg_proxy is None:
+            return self.pg.url
+        return self.pg.url.replace(f":{self.pg.port}/", f":{self.pg_proxy.port}/")
 
     def pids(self) -> list[int]:
         """The Redis server and the PostgreSQL postmaster (its children are found from it)."""
@@ -364,6 +379,7 @@ class PrivateStores:
         _LIVE.discard(self)
         for step in (
             lambda: self.proxy.close() if self.proxy is not None else None,
+            lambda: self.pg_proxy.close() if self.pg_proxy is not None else None,
             self.redis.stop,
             self.pg.close,
             lambda: shutil.rmtree(self.dir, ignore_errors=True),

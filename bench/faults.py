@@ -2,7 +2,8 @@
 
 Starts a private Redis (append-only file on, so a Redis stopped and started again comes back
 with its data; for redis-slow only, the service reaches it through a fault proxy in a process
-of its own) and a private PostgreSQL cluster (bench/cluster.py), and `risk serve --workers 2`
+of its own) and a private PostgreSQL cluster (bench/cluster.py; for postgres-slow only, the
+service reaches it through such a proxy too, the checks directly), and `risk serve --workers 2`
 on them with API keys and a copy of the committed models, afresh for each fault (what one
 fault leaves behind must not show up as another's). Then, one after the other, each fault
 under a steady stream of unique payment events (`--rate`, default 150 a second, 16 client
@@ -15,7 +16,14 @@ client retries when it lost an answer; a failed attempt is retried with the same
   events waiting in its backlog (the new worker adopts its backlog file);
 - postgres-stop: the PostgreSQL server stopped (`pg_ctl stop -m fast`) for 10 s, then
   started again (decisions go to the local spool meanwhile, and are flushed after);
+- postgres-freeze: every process of the PostgreSQL cluster (the postmaster and all its
+  children: backends, checkpointer, WAL writer, ...) stopped with SIGSTOP for 10 s, then
+  resumed with SIGCONT: a server that accepts connections (the kernel does) and never answers,
+  which only the service's own timeouts, watchdog and circuit breaker can tell from a slow one;
 - redis-slow: every Redis round trip slowed to 50 ms (25 ms each way in the proxy) for 10 s;
+- postgres-slow: every PostgreSQL round trip slowed to 50 ms (25 ms each way in the proxy)
+  for 10 s (within the service's 200 ms timeout: the appends still go to PostgreSQL; the
+  proxy delays each chunk it forwards, so a message over ~8 KiB can pay 25 ms twice);
 - promote: a new fraud model version (the champion's files under a new version, as
   tests/test_lifecycle.py's clone_fraud makes it) promoted with POST /admin/promote;
 - corrupt-promote: a cloned version with one byte of its model file flipped, made champion
@@ -24,7 +32,13 @@ client retries when it lost an answer; a failed attempt is retried with the same
   timeouts of 20 ms, 50 ms, 100 ms, ... and retries until answered.
 
 Each fault reports the attempts the client made before, during and after the fault window
-(200, degraded, 4xx, 5xx, client timeouts, connection errors), then, once the system has
+(200, degraded, 4xx, 5xx, client timeouts, connection errors) and, for each window, the
+client-side latency (p50, p99, max, from send to answer) of the attempts answered 200
+(degraded ones included), separately for first attempts (an event's first send) and for
+the sends of an event_id already sent (a retry after a failed attempt, a resend after a 200,
+a simultaneous copy): a stall of the retries alone (say, retries of already-logged events
+waiting seconds on a frozen PostgreSQL) hides in the counts; answers that took 1 s or more
+get a note with the slowest one's attempts. Then, once the system has
 settled (spool flushed, degraded events applied to Redis), checks that every event answered
 200 is in the PostgreSQL decision log with the decision the client got (none lost), that a
 final payment on each of the fault's accounts counts exactly that account's earlier events
@@ -41,12 +55,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +99,7 @@ class Result:
     conflicts: int
     log_errors: list[str]
     extra: dict[str, Any]
+    latency: dict[str, dict[str, dict[str, float]]]  # window -> first/retry -> n, p50, p99, max
 
     @property
     def failed_requests(self) -> int:
@@ -120,6 +138,7 @@ class Faults:
         self.notes: list[str] = []
         self.first_version = self.champion()
         self.promoted: str | None = None
+        self.frozen: list[int] = []  # PostgreSQL's processes stopped by pg_freeze
 
     # -- kill a worker ---------------------------------------------------------------------
     def kill_worker(self) -> str:
@@ -193,6 +212,61 @@ class Faults:
     def pg_start(self) -> str:
         self.stores.pg.start()
         return "PostgreSQL started again"
+
+    def postmaster(self) -> int:
+        return int((self.stores.pg.data / "postmaster.pid").read_text().split()[0])
+
+    def pg_freeze(self) -> str:
+        """SIGSTOP to the postmaster first (it forks no new backend after that), then to its
+        children until no new one shows up."""
+        postmaster = self.postmaster()
+        os.kill(postmaster, signal.SIGSTOP)
+        self.frozen = [postmaster]
+        for _ in range(10):
+            new = [p for p in cluster.children(postmaster) if p not in self.frozen]
+            if not new:
+                break
+            for pid in new:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                    self.frozen.append(pid)
+                except ProcessLookupError:  # a backend that was exiting
+                    pass
+        deadline = time.monotonic() + 1.0  # a signal is delivered when the process next runs
+        while time.monotonic() < deadline and any(
+            _state(p) not in ("T", "t", "") for p in self.frozen
+        ):
+            time.sleep(0.01)
+        stopped = sum(_state(pid) in ("T", "t") for pid in self.frozen)
+        backends = sum(_cmdline(pid).startswith("postgres: postgres ") for pid in self.frozen)
+        return (
+            f"PostgreSQL frozen: SIGSTOP to the postmaster and its {len(self.frozen) - 1} "
+            f"children ({backends} of them client backends; {stopped} of the "
+            f"{len(self.frozen)} processes then stopped)"
+        )
+
+    def pg_thaw(self) -> str:
+        frozen, self.frozen = self.frozen, []
+        for pid in reversed(frozen):  # the children first, the postmaster last
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        return f"PostgreSQL resumed (SIGCONT to its {len(frozen)} processes)"
+
+    def pg_slow(self) -> str:
+        assert self.stores.pg_proxy is not None
+        self.stores.pg_proxy.delay_s = 0.025
+        return "PostgreSQL slowed: 25 ms each way in the proxy, 50 ms per round trip"
+
+    def pg_fast(self) -> str:
+        assert self.stores.pg_proxy is not None
+        self.stores.pg_proxy.delay_s = 0.0
+        return "PostgreSQL at full speed again"
+
+    def cleanup(self) -> None:
+        """Whatever a fault interrupted by an error or Ctrl-C left stopped: resumed, so that
+        the stores can be shut down."""
+        if self.frozen:
+            self.pg_thaw()
 
     # -- models ----------------------------------------------------------------------------
     def champion(self) -> str:
@@ -294,6 +368,22 @@ class Faults:
         return "no server fault: the client sends every event 3 times at once, impatiently"
 
 
+def _state(pid: int) -> str:
+    """A process's state letter in /proc (T: stopped), "" when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _cmdline(pid: int) -> str:
+    """A process's command line (a PostgreSQL backend's title: "postgres: user db host...")."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
 def _replace(path: Path, text: str) -> None:
     """Write a file the way an operator's careful edit does: a temporary file, then rename."""
     tmp = path.with_name(path.name + ".tmp")
@@ -340,11 +430,10 @@ def run_fault(
         load.close()
     for note in notes:
         print("  " + note, flush=True)
-    windows_seen = {
-        "before": cluster.window_counts(attempts, 0, t_fault),
-        "during": cluster.window_counts(attempts, t_fault, t_back),
-        "after": cluster.window_counts(attempts, t_back, float("inf")),
-    }
+    bounds = {"before": (0.0, t_fault), "during": (t_fault, t_back), "after": (t_back, math.inf)}
+    windows_seen = {name: cluster.window_counts(attempts, *b) for name, b in bounds.items()}
+    latency = {name: window_latency(attempts, *b) for name, b in bounds.items()}
+    stalls = stalled(attempts)
     events = cluster.by_event(attempts)
     db = cluster.DecisionLogDb(faults.stores.pg.url)
     try:
@@ -367,15 +456,40 @@ def run_fault(
     velocity_examples = [x for x in examples if x.startswith("velocity")]
     unlogged = [x for x in examples if "not in PostgreSQL" in x]
     notes += list(dict.fromkeys(examples[:1] + velocity_examples[:1] + unlogged))
+    notes += stalls
     with service.log_path.open("rb") as handle:
         handle.seek(log_offset)
         new_lines = handle.read().decode(errors="replace").splitlines()
     log_errors = [line for line in new_lines if '"level":"ERROR"' in line or "[ERROR]" in line]
+    pg_log = [line for line in new_lines if '"logger":"risk_service.decision_log"' in line]
+    spooling = sum("failed, spooling" in line for line in pg_log)
+    reconnected = sum("reachable again" in line for line in pg_log)
+    if spooling or reconnected:
+        notes.append(
+            f'the service\'s log: {spooling} decision-log writer failure(s) ("failed, spooling")'
+            f' and {reconnected} reconnection(s) ("reachable again")'
+        )
     result = Result(
-        fault, windows_seen, notes, settled, logged, velocity, rows, conflicts, log_errors, extra
+        fault,
+        windows_seen,
+        notes,
+        settled,
+        logged,
+        velocity,
+        rows,
+        conflicts,
+        log_errors,
+        extra,
+        latency,
     )
     for name, window in windows_seen.items():
         print(f"  {name:>6}: {_counts(window)}", flush=True)
+    for name, groups in latency.items():
+        print(
+            f"  {name:>6} latency of the 200s, ms: "
+            + "; ".join(f"{g} {_latency(groups[g])}" for g in LATENCY_GROUPS),
+            flush=True,
+        )
     print(f"  goals: {result.goals()}", flush=True)
     print(
         "  velocity: "
@@ -426,6 +540,63 @@ def diagnose(
     return lines
 
 
+LATENCY_GROUPS = ("first", "retry")
+STALL_S = 1.0  # an answer this slow gets a note of its own
+
+
+def window_latency(
+    attempts: list[cluster.Attempt], t_from: float, t_to: float
+) -> dict[str, dict[str, float]]:
+    """Client-side latency (ms, send to answer) of the attempts sent in [t_from, t_to) and
+    answered 200 (degraded included): "first", an event's first send (kind new, attempt 0);
+    "retry", every other send of its event_id (after a failed attempt, a resend after a
+    200, a copy sent at once). Each: n, p50, p99, max (NaN when there are none)."""
+    groups: dict[str, list[float]] = {g: [] for g in LATENCY_GROUPS}
+    for a in attempts:
+        if a.status == 200 and t_from <= a.t0 < t_to:
+            first = a.kind == "new" and a.n == 0
+            groups["first" if first else "retry"].append(1000 * (a.t1 - a.t0))
+    return {
+        g: {"n": float(len(values)), **cluster.percentiles(values, (50, 99))}
+        for g, values in groups.items()
+    }
+
+
+def stalled(attempts: list[cluster.Attempt]) -> list[str]:
+    """A note on the answers (200) that took STALL_S or more, with the slowest one's event."""
+    slow = [a for a in attempts if a.status == 200 and a.t1 - a.t0 >= STALL_S]
+    if not slow:
+        return []
+    first = sum(a.kind == "new" and a.n == 0 for a in slow)
+    worst = max(slow, key=lambda a: a.t1 - a.t0)
+    mine = sorted((a for a in attempts if a.event == worst.event), key=lambda a: a.t0)
+    timeline = "; ".join(
+        f"{a.kind}#{a.n} sent +{a.t0 - mine[0].t0:.3f} s, {a.outcome} after {a.t1 - a.t0:.3f} s"
+        for a in mine
+    )
+    line = (
+        f"{len(slow)} answer(s) took {STALL_S:.0f} s or more ({first} first attempts, "
+        f"{len(slow) - first} retries); the slowest, {worst.event}: {timeline}"
+    )
+    print("  " + line, flush=True)
+    return [line]
+
+
+def _ms(value: float) -> str:
+    if math.isnan(value):
+        return "–"
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _latency(stats: dict[str, float]) -> str:
+    if not stats["n"]:
+        return "n=0"
+    return (
+        f"n={stats['n']:,.0f} p50 {_ms(stats['p50'])} p99 {_ms(stats['p99'])} "
+        f"max {_ms(stats['max'])}"
+    )
+
+
 def _counts(w: dict[str, Any]) -> str:
     codes = ", ".join(f"{k}: {v}" for k, v in sorted(w["codes"].items()))
     return (
@@ -436,14 +607,18 @@ def _counts(w: dict[str, Any]) -> str:
 
 
 # The fault proxy (a Python process forwarding every Redis call) itself pushes some calls over
-# the 5 ms Redis timeout: it stands in front of Redis only where the fault needs it.
+# the 5 ms Redis timeout: it stands in front of Redis only where the fault needs it. In front
+# of PostgreSQL (200 ms timeout) it matters less, but is there only where needed too.
 PROXIED = {"redis-slow"}
+PG_PROXIED = {"postgres-slow"}
 NAMES = (
     "kill-worker",
     "redis-stop",
     "redis-stop-kill",
     "postgres-stop",
+    "postgres-freeze",
     "redis-slow",
+    "postgres-slow",
     "promote",
     "corrupt-promote",
     "impatient",
@@ -468,8 +643,12 @@ def catalogue(f: Faults, rate: float, windows: tuple[float, float, float]) -> di
               f.redis_stop_kill, f.redis_start_worker_back),
         Fault("postgres-stop", f"PostgreSQL stopped for {seconds}, then started", f.pg_stop,
               f.pg_start),
+        Fault("postgres-freeze", f"PostgreSQL frozen (SIGSTOP) for {seconds}, then resumed",
+              f.pg_freeze, f.pg_thaw),
         Fault("redis-slow", f"Redis slowed to 50 ms per call for {seconds}", f.redis_slow,
               f.redis_fast),
+        Fault("postgres-slow", f"PostgreSQL slowed to 50 ms per round trip for {seconds}",
+              f.pg_slow, f.pg_fast),
         Fault("promote", "a new fraud model promoted (POST /admin/promote)", f.promote,
               zero_failures=True, check=f.check_promote),
         Fault("corrupt-promote", "a corrupted bundle made champion in registry.json", f.corrupt,
@@ -498,14 +677,17 @@ def main() -> int:
     chosen = [name for name in NAMES if args.only is None or name in args.only]
     with cluster.tmpdir("risk-faults-") as work:
         for name in chosen:  # each fault on a system of its own: no fault leaks into the next
-            proxied = name in PROXIED
-            with cluster.PrivateStores(persistent_redis=True, proxy=proxied) as stores:
+            proxies = {"proxy": name in PROXIED, "pg_proxy": name in PG_PROXIED}
+            with cluster.PrivateStores(persistent_redis=True, **proxies) as stores:
                 models = cluster.copy_models(work / f"models-{name}")
-                env = cluster.production_env(state_url=stores.state_url, pg_url=stores.pg.url)
+                env = cluster.production_env(state_url=stores.state_url, pg_url=stores.log_url)
                 with cluster.Service(work / f"service-{name}", env, models=models) as service:
                     f = Faults(service, stores, models, args.quick)
                     fault = catalogue(f, args.rate, windows)[name]
-                    results.append(run_fault(fault, f, work, args.rate, windows))
+                    try:
+                        results.append(run_fault(fault, f, work, args.rate, windows))
+                    finally:
+                        f.cleanup()
                     workers_at_end[name] = len(service.worker_pids())
     ok = all(all(r.goals().values()) for r in results)
     text = render(results, command, started_at, time.time() - t_start, before, args.rate, windows)
@@ -546,6 +728,14 @@ def render(
                     codes,
                 )
             )
+    latency_rows = []
+    for r in results:
+        for name, groups in r.latency.items():
+            cells: list[Any] = [r.fault.name if name == "before" else "", name]
+            for g in LATENCY_GROUPS:
+                stats = groups[g]
+                cells += [f"{stats['n']:,.0f}", *(_ms(stats[k]) for k in ("p50", "p99", "max"))]
+            latency_rows.append(cells)
     check_rows = []
     for r in results:
         goals = r.goals()
@@ -587,7 +777,8 @@ def render(
         " so that what one fault leaves behind does not show up in the next. Only for"
         " redis-slow does the service reach Redis through the fault proxy (a Python process"
         " that adds a few milliseconds of its own to some calls: its before and after windows"
-        " show more degraded answers than the others).",
+        " show more degraded answers than the others), and only for postgres-slow does it"
+        " reach PostgreSQL through one (the checks below read PostgreSQL directly).",
         "",
         "What the client saw (attempts sent in each window):",
         "",
@@ -605,6 +796,29 @@ def render(
                 "non-200 codes",
             ],
             seen_rows,
+        ),
+        "",
+        "Latency of the attempts answered 200 (degraded ones included), from send to answer as"
+        " the client measured it, in ms, by the window the attempt was sent in; first attempts"
+        " (an event's first send) apart from the sends of an event_id already sent (a retry"
+        " after a failed attempt, a resend after a 200 answer, impatient's simultaneous"
+        " copies). A client gives an attempt up after 5 s (impatient: 20 ms, then longer): a"
+        " longer stall shows as timeouts above, not here.",
+        "",
+        cluster.table(
+            [
+                "fault",
+                "window",
+                "first attempts",
+                "p50",
+                "p99",
+                "max",
+                "retries",
+                "p50",
+                "p99",
+                "max",
+            ],
+            latency_rows,
         ),
         "",
         "After the system settled (spool flushed, degraded events applied to Redis):",
