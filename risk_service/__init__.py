@@ -30,9 +30,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # there, still reads as over the limit (413) rather than as truncated JSON.
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_BODY_BYTES"]) + 1
     logs.configure(app)  # first: what the start-up says (state restored, decisions recalled)
-    scorer, watcher = service.build_scorer(app.config)
-    app.extensions["risk"] = scorer
-    app.extensions["risk_watcher"] = watcher
+    front = bool(app.config.get("SCORING_FRONT"))
+    if front:  # the worker before a scoring process: it installs the scorer's client
+        app.extensions["risk"] = None  # (`risk_service/scoring_process.py`)
+    else:
+        scorer, watcher = service.build_scorer(app.config)
+        app.extensions["risk"] = scorer
+        app.extensions["risk_watcher"] = watcher
     app.register_blueprint(api.bp)
     app.register_blueprint(api_admin.bp)
     if app.config["BENCH_EMPTY_ENDPOINT"]:
@@ -42,6 +46,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     routing.install(app)  # static routes matched without a garbage cycle a request
     if app.config["GC_TUNING"]:
         service.tune_gc()
+    if front:
+        return app
     watcher.start()
     snapshots = service.periodic_snapshots(scorer, app.config)
     if snapshots is not None:

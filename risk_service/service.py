@@ -165,8 +165,8 @@ def save_snapshot(app: Any) -> int:
     """At a graceful stop: the in-memory state to STATE_SNAPSHOT_PATH (`snapshot.py`), under
     the key check `build_scorer` made."""
     scorer = app.extensions.get("risk")
-    if scorer is None or scorer.snapshot_to is None:
-        return 0
+    if not isinstance(scorer, Scorer) or scorer.snapshot_to is None:
+        return 0  # none here, or a front: its scoring process writes it (scoring_process.py)
     periodic = app.extensions.get("risk_snapshots")
     if periodic is not None:
         periodic.stop()  # a child still writing finishes first: this snapshot is the newest

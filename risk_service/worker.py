@@ -45,12 +45,14 @@ from typing import Any, NamedTuple
 from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from risk_service import scoring_process as scoring
 from risk_service.http_framing import DEFAULT_BODY_LIMIT, HEAD_LIMIT, RequestReader, Status
 from risk_service.turns import Turn
 
 TIMEOUT_ENV = "RISK_CLIENT_TIMEOUT_SECONDS"
 TURN_COMMITS_ENV = "RISK_TURN_COMMITS"
 REASONS_BESIDE_ENV = "RISK_REASONS_BESIDE"
+SCORING_PROCESS_ENV = "RISK_SCORING_PROCESS"
 DEFAULT_TIMEOUT_SECONDS = 5.0
 RECV_SIZE = 64 * 1024
 READS_PER_EVENT = 4  # then back to the loop, so one fast sender does not hold it
@@ -80,6 +82,20 @@ def reasons_beside(
     if not environ.get(REASONS_BESIDE_ENV, "").strip():
         return workers < (cores if cores is not None else usable_cores())
     return _switch(REASONS_BESIDE_ENV, environ)
+
+
+def scoring_process(
+    environ: Mapping[str, str] = os.environ, *, workers: int = 1, cores: int | None = None
+) -> bool:
+    """``RISK_SCORING_PROCESS``: with turn commits and the in-memory state, the scorer runs in
+    a process of its own beside the worker (`risk_service/scoring_process.py`); off, in the
+    worker's loop. Unset: on where the workers leave a core for it. Never on Redis (each
+    worker scores its own requests there)."""
+    if environ.get("RISK_STATE_URL", "").strip():
+        return False
+    if not environ.get(SCORING_PROCESS_ENV, "").strip():
+        return workers < (cores if cores is not None else usable_cores())
+    return _switch(SCORING_PROCESS_ENV, environ)
 
 
 def usable_cores() -> int:
@@ -229,9 +245,15 @@ class BufferingThreadWorker(ThreadWorker):
         self.inline = self.cfg.threads == 1 and not self.passthrough
         # the requests of this turn of the loop waiting for their commit (None: each alone)
         self.turn: Turn | None = None
+        # the scorer in a process of its own (`risk_service/scoring_process.py`)
+        self.scoring: scoring.RemoteScorer | None = None
+        self.splits = False
+        self.beside = False
         if self.inline and turn_commits():
-            beside = reasons_beside(workers=self.cfg.workers)
-            self.turn = Turn(self.method_queue.defer if beside else None)
+            self.beside = reasons_beside(workers=self.cfg.workers)
+            self.splits = scoring_process(workers=self.cfg.workers)
+            # beside the scoring process's loop instead, with a scoring process
+            self.turn = Turn(self.method_queue.defer if self.beside and not self.splits else None)
         self.timed_out = 0  # since the last warning
         self.warned_at = -math.inf
 
@@ -242,6 +264,19 @@ class BufferingThreadWorker(ThreadWorker):
         client_timeout()
         turn_commits()
         reasons_beside()
+        scoring_process()
+
+    def load_wsgi(self) -> None:
+        """With a scoring process: fork it first (no thread exists yet), let it load the
+        application and wait until it is ready; then load this worker's own, a front that
+        answers /score's HTTP side and hands the rest over (`scoring_process.FrontRouter`)."""
+        if not self.splits:
+            super().load_wsgi()
+            return
+        self.scoring = scoring.fork_child(self.app.wsgi, self.sockets, beside=self.beside)
+        os.environ[scoring.FRONT_ENV] = "1"
+        super().load_wsgi()
+        scoring.install_front(self.wsgi, self.scoring)
 
     def run(self) -> None:
         """Bodies are bounded by the application's limit (Flask's MAX_CONTENT_LENGTH)."""
@@ -250,11 +285,20 @@ class BufferingThreadWorker(ThreadWorker):
         if isinstance(limit, int) and limit > 0:
             self.body_limit = limit
         util.write_error = write_json_error  # JSON, not HTML: see write_json_error
+        if self.scoring is not None:
+            self.scoring.attach(self.poller, self.method_queue.defer)
+            self.scoring.on_dead = self.scoring_gone
         try:
             super().run()
         finally:
             if self.turn is not None:
                 self.turn.close()
+            if self.scoring is not None:
+                self.scoring.stop()
+
+    def scoring_gone(self) -> None:
+        """The scoring process died: stop, so that gunicorn starts a worker with a new one."""
+        self.alive = False
 
     # -- reading requests in the event loop ----------------------------------------------------
     def accept(self, listener: socket.socket) -> None:

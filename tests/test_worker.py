@@ -642,6 +642,13 @@ def worker_pids(proc: subprocess.Popen[bytes]) -> list[str]:
     return Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
 
 
+def scoring_pid(worker: str) -> str:
+    """The worker's scoring process (`risk_service/scoring_process.py`), or the worker itself
+    where it scores its own requests."""
+    children = Path(f"/proc/{worker}/task/{worker}/children").read_text().split()
+    return children[0] if children else worker
+
+
 def send_while_stopped(
     proc: subprocess.Popen[bytes],
     socks: list[socket.socket],
@@ -674,6 +681,34 @@ def send_while_stopped(
             then()  # e.g. a signal, delivered as the server wakes to the requests
     finally:
         os.killpg(proc.pid, signal.SIGCONT)
+
+
+def send_while_scoring_stopped(
+    proc: subprocess.Popen[bytes], socks: list[socket.socket], requests: list[bytes]
+) -> None:
+    """Send while the worker's scoring process is stopped, and let it go on once the worker
+    has handed every request over (the worker idle in its poll again): its next pass finds
+    them all."""
+    (worker,) = worker_pids(proc)
+    scorer = scoring_pid(worker)
+    assert scorer != worker, "the worker has no scoring process"
+    os.kill(int(scorer), signal.SIGSTOP)
+    try:
+        wait_for(lambda: process_state(scorer) == "T", "the scoring process stopped", looks=3)
+        for sock, request in zip(socks, requests, strict=True):
+            sock.sendall(request)
+        time.sleep(0.1)  # the worker reads them; then it waits in its poll
+        wait_for(
+            lambda: "epoll" in Path(f"/proc/{worker}/wchan").read_text(),
+            "the worker idle in its poll",
+            looks=5,
+        )
+    finally:
+        os.kill(int(scorer), signal.SIGCONT)
+
+
+def process_state(pid: str) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def test_a_graceful_stop_of_risk_serve_keeps_the_velocities(tmp_path: Path) -> None:
@@ -735,21 +770,29 @@ def metric_value(port: int, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["turn commits", "each alone"])
-def test_the_requests_of_one_turn_of_the_loop_share_one_commit(
-    tmp_path: Path, shared: bool
-) -> None:
+@pytest.mark.parametrize("mode", ["turn commits", "each alone", "scoring process"])
+def test_the_requests_of_one_turn_of_the_loop_share_one_commit(tmp_path: Path, mode: str) -> None:
     """risk_service/turns.py: eight requests that are ready together (sent while the server
     was stopped) are scored in one turn of the event loop, their decisions commit in one
-    transaction, and only then are they answered; with RISK_TURN_COMMITS=0, eight commits."""
-    env = one_thread_env(tmp_path, RISK_TURN_COMMITS="1" if shared else "0")
+    transaction, and only then are they answered; with RISK_TURN_COMMITS=0, eight commits.
+    With a scoring process, the eight that reach it while it is busy (here: stopped) are
+    scored in one pass of its loop and commit together (risk_service/scoring_process.py)."""
+    env = one_thread_env(
+        tmp_path,
+        RISK_TURN_COMMITS="0" if mode == "each alone" else "1",
+        RISK_SCORING_PROCESS="1" if mode == "scoring process" else "0",
+    )
     proc, port = serve_one_thread(tmp_path, env)
     socks: list[socket.socket] = []
     try:
         socks, buffers = kept_alive(port, 8)
         commits = metric_value(port, "risk_decision_log_commit_rows_count")
         rows = metric_value(port, "risk_decision_log_commit_rows_sum")
-        send_while_stopped(proc, socks, [with_length(event(f"turn-{i}")) for i in range(8)])
+        requests = [with_length(event(f"turn-{i}")) for i in range(8)]
+        if mode == "scoring process":
+            send_while_scoring_stopped(proc, socks, requests)
+        else:
+            send_while_stopped(proc, socks, requests)
         answers = [read_response(sock, buf) for sock, buf in zip(socks, buffers, strict=True)]
         assert [status for status, _, _ in answers] == [200] * 8
         assert {json.loads(body)["event_id"] for _, _, body in answers} == {
@@ -757,7 +800,7 @@ def test_the_requests_of_one_turn_of_the_loop_share_one_commit(
         }
         assert metric_value(port, "risk_decision_log_commit_rows_sum") == rows + 8
         assert metric_value(port, "risk_decision_log_commit_rows_count") == commits + (
-            1 if shared else 8
+            8 if mode == "each alone" else 1
         )
         for i in range(8):  # every answered decision is in the log
             assert logged_features(port, f"turn-{i}")["amount"] == 12.5
@@ -822,7 +865,8 @@ def test_reasons_computed_beside_the_loop_reach_the_answers_the_log_and_a_twin(
     socks: list[socket.socket] = []
     try:
         socks, buffers = kept_alive(port, 3)
-        threads = len(os.listdir(f"/proc/{worker}/task"))
+        scorer = scoring_pid(worker)
+        threads = len(os.listdir(f"/proc/{scorer}/task"))
         bodies = [explained("why"), explained("why"), event("other")]
         send_while_stopped(proc, socks, [with_length(body) for body in bodies])
         sent = time.monotonic()
@@ -837,7 +881,8 @@ def test_reasons_computed_beside_the_loop_reach_the_answers_the_log_and_a_twin(
         assert other["fraud"]["reasons"] == []  # an approval not asked to explain itself
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/decisions/why") as answer:
             assert json.loads(answer.read())["reasons"] == reasons
-        assert len(os.listdir(f"/proc/{worker}/task")) == threads + (1 if beside else 0)
+        # the helper thread is the scoring process's, where the worker has one
+        assert len(os.listdir(f"/proc/{scorer}/task")) == threads + (1 if beside else 0)
     finally:
         for sock in socks:
             sock.close()
