@@ -61,6 +61,7 @@ ERRORS_WITHOUT_FIELD: dict[str, str] = {
     "not_implemented": "501: a transfer coding the server does not read",
     "decision_log_unavailable": "503: retry with the same event_id",
     "store_unavailable": "503: retry later",
+    "scoring_unavailable": "503: the scoring process exited; retry with the same event_id",
     "internal": "500: a bug, logged",
 }
 """Error codes whose ``field`` is null (``not_found`` is in both: route vs event)."""
@@ -95,8 +96,8 @@ _ERROR_STATUSES: dict[str, str] = {
     "415": "The body is not application/json; field: null",
     "429": "Too many failed authentication attempts from this address (Retry-After); "
     "field: Authorization",
-    "503": "The decision could not be made durable or the state store is down: retry "
-    "with the same event_id; field: null",
+    "503": "The decision could not be made durable, the state store is down or the scoring "
+    "process exited: retry with the same event_id; field: null",
     "408": "The request was not received in time (RISK_CLIENT_TIMEOUT_SECONDS); field: null",
     "414": "The request line is over the server's limit; field: null",
     "417": "An Expect header other than 100-continue; field: null",
