@@ -28,6 +28,23 @@ def on_starting(server: Any) -> None:
             os.remove(name)
 
 
+def post_fork(server: Any, worker: Any) -> None:
+    """In a new worker: with ``--reuse-port`` (several workers on Redis), the arbiter has just
+    opened this worker's own listening sockets, before its application loads (seconds): the
+    kernel would hand it a share of the new connections meanwhile, each waiting out the boot
+    (retries after a worker was killed took 2-4 s, bench/faults.py). Closed here; the worker
+    opens them once loaded (`BufferingThreadWorker.load_wsgi`) and the others take every
+    connection until then. With one worker there is no other to take them: it keeps them."""
+    if getattr(worker, "listens_when_loaded", None) is None or server.cfg.workers < 2:
+        return
+    if not (server.cfg.reuse_port and worker.sockets):
+        return
+    for listener in worker.sockets:
+        listener.close()
+    worker.sockets = []
+    worker.listens_when_loaded = True
+
+
 def worker_exit(server: Any, worker: Any) -> None:
     """In the worker, once it has stopped serving: with the in-memory state, write it for the
     next start (`risk_service/snapshot.py`). Not reached when the worker is killed."""

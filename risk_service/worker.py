@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from concurrent import futures
 from typing import Any, NamedTuple
 
+from gunicorn import sock as gunicorn_sock
 from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
@@ -228,6 +229,8 @@ class _Linger:
 class BufferingThreadWorker(ThreadWorker):
     """gthread with whole requests read in the event loop; see the module docstring."""
 
+    sockets: list[Any]  # gunicorn's listeners of this worker
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.client_timeout = client_timeout()
@@ -254,6 +257,8 @@ class BufferingThreadWorker(ThreadWorker):
             self.splits = scoring_process(workers=self.cfg.workers)
             # beside the scoring process's loop instead, with a scoring process
             self.turn = Turn(self.method_queue.defer if self.beside and not self.splits else None)
+        # --reuse-port: listen only once loaded (gunicorn_conf.post_fork sets it)
+        self.listens_when_loaded = False
         self.timed_out = 0  # since the last warning
         self.warned_at = -math.inf
 
@@ -269,14 +274,19 @@ class BufferingThreadWorker(ThreadWorker):
     def load_wsgi(self) -> None:
         """With a scoring process: fork it first (no thread exists yet), let it load the
         application and wait until it is ready; then load this worker's own, a front that
-        answers /score's HTTP side and hands the rest over (`scoring_process.FrontRouter`)."""
+        answers /score's HTTP side and hands the rest over (`scoring_process.FrontRouter`).
+        Then, with ``--reuse-port``, start listening (`gunicorn_conf.post_fork`)."""
         if not self.splits:
             super().load_wsgi()
-            return
-        self.scoring = scoring.fork_child(self.app.wsgi, self.sockets, beside=self.beside)
-        os.environ[scoring.FRONT_ENV] = "1"
-        super().load_wsgi()
-        scoring.install_front(self.wsgi, self.scoring)
+        else:
+            self.scoring = scoring.fork_child(self.app.wsgi, self.sockets, beside=self.beside)
+            os.environ[scoring.FRONT_ENV] = "1"
+            super().load_wsgi()
+            scoring.install_front(self.wsgi, self.scoring)
+        if self.listens_when_loaded:  # --reuse-port: see gunicorn_conf.post_fork
+            self.sockets = gunicorn_sock.create_sockets(self.cfg, self.log)
+            for listener in self.sockets:
+                util.close_on_exec(listener)
 
     def run(self) -> None:
         """Bodies are bounded by the application's limit (Flask's MAX_CONTENT_LENGTH)."""

@@ -711,6 +711,52 @@ def process_state(pid: str) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+@pytest.mark.integration
+def test_with_reuse_port_a_new_worker_takes_no_connection_before_it_is_loaded(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Two workers on Redis listen each on a socket of its own (--reuse-port). A worker killed
+    and started again loads its application for seconds; had it listened meanwhile, the
+    kernel would have queued part of the new connections there for the whole boot (2-4 s in
+    bench/faults.py). Now it listens once loaded (gunicorn_conf.post_fork): meanwhile the
+    other worker answers every new connection at once, and then both listen again."""
+    env = one_thread_env(tmp_path, **store_env("redis", request))
+    port = free_port()
+    with (tmp_path / "server.log").open("ab") as out:
+        proc = subprocess.Popen(
+            [*serve_command(port, threads=1), "--workers", "2"], env=env, cwd=tmp_path,
+            stdout=out, stderr=out, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_ready(port, proc)
+        wait_for(lambda: len(listeners(port)) == 2, "both workers listening")
+        killed = worker_pids(proc)[0]
+        os.kill(int(killed), signal.SIGKILL)
+        wait_for(
+            lambda: killed not in worker_pids(proc) and len(worker_pids(proc)) == 2,
+            "its replacement forked",
+            seconds=30,
+        )
+        waits = []
+        for _ in range(30):  # new connections while the replacement loads its application
+            started = time.monotonic()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
+                assert answer.status == 200
+            waits.append(time.monotonic() - started)
+        assert max(waits) < 0.5, waits
+        wait_for(lambda: len(listeners(port)) == 2, "the replacement listening", seconds=60)
+    finally:
+        stop(proc)
+
+
+def listeners(port: int) -> list[str]:
+    """The sockets listening on ``port`` (one per worker with --reuse-port)."""
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    return out.splitlines()
+
+
 def test_a_graceful_stop_of_risk_serve_keeps_the_velocities(tmp_path: Path) -> None:
     """SIGTERM: the worker writes its in-memory state (gunicorn_conf.worker_exit) and the next
     `risk serve` starts from it (risk_service/snapshot.py)."""
