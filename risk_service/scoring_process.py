@@ -94,6 +94,8 @@ class ScoringUnavailable(ApiError):
 
 # -- framing -------------------------------------------------------------------------------------
 def frame(message: Any) -> bytes:
+    """A message as its length and its pickle (the peer is this process's own fork, over a
+    socket pair no one else holds)."""
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return HEADER.pack(len(payload)) + payload
 
@@ -107,7 +109,7 @@ def take_frames(buf: bytearray) -> list[Any]:
         end = start + HEADER.size + size
         if len(buf) < end:
             break
-        messages.append(pickle.loads(memoryview(buf)[start + HEADER.size : end]))
+        messages.append(pickle.loads(buf[start + HEADER.size : end]))
         start = end
     if start:
         del buf[:start]
