@@ -33,7 +33,10 @@ If the worker dies, the scoring process sees its socket close and exits without 
 (as a killed worker left none before). If the scoring process dies, the worker answers what
 was waiting with 503 (`ScoringUnavailable`: nothing was acknowledged, a retry with the same
 event_id is safe) and exits; gunicorn starts a new worker, whose scoring process recalls the
-log's recent decisions, so retries get the answers already logged.
+log's recent decisions, so retries get the answers already logged. If it hangs (requests
+waiting ``RISK_SCORING_STALL_SECONDS``, 30 by default, without any answer), the worker kills
+it, then the same: gunicorn's own timeout watches only the worker, which a hung scoring
+process leaves alive and answering /health.
 
 ``RISK_SCORING_PROCESS`` (`worker.scoring_process`): on by default where the worker gets a
 core to itself and another is left, off otherwise (then everything runs in the worker, as
@@ -169,11 +172,17 @@ class RemoteScorer:
         self._poller: selectors.BaseSelector | None = None
         self._defer: Callable[..., None] | None = None
         self._writing = False
+        self.stall = STOP_WAIT_SECONDS
+        self._progress_at = time.monotonic()  # the last answer, or the start of waiting
 
-    def attach(self, poller: selectors.BaseSelector, defer: Callable[..., None]) -> None:
-        """Read answers in the event loop; ``defer`` runs a callable in it from any thread."""
+    def attach(
+        self, poller: selectors.BaseSelector, defer: Callable[..., None], *, stall: float
+    ) -> None:
+        """Read answers in the event loop; ``defer`` runs a callable in it from any thread;
+        ``stall``: seconds without an answer while requests wait that mean it is hung."""
         self.sock.setblocking(False)
         self._poller, self._defer = poller, defer
+        self.stall = stall
         poller.register(self.sock, selectors.EVENT_READ, self.on_readable)
 
     # -- requests --------------------------------------------------------------------------------
@@ -184,7 +193,7 @@ class RemoteScorer:
             if self.dead is not None:
                 raise ScoringUnavailable("the scoring process exited; retry with the same event_id")
             seq = self._next_seq()
-            self._waiting[seq] = current
+            self._wait(seq, current)
             self._send(frame(("score", [(seq, request)])))
             result = current.parent.switch()
         else:
@@ -198,7 +207,7 @@ class RemoteScorer:
             if self.dead is not None:
                 raise ScoringUnavailable(self.dead)
             seq = self._next_seq()
-            self._waiting[seq] = current
+            self._wait(seq, current)
             self._send(frame(("wsgi", seq, environ, body)))
             result = current.parent.switch()
         else:
@@ -213,6 +222,26 @@ class RemoteScorer:
             raise ScoringUnavailable("the scoring process exited; retry with the same event_id")
         raise unpack_error(value)
 
+    def _wait(self, seq: int, waiter: greenlet.greenlet | Future[Any]) -> None:
+        if not self._waiting:  # the stall clock starts when something waits
+            self._progress_at = time.monotonic()
+        self._waiting[seq] = waiter
+
+    def kill_if_stalled(self, now: float) -> bool:
+        """Kill the scoring process if requests have waited ``stall`` seconds without any
+        answer: it is hung (a deadlock, a loop). Its socket then closes, and `_gone` answers
+        503 and stops the worker. Called about once a second by the worker's loop."""
+        if self.dead is not None or not self._waiting or now - self._progress_at < self.stall:
+            return False
+        log.error(
+            "the scoring process answered nothing for %.0f s with %d request(s) waiting: killed",
+            now - self._progress_at,
+            len(self._waiting),
+        )
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        return True
+
     def _next_seq(self) -> int:
         with self._seq_lock:
             self._seq += 1
@@ -223,7 +252,7 @@ class RemoteScorer:
             return ("gone", self.dead)
         seq = self._next_seq()
         future: Future[Any] = Future()
-        self._waiting[seq] = future
+        self._wait(seq, future)
         self._queued.append(frame(message(seq)))
         self._defer(self._send_queued)
         if self.dead is not None:  # gone meanwhile: _gone may have missed this one
@@ -290,6 +319,7 @@ class RemoteScorer:
             self._gone(why)
             return
         self._in += data
+        self._progress_at = time.monotonic()
         for message in take_frames(self._in):
             if message[0] == "answers":
                 for seq, result in message[1]:

@@ -54,6 +54,8 @@ TIMEOUT_ENV = "RISK_CLIENT_TIMEOUT_SECONDS"
 TURN_COMMITS_ENV = "RISK_TURN_COMMITS"
 REASONS_BESIDE_ENV = "RISK_REASONS_BESIDE"
 SCORING_PROCESS_ENV = "RISK_SCORING_PROCESS"
+STALL_ENV = "RISK_SCORING_STALL_SECONDS"
+DEFAULT_STALL_SECONDS = 30.0  # a pass takes milliseconds; an admin change, seconds at most
 DEFAULT_TIMEOUT_SECONDS = 5.0
 RECV_SIZE = 64 * 1024
 READS_PER_EVENT = 4  # then back to the loop, so one fast sender does not hold it
@@ -118,16 +120,27 @@ def _switch(name: str, environ: Mapping[str, str]) -> bool:
 
 def client_timeout(environ: Mapping[str, str] = os.environ) -> float:
     """``RISK_CLIENT_TIMEOUT_SECONDS``: seconds a client has to send one whole request."""
-    raw = environ.get(TIMEOUT_ENV, "").strip()
+    return _seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS, environ)
+
+
+def scoring_stall(environ: Mapping[str, str] = os.environ) -> float:
+    """``RISK_SCORING_STALL_SECONDS``: how long a scoring process may keep requests waiting
+    without answering any before the worker kills it (it is hung; gunicorn's own timeout
+    watches only the worker)."""
+    return _seconds(STALL_ENV, DEFAULT_STALL_SECONDS, environ)
+
+
+def _seconds(name: str, default: float, environ: Mapping[str, str]) -> float:
+    raw = environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_TIMEOUT_SECONDS
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
         # RuntimeError: gunicorn prints it as "Error: ..." and exits, instead of a traceback
-        raise RuntimeError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds > 0")
+        raise RuntimeError(f"{name}={raw!r}: expected a number of seconds > 0")
     return value
 
 
@@ -270,6 +283,7 @@ class BufferingThreadWorker(ThreadWorker):
         turn_commits()
         reasons_beside()
         scoring_process()
+        scoring_stall()
 
     def load_wsgi(self) -> None:
         """With a scoring process: fork it first (no thread exists yet), let it load the
@@ -296,7 +310,7 @@ class BufferingThreadWorker(ThreadWorker):
             self.body_limit = limit
         util.write_error = write_json_error  # JSON, not HTML: see write_json_error
         if self.scoring is not None:
-            self.scoring.attach(self.poller, self.method_queue.defer)
+            self.scoring.attach(self.poller, self.method_queue.defer, stall=scoring_stall())
             self.scoring.on_dead = self.scoring_gone
         try:
             super().run()
@@ -476,9 +490,12 @@ class BufferingThreadWorker(ThreadWorker):
 
     # -- timeouts and closing -------------------------------------------------------------------
     def murder_pending(self) -> None:
-        """Called by gthread's loop about once a second: also expire reads and lingering closes."""
+        """Called by gthread's loop about once a second: also expire reads and lingering closes,
+        and kill a hung scoring process."""
         super().murder_pending()
         now = time.monotonic()
+        if self.scoring is not None:
+            self.scoring.kill_if_stalled(now)
         while self.buffering:
             pending = next(iter(self.buffering.values()))
             if pending.deadline > now:

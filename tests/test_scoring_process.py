@@ -33,7 +33,7 @@ from test_worker import (
 from risk_service.decision_records import DecisionLogError
 from risk_service.errors import Conflict, InvalidField
 from risk_service.scoring_process import frame, pack_error, take_frames, unpack_error
-from risk_service.worker import scoring_process
+from risk_service.worker import scoring_process, scoring_stall
 
 
 # -- messages and errors -------------------------------------------------------------------------
@@ -77,6 +77,10 @@ def test_the_setting() -> None:
     )
     with pytest.raises(RuntimeError, match="RISK_SCORING_PROCESS"):
         scoring_process({"RISK_SCORING_PROCESS": "maybe"})
+    assert scoring_stall({}) == 30.0 and scoring_stall({"RISK_SCORING_STALL_SECONDS": "2.5"}) == 2.5
+    for bad in ("0", "-1", "soon", "nan"):
+        with pytest.raises(RuntimeError, match="RISK_SCORING_STALL_SECONDS"):
+            scoring_stall({"RISK_SCORING_STALL_SECONDS": bad})
 
 
 # -- through risk serve --------------------------------------------------------------------------
@@ -259,6 +263,35 @@ def test_when_the_scoring_process_dies_waiting_requests_get_503_and_the_worker_r
         assert again[1] == before[1]  # recalled from the log, not scored anew
         (new_worker,) = worker_pids(proc)
         assert scoring_pid(new_worker) != new_worker
+    finally:
+        stop(proc)
+
+
+def test_a_hung_scoring_process_is_killed_and_replaced(tmp_path: Path) -> None:
+    """gunicorn's timeout watches only the worker, which a hung scoring process leaves alive
+    and answering /health: the worker kills one that keeps requests waiting
+    RISK_SCORING_STALL_SECONDS without any answer (here stopped with SIGSTOP), they get
+    503, and a new worker with a new scoring process takes over."""
+    env = one_thread_env(tmp_path, RISK_SCORING_PROCESS="1", RISK_SCORING_STALL_SECONDS="2")
+    proc, port = serve_one_thread(tmp_path, env)
+    try:
+        time.sleep(3)  # idle longer than the stall time: no request waits, nothing is killed
+        (worker,) = worker_pids(proc)
+        scorer = scoring_pid(worker)
+        assert process_state(scorer) != "Z" and worker_pids(proc) == [worker]
+        os.kill(int(scorer), signal.SIGSTOP)
+        wait_for(lambda: process_state(scorer) == "T", "the scoring process stopped")
+        started = time.monotonic()
+        status, answer = post(port, json.loads(event("hung")))
+        waited = time.monotonic() - started
+        assert (status, answer["error"]) == (503, "scoring_unavailable")
+        assert 2.0 <= waited < 5.0, waited
+        assert "answered nothing for" in (tmp_path / "server.log").read_text()
+        wait_for(lambda: worker_pids(proc) not in ([], [worker]), "a new worker", seconds=30)
+        deadline = time.monotonic() + 60
+        while (status := post(port, json.loads(event("after")))[0]) != 200:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
     finally:
         stop(proc)
 
