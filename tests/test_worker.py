@@ -508,6 +508,8 @@ def test_operations_doc_names_the_setting() -> None:
     assert "RISK_CLIENT_TIMEOUT_SECONDS" in text and "risk_client_timeouts_total" in text
     assert "RISK_TURN_COMMITS" in text and "risk_decision_log_commit_rows" in text
     assert "RISK_REASONS_BESIDE" in text
+    assert "RISK_SCORING_PROCESS" in text and "RISK_SCORING_STALL_SECONDS" in text
+    assert "scoring_unavailable" in text
 
 
 def test_with_one_thread_an_admin_change_does_not_hold_the_event_loop(tmp_path: Path) -> None:
