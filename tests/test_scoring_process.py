@@ -32,6 +32,7 @@ from test_worker import (
 
 from risk_service.decision_records import DecisionLogError
 from risk_service.errors import Conflict, InvalidField
+from risk_service.requests import ScoreRequest
 from risk_service.scoring_process import frame, pack_error, take_frames, unpack_error
 from risk_service.worker import scoring_process, scoring_stall
 
@@ -46,6 +47,15 @@ def test_messages_arrive_whole_however_the_bytes_are_split() -> None:
         buf += data[cut:]
         got += take_frames(buf)
         assert got == messages and buf == b"", cut
+
+
+def test_a_validated_request_crosses_whole() -> None:
+    request = ScoreRequest(
+        "payment", {"event_id": "e", "amount": 1.5}, {"account_id": "a"}, True, "ab" * 32
+    )
+    (message,) = take_frames(bytearray(frame(("score", [(7, request)]))))
+    assert message == ("score", [(7, request)])
+    assert message[1][0][1].event_id == "e" and message[1][0][1].explain is True
 
 
 def test_errors_cross_with_their_status_field_and_type() -> None:
