@@ -21,7 +21,9 @@ blocking read of up to 2 s.
 With one thread, a whole request is answered in the loop itself (`serve_inline`), in a greenlet
 that waits for the end of the loop's turn to commit its decision with the others of that turn
 (`risk_service/turns.py`, ``RISK_TURN_COMMITS``); TreeSHAP reasons run on a helper thread
-meanwhile, beside the loop (``RISK_REASONS_BESIDE``).
+meanwhile, beside the loop (``RISK_REASONS_BESIDE``). With the in-memory state and a core to
+spare, the scorer itself runs in a process the worker forks (`risk_service/scoring_process.py`,
+``RISK_SCORING_PROCESS``): the loop keeps HTTP and validation, and hands each /score event over.
 
 TLS, the PROXY protocol and HTTP/2 prior knowledge are not buffered (their bytes are not plain
 HTTP/1.1 here): with any of them on, connections are handled as gthread handles them.
@@ -268,7 +270,7 @@ class BufferingThreadWorker(ThreadWorker):
         if self.inline and turn_commits():
             self.beside = reasons_beside(workers=self.cfg.workers)
             self.splits = scoring_process(workers=self.cfg.workers)
-            # beside the scoring process's loop instead, with a scoring process
+            # with a scoring process, TreeSHAP runs beside that process's loop, not this one
             self.turn = Turn(self.method_queue.defer if self.beside and not self.splits else None)
         # --reuse-port: listen only once loaded (gunicorn_conf.post_fork sets it)
         self.listens_when_loaded = False
