@@ -9,7 +9,9 @@ logged, and an event a retry already scored is not applied twice. Applied
 late, such events count as late events do (docs/architecture.md).
 
 With a file (`backlog_file.py`, in the spool directory) every entry is also durable before
-the answer goes out, so a worker killed during an outage loses nothing: the next process
+the decision is logged (a retry that finds the logged answer answers it without scoring, so
+an entry made after the append was lost with a worker killed in between), so a worker killed
+during an outage loses nothing: the next process
 to look adopts its entries (at start, then every ``adopt_s``). Entries carry identifiers
 only as the state store's keyed hashes.
 """
@@ -119,13 +121,23 @@ class Backlog:
     def pending(self, event_id: str) -> bool:
         return event_id in self._items
 
-    def add(self, item: DegradedEvent) -> None:
-        """Keep one event (durably first, with a file) and wake the applying thread."""
+    def add(self, item: DegradedEvent) -> bool:
+        """Keep one event (durably first, with a file) and wake the applying thread; False when
+        it was kept already (another request of this process for the same event_id)."""
         if item.event_id in self._items:
-            return
+            return False
         if self.file is not None:
             self.file.add(item.event_id, item.to_bytes())
         self._keep([item])
+        return True
+
+    def discard(self, event_id: str) -> None:
+        """Forget an event kept by a request that then failed (409, log error): not answered,
+        so not counted either (unless the applying thread took it meanwhile)."""
+        with self._lock:
+            self._items.pop(event_id, None)
+        if self.file is not None:
+            self.file.remove(event_id)
 
     def adopt(self) -> int:
         """Take the entries of dead processes' backlog files; returns how many."""

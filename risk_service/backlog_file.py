@@ -68,7 +68,7 @@ class BacklogFile:
             raise
 
     def add(self, event_id: str, entry: bytes) -> None:
-        """Durable on return (the answer goes out after this)."""
+        """Durable on return (the decision is logged, and answered, after this)."""
         with self._lock:
             self._conn.execute("INSERT OR IGNORE INTO pending VALUES (?, ?)", (event_id, entry))
 

@@ -24,7 +24,7 @@ policy's fail mode) and the state is not updated.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -101,11 +101,24 @@ def score_shared(
         if before is not None:
             return before, True
         entry = scorer._score_new(request, now_ms, None, None)
-        response, replayed = _answer(scorer, entry, request, started)
-        if not replayed:  # logged; its state update follows (backlog.py), durably, then the answer
-            record = encode_stored(_stored(entry, ids))
-            scorer.backlog.add(DegradedEvent.hashed(request, record, ids, shared.hash))
-        return response, replayed
+        # Its state update waits in the backlog (backlog.py), durably, and is kept BEFORE the
+        # decision is logged, as a Redis commit precedes the append: a retry that finds the
+        # logged answer answers it without scoring, so a worker killed between the append and
+        # the backlog entry would lose the update for good. Kept for a replayed answer too:
+        # applying is idempotent (whichever copy's record lands first, the rest are EXISTS).
+        kept: list[str] = []
+
+        def keep_update(finished: IdempotencyEntry) -> None:
+            record = encode_stored(_stored(finished, ids))
+            if scorer.backlog.add(DegradedEvent.hashed(request, record, ids, shared.hash)):
+                kept.append(request.event_id)
+
+        try:
+            return _answer(scorer, entry, request, started, before_log=keep_update)
+        except BaseException:  # not answered (409, log failure): not counted either
+            for event_id in kept:
+                scorer.backlog.discard(event_id)
+            raise
     return _answer(scorer, entry, request, started)
 
 
@@ -146,7 +159,11 @@ def _stored(entry: IdempotencyEntry, hashed_ids: dict[str, str]) -> StoredDecisi
 
 
 def _answer(
-    scorer: Scorer, entry: IdempotencyEntry, request: ScoreRequest, started: float
+    scorer: Scorer,
+    entry: IdempotencyEntry,
+    request: ScoreRequest,
+    started: float,
+    before_log: Callable[[IdempotencyEntry], None] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Reasons, the durable log append, then the response, and whether it is a replay.
 
@@ -157,6 +174,8 @@ def _answer(
     scorer._finish(entry, request, started)
     if entry.record is None:
         raise RuntimeError(f"event {request.event_id!r} could not be scored")
+    if before_log is not None:  # the degraded path's durable state update (score_shared)
+        before_log(entry)
     if not scorer.log.append(entry.record):
         logged = scorer.logged_or_none(request.event_id)
         if logged is not None and logged.response is not None:

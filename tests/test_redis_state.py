@@ -6,7 +6,10 @@ slow a Redis, a private redis-server behind a fault proxy (tests/servers.py).
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -481,6 +484,86 @@ def test_a_worker_killed_during_an_outage_loses_no_velocity(
     final = payment("k-final", timestamp=iso(base + timedelta(minutes=30)), **ids)
     assert app.test_client().post("/score", json=final).get_json()["degraded"] is False
     assert features(app, "k-final")["account_events_24h"] == 5  # none lost, none twice
+
+
+_KILLED_AFTER_LOG = """
+import json, os, signal, sys
+from risk_service import create_app
+config, first, degraded, victim = (json.loads(a) for a in sys.argv[1:5])
+app = create_app(config)
+client = app.test_client()
+for body in first:
+    assert client.post("/score", json=body).get_json()["degraded"] is False
+print("scored", flush=True)
+sys.stdin.readline()  # the test takes Redis away
+log = app.extensions["risk"].log
+real_append = log.append
+def append(record):
+    out = real_append(record)
+    if record.event_id == victim:  # logged (durably): killed before anything else happens
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+log.append = append
+for body in degraded:
+    assert client.post("/score", json=body).get_json()["degraded"] is True
+print("never here", flush=True)
+"""
+
+
+@pytest.mark.integration
+def test_a_worker_killed_right_after_logging_a_degraded_answer_loses_no_velocity(
+    make_app: AppFactory, private_redis: tuple[PrivateRedis, FaultProxy], tmp_path: Path
+) -> None:
+    """Found by bench/faults.py (redis-stop-kill, 9 of 93 runs one velocity short): a worker
+    killed after its degraded decision was logged but before its state update reached the
+    backlog file lost that update for good, since the retry answers the logged decision
+    without scoring. The backlog entry is now durable before the log append."""
+    _, proxy = private_redis
+    base = NOW - timedelta(hours=2)
+    ids = {"account_id": "acct-K-1", "device_id": "dev-K-1"}
+
+    def body(i: int) -> dict[str, Any]:
+        return payment(f"kk{i}", timestamp=iso(base + timedelta(minutes=i)), **ids)
+
+    config = {
+        "MODELS_DIR": str(Path(__file__).resolve().parents[1] / "models"),
+        "DECISION_LOG_PATH": str(tmp_path / "shared.sqlite"),
+        "DECISION_LOG_SYNC": "NORMAL",
+        "HASH_KEY": "test-key-" + "x" * 32,
+        "GC_TUNING": False,
+        "RELOAD_INTERVAL_SECONDS": 0,
+        "STATE_URL": proxy.url,
+        "STATE_TIMEOUT_MS": 50.0,
+        "BREAKER_FAILURES": 1,
+    }
+    args = [json.dumps(config), json.dumps([body(0), body(1)])]
+    args += [json.dumps([body(i) for i in range(2, 5)]), json.dumps("kk4")]
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_AFTER_LOG, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdout is not None and worker.stdin is not None
+    assert worker.stdout.readline().strip() == "scored"
+    proxy.set_down(True)
+    worker.stdin.write("go\n")
+    worker.stdin.flush()
+    assert worker.wait(timeout=30) == -9  # killed inside kk4's request, after its log append
+    worker.stdin.close()
+    worker.stdout.close()
+
+    # the client saw a connection error for kk4 and retries it; Redis still down
+    app = make_app(**{k: v for k, v in config.items() if k != "MODELS_DIR"})
+    scorer = app.extensions["risk"]
+    retry = app.test_client().post("/score", json=body(4)).get_json()
+    assert retry["degraded"] is True  # the logged answer
+    proxy.set_down(False)
+    assert scorer.backlog.drain(timeout=10.0)
+    final = payment("kk-final", timestamp=iso(base + timedelta(minutes=30)), **ids)
+    assert app.test_client().post("/score", json=final).get_json()["degraded"] is False
+    counted = app.extensions["risk"].log.get("kk-final").features["account_events_24h"]
+    assert counted == 5, f"account_events_24h = {counted}, 5 events answered before"
 
 
 @pytest.mark.integration
