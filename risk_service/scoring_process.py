@@ -50,6 +50,7 @@ import contextlib
 import importlib
 import io
 import logging
+import math
 import os
 import pickle
 import select
@@ -86,6 +87,9 @@ FRONT_ENV = "RISK_SCORING_FRONT"
 FRONT_PATHS = frozenset({"/score", "/_empty", "/health", "/metrics", "/openapi.json", "/docs"})
 # What of a WSGI environ crosses to the scoring process (the rest are live objects).
 _ENVIRON_TYPES = (str, int, float, bool, tuple)
+
+
+GONE = "the scoring process exited; retry with the same event_id"
 
 
 class ScoringUnavailable(ApiError):
@@ -172,7 +176,7 @@ class RemoteScorer:
         self._poller: selectors.BaseSelector | None = None
         self._defer: Callable[..., None] | None = None
         self._writing = False
-        self.stall = STOP_WAIT_SECONDS
+        self.stall = math.inf  # set by `attach`
         self._progress_at = time.monotonic()  # the last answer, or the start of waiting
 
     def attach(
@@ -188,30 +192,25 @@ class RemoteScorer:
     # -- requests --------------------------------------------------------------------------------
     def score_request(self, request: Any) -> tuple[dict[str, Any], bool]:
         """The scorer's answer and whether it is a replay; raises what the scorer raised."""
-        current = greenlet.getcurrent()
-        if isinstance(current, RequestGreenlet) and self._poller is not None:
-            if self.dead is not None:
-                raise ScoringUnavailable("the scoring process exited; retry with the same event_id")
-            seq = self._next_seq()
-            self._wait(seq, current)
-            self._send(frame(("score", [(seq, request)])))
-            result = current.parent.switch()
-        else:
-            result = self._call_from_thread(lambda seq: ("score", [(seq, request)]))
-        return self._unwrap(result)
+        return self._call(lambda seq: ("score", [(seq, request)]))
 
     def forward(self, environ: dict[str, Any], body: bytes) -> tuple[str, list[Any], bytes]:
         """A whole request answered by the scoring process's application."""
+        return self._call(lambda seq: ("wsgi", seq, environ, body))
+
+    def _call(self, message: Callable[[int], Any]) -> Any:
+        """Send ``message(seq)`` and return its answer: a request greenlet parks meanwhile (the
+        answer resumes it from the loop), any other thread waits."""
         current = greenlet.getcurrent()
         if isinstance(current, RequestGreenlet) and self._poller is not None:
             if self.dead is not None:
-                raise ScoringUnavailable(self.dead)
+                raise ScoringUnavailable(GONE)
             seq = self._next_seq()
             self._wait(seq, current)
-            self._send(frame(("wsgi", seq, environ, body)))
+            self._send(frame(message(seq)))
             result = current.parent.switch()
         else:
-            result = self._call_from_thread(lambda seq: ("wsgi", seq, environ, body))
+            result = self._call_from_thread(message)
         return self._unwrap(result)
 
     def _unwrap(self, result: tuple[str, Any]) -> Any:
@@ -219,7 +218,7 @@ class RemoteScorer:
         if kind == "ok":
             return value
         if kind == "gone":
-            raise ScoringUnavailable("the scoring process exited; retry with the same event_id")
+            raise ScoringUnavailable(GONE)
         raise unpack_error(value)
 
     def _wait(self, seq: int, waiter: greenlet.greenlet | Future[Any]) -> None:
