@@ -55,14 +55,22 @@ def parse_config(spec: str, root: Path, *, production: bool) -> Server:
 def build_client(root: Path) -> Path:
     """`openloop.c` compiled into ``root`` (cc, as on every machine of this kind)."""
     binary = root / "openloop"
-    subprocess.run(
-        ["cc", "-O2", "-o", str(binary), str(HERE / "openloop.c"), "-lm"], check=True
-    )
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(HERE / "openloop.c"), "-lm"], check=True)
     return binary
 
 
-def open_loop(client: Path, server: Server, route: str, bodies: Path, *, rate: float,
-              seconds: float, connections: int, seed: int, api_key: str | None) -> dict:  # fmt: skip
+def open_loop(
+    client: Path,
+    server: Server,
+    route: str,
+    bodies: Path,
+    *,
+    rate: float,
+    seconds: float,
+    connections: int,
+    seed: int,
+    api_key: str | None,
+) -> dict:
     """One run of the C client: Poisson arrivals at ``rate`` for ``seconds``; /score bodies
     continue the server's event stream (fresh events, in time order)."""
     command = [str(client), str(server.port), route, str(bodies), str(rate), str(seconds)]
@@ -122,18 +130,33 @@ def main() -> None:
             wait_ready(server.url)
         for server in servers:  # warm state: the first events, at the highest rate
             rate = max(args.rates)
-            open_loop(client, server, "/score", bodies, rate=rate, seconds=args.warmup / rate,
-                      connections=args.connections, seed=0, api_key=api_key)  # fmt: skip
+            open_loop(
+                client,
+                server,
+                "/score",
+                bodies,
+                rate=rate,
+                seconds=args.warmup / rate,
+                connections=args.connections,
+                seed=0,
+                api_key=api_key,
+            )
         for r in range(args.rounds):
             for rate in args.rates:
                 turn = servers[r % len(servers) :] + servers[: r % len(servers)]
                 for server in turn:
                     for route in routes:
                         result = open_loop(
-                            client, server, route, bodies, rate=rate, seconds=args.seconds,
-                            connections=args.connections, seed=1000 * r + int(rate),
+                            client,
+                            server,
+                            route,
+                            bodies,
+                            rate=rate,
+                            seconds=args.seconds,
+                            connections=args.connections,
+                            seed=1000 * r + int(rate),
                             api_key=api_key,
-                        )  # fmt: skip
+                        )
                         key = f"{server.name}{route}@{int(rate)}"
                         results.setdefault(key, []).append(result)
                         brief = {c: round(result[c].get("p99_ms", 0), 2) for c in CLASSES}
@@ -141,8 +164,10 @@ def main() -> None:
     finally:
         for server in servers:
             server.stop()
-    print("\n| config | route | offered req/s | served req/s | p50 ms | p99 ms | p99.9 ms "
-          "| approvals p99 ms | others: share, p50 / p99 ms |")  # fmt: skip
+    print(
+        "\n| config | route | offered req/s | served req/s | p50 ms | p99 ms | p99.9 ms "
+        "| approvals p99 ms | others: share, p50 / p99 ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     summary = {key: summarise(runs) for key, runs in results.items()}
     for key, med in summary.items():
@@ -150,11 +175,15 @@ def main() -> None:
         route, _, rate = rest.partition("@")
         others = "-"
         if route == "score":
-            others = (f"{med['other_share']:.1%}, {med.get('other_p50_ms', 0):.2f} / "
-                      f"{med.get('other_p99_ms', 0):.2f}")  # fmt: skip
+            others = (
+                f"{med['other_share']:.1%}, {med.get('other_p50_ms', 0):.2f} / "
+                f"{med.get('other_p99_ms', 0):.2f}"
+            )
         approvals = f"{med['approve_p99_ms']:.2f}" if route == "score" else "-"
-        print(f"| {name} | /{route} | {rate} | {med['rps']:.0f} | {med['all_p50_ms']:.2f} | "
-              f"{med['all_p99_ms']:.2f} | {med['all_p999_ms']:.2f} | {approvals} | {others} |")  # fmt: skip
+        print(
+            f"| {name} | /{route} | {rate} | {med['rps']:.0f} | {med['all_p50_ms']:.2f} | "
+            f"{med['all_p99_ms']:.2f} | {med['all_p999_ms']:.2f} | {approvals} | {others} |"
+        )
     if args.out:
         args.out.write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
     shutil.rmtree(root, ignore_errors=True)
