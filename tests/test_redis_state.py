@@ -425,38 +425,30 @@ os.kill(os.getpid(), signal.SIGKILL)  # no shutdown, no drain: a killed worker
 """
 
 
-@pytest.mark.integration
-def test_a_worker_killed_during_an_outage_loses_no_velocity(
-    make_app: AppFactory, private_redis: tuple[PrivateRedis, FaultProxy], tmp_path: Path
-) -> None:
-    """Its degraded events are durable in its backlog file (identifiers hashed); the next
-    process adopts the orphan file and applies them once Redis is back."""
-    import json
-    import subprocess
-    import sys
-
-    _, proxy = private_redis
-    base = NOW - timedelta(hours=2)
-    ids = {"account_id": "acct-SECRET-7", "device_id": "dev-SECRET-7"}
-
-    def body(i: int) -> dict[str, Any]:
-        return payment(f"k{i}", timestamp=iso(base + timedelta(minutes=i)), **ids)
-
-    config = {
+def _killed_worker_config(log_path: Path, state_url: str) -> dict[str, Any]:
+    """A worker's configuration whose Redis (behind the test's fault proxy) times out fast
+    and opens the breaker at the first failure."""
+    return {
         "MODELS_DIR": str(Path(__file__).resolve().parents[1] / "models"),
-        "DECISION_LOG_PATH": str(tmp_path / "killed.sqlite"),
+        "DECISION_LOG_PATH": str(log_path),
         "DECISION_LOG_SYNC": "NORMAL",
         "HASH_KEY": "test-key-" + "x" * 32,
         "GC_TUNING": False,
         "RELOAD_INTERVAL_SECONDS": 0,
-        "STATE_URL": proxy.url,
+        "STATE_URL": state_url,
         "STATE_TIMEOUT_MS": 50.0,
         "BREAKER_FAILURES": 1,
     }
-    args = [json.dumps(config), json.dumps([body(0), body(1)])]
-    args.append(json.dumps([body(i) for i in range(2, 5)]))
+
+
+def _run_until_killed(
+    script: str, args: list[str], proxy: FaultProxy, *, says: str | None = None
+) -> None:
+    """Runs ``script`` in a worker process of its own: it scores with Redis up and says
+    "scored"; then Redis goes down, the worker is told to go on, (says ``says``,) and is
+    SIGKILLed by its own script at the moment the test chose."""
     worker = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_WORKER, *args],
+        [sys.executable, "-c", script, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -466,10 +458,30 @@ def test_a_worker_killed_during_an_outage_loses_no_velocity(
     proxy.set_down(True)
     worker.stdin.write("go\n")
     worker.stdin.flush()
-    assert worker.stdout.readline().strip() == "degraded"
+    if says is not None:
+        assert worker.stdout.readline().strip() == says
     assert worker.wait(timeout=30) == -9
     worker.stdin.close()
     worker.stdout.close()
+
+
+@pytest.mark.integration
+def test_a_worker_killed_during_an_outage_loses_no_velocity(
+    make_app: AppFactory, private_redis: tuple[PrivateRedis, FaultProxy], tmp_path: Path
+) -> None:
+    """Its degraded events are durable in its backlog file (identifiers hashed); the next
+    process adopts the orphan file and applies them once Redis is back."""
+    _, proxy = private_redis
+    base = NOW - timedelta(hours=2)
+    ids = {"account_id": "acct-SECRET-7", "device_id": "dev-SECRET-7"}
+
+    def body(i: int) -> dict[str, Any]:
+        return payment(f"k{i}", timestamp=iso(base + timedelta(minutes=i)), **ids)
+
+    config = _killed_worker_config(tmp_path / "killed.sqlite", proxy.url)
+    args = [json.dumps(config), json.dumps([body(0), body(1)])]
+    args.append(json.dumps([body(i) for i in range(2, 5)]))
+    _run_until_killed(_KILLED_WORKER, args, proxy, says="degraded")
     left = sorted((tmp_path / "spool").glob("backlog-*.sqlite"))
     assert len(left) == 1
     on_disk = b"".join(p.read_bytes() for p in left[0].parent.glob(left[0].name + "*"))
@@ -525,33 +537,10 @@ def test_a_worker_killed_right_after_logging_a_degraded_answer_loses_no_velocity
     def body(i: int) -> dict[str, Any]:
         return payment(f"kk{i}", timestamp=iso(base + timedelta(minutes=i)), **ids)
 
-    config = {
-        "MODELS_DIR": str(Path(__file__).resolve().parents[1] / "models"),
-        "DECISION_LOG_PATH": str(tmp_path / "shared.sqlite"),
-        "DECISION_LOG_SYNC": "NORMAL",
-        "HASH_KEY": "test-key-" + "x" * 32,
-        "GC_TUNING": False,
-        "RELOAD_INTERVAL_SECONDS": 0,
-        "STATE_URL": proxy.url,
-        "STATE_TIMEOUT_MS": 50.0,
-        "BREAKER_FAILURES": 1,
-    }
+    config = _killed_worker_config(tmp_path / "shared.sqlite", proxy.url)
     args = [json.dumps(config), json.dumps([body(0), body(1)])]
     args += [json.dumps([body(i) for i in range(2, 5)]), json.dumps("kk4")]
-    worker = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_AFTER_LOG, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert worker.stdout is not None and worker.stdin is not None
-    assert worker.stdout.readline().strip() == "scored"
-    proxy.set_down(True)
-    worker.stdin.write("go\n")
-    worker.stdin.flush()
-    assert worker.wait(timeout=30) == -9  # killed inside kk4's request, after its log append
-    worker.stdin.close()
-    worker.stdout.close()
+    _run_until_killed(_KILLED_AFTER_LOG, args, proxy)  # inside kk4's request, after its append
 
     # the client saw a connection error for kk4 and retries it; Redis still down
     app = make_app(**{k: v for k, v in config.items() if k != "MODELS_DIR"})
