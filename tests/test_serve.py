@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -55,11 +56,15 @@ def test_missing_models_are_a_clear_error(
     assert "no fraud champion" in capsys.readouterr().err
 
 
-def test_risk_serve_answers_under_gunicorn(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`risk serve` on the committed models, as the README starts it: its URL and log."""
+    tmp_path = tmp_path_factory.mktemp("served")
     port = free_port()
+    log = tmp_path / "decisions.sqlite"
     env = {
         **os.environ,
-        "RISK_DECISION_LOG_PATH": str(tmp_path / "decisions.sqlite"),
+        "RISK_DECISION_LOG_PATH": str(log),
         "RISK_HASH_KEY": "serve-test-" + "k" * 32,
     }
     command = [
@@ -86,30 +91,77 @@ def test_risk_serve_answers_under_gunicorn(tmp_path: Path) -> None:
                 if time.time() > deadline or server.poll() is not None:
                     raise
                 time.sleep(0.3)
-        when = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "event_id": "srv-1",
-            "timestamp": when,
-            "account_id": "a1",
-            "event_type": "payment",
-            "amount": 12.5,
-        }
-        request = urllib.request.Request(
-            url + "/score",
-            data=json.dumps(event).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            body = json.load(response)
-        assert body["event_id"] == "srv-1"
-        assert body["decision"] in {"approve", "challenge", "review", "decline"}
-        bad = urllib.request.Request(
-            url + "/score", data=b"[]", headers={"Content-Type": "application/json"}
-        )
-        with pytest.raises(urllib.error.HTTPError) as error:
-            urllib.request.urlopen(bad, timeout=10)
-        assert error.value.code == 400
-        error.value.close()
+        yield url, log
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_risk_serve_answers_under_gunicorn(served: tuple[str, Path]) -> None:
+    url, _ = served
+    when = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "event_id": "srv-1",
+        "timestamp": when,
+        "account_id": "a1",
+        "event_type": "payment",
+        "amount": 12.5,
+    }
+    request = urllib.request.Request(
+        url + "/score",
+        data=json.dumps(event).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body = json.load(response)
+    assert body["event_id"] == "srv-1"
+    assert body["decision"] in {"approve", "challenge", "review", "decline"}
+    bad = urllib.request.Request(
+        url + "/score", data=b"[]", headers={"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(bad, timeout=10)
+    assert error.value.code == 400
+    error.value.close()
+
+
+def test_the_open_loop_benchmark_client_counts_every_answer(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    """bench/openloop.c, which docs/benchmarks.md's latencies come from, against the real
+    server: every request it sends is a distinct event, answered and logged, and it tells
+    approvals from the other decisions by the answers themselves."""
+    import sqlite3
+
+    url, log = served
+    binary = tmp_path / "openloop"
+    source = ROOT / "bench" / "openloop.c"
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(source), "-lm"], check=True)
+    when = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    bodies = tmp_path / "bodies.jsonl"
+    lines = []
+    for i, amount in enumerate((12.5, 30.0, 4999.0)):
+        event = {"event_id": "__ID__", "timestamp": when, "account_id": f"ol-{i}"}
+        lines.append(json.dumps({**event, "event_type": "payment", "amount": amount}))
+    bodies.write_text("\n".join(lines) + "\n")
+    port = url.rsplit(":", 1)[1]
+    with sqlite3.connect(log) as db:  # the server is running: this reads its WAL too
+        (before,) = db.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()
+    db.close()
+    command = [str(binary), port, "/score", str(bodies), "200", "1", "4", "7", "0"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout
+    result = json.loads(out)
+    sent = result["all"]["requests"]
+    assert 120 <= sent <= 300  # Poisson arrivals at 200 a second for a second
+    assert result["errors"] == 0
+    assert result["approve"]["requests"] + result["other"]["requests"] == sent
+    assert 0 < result["all"]["p50_ms"] <= result["all"]["p99_ms"] <= result["all"]["max_ms"]
+    with sqlite3.connect(log) as db:
+        decisions = dict(
+            db.execute(
+                "SELECT decision, count(*) FROM decisions WHERE seq > ? GROUP BY 1", (before,)
+            ).fetchall()
+        )
+    db.close()
+    assert sum(decisions.values()) == sent  # one decision logged a request: every id was new
+    assert sent - decisions.get("approve", 0) == result["other"]["requests"]
