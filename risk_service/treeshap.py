@@ -78,10 +78,9 @@ def _shap_trees(
     pos_node, pos_parent, pos_left, pos_feature, pos_prev, pos_z, tree_start = positions
     t_at, w_at = quadrature
     n_rows = X.shape[0]
-    max_q = W
-    prod = np.empty(max_positions * max_q, dtype=np.float64)  # A / v at each position
-    below = np.empty(max_positions * max_q, dtype=np.float64)  # Σ A of the subtree
-    held = np.empty(max_positions * max_q, dtype=np.float64)  # - Σ A under deeper edges
+    prod = np.empty(max_positions * W, dtype=np.float64)  # A / v at each position
+    below = np.empty(max_positions * W, dtype=np.float64)  # Σ A of the subtree
+    held = np.empty(max_positions * W, dtype=np.float64)  # - Σ A under deeper edges
     met = np.empty(max_positions, dtype=np.float64)  # o of the edge into a position
     went_left = np.empty(max_positions, dtype=np.int64)
     for r in range(n_rows):
@@ -153,7 +152,7 @@ def _shap_trees(
 
 # Trees by their quadrature points, each group's loops at a width known when compiled, which
 # LLVM unrolls and vectorises: 17% less time a row on the fraud model than loops of each
-# tree's own count (657 against 793 µs, bench/bench_reasons.py). Wider trees: their widest.
+# tree's own count (657 against 793 µs side by side). Wider trees: at the widest one's.
 WIDTHS = (4, 6, 8)
 
 
@@ -173,12 +172,14 @@ def _shap_kernel(
     max_positions: int,
 ) -> np.ndarray:
     """Per row: (num_features + 1) SHAP values in raw-margin units, the bias last.
-    ``groups``: the trees of up to 4, 6 and 8 points (`WIDTHS`), then the rest."""
+    ``groups``: the trees of up to each of `WIDTHS` points (and more than the one before),
+    then the rest, at the ``widest`` tree's points."""
     out = np.zeros((X.shape[0], X.shape[1] + 1), dtype=np.float64)
     forest = (nodes, thresholds, cat_bits, leaf_values)
-    _shap_trees(4, out, groups[0], X, forest, positions, tree_points, quadrature, max_positions)
-    _shap_trees(6, out, groups[1], X, forest, positions, tree_points, quadrature, max_positions)
-    _shap_trees(8, out, groups[2], X, forest, positions, tree_points, quadrature, max_positions)
+    a, b, c = WIDTHS  # constants here: each call below is compiled for its own width
+    _shap_trees(a, out, groups[0], X, forest, positions, tree_points, quadrature, max_positions)
+    _shap_trees(b, out, groups[1], X, forest, positions, tree_points, quadrature, max_positions)
+    _shap_trees(c, out, groups[2], X, forest, positions, tree_points, quadrature, max_positions)
     _shap_trees(
         widest, out, groups[3], X, forest, positions, tree_points, quadrature, max_positions
     )
