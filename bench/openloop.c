@@ -57,6 +57,7 @@ static int64_t *queue;           /* scheduled times of arrivals waiting for a co
 static size_t q_head, q_tail, q_cap;
 static long long run_id;
 static size_t reconnects;
+static size_t most; /* room for this many latencies */
 
 static int64_t now_ns(void) {
   struct timespec ts;
@@ -105,10 +106,18 @@ static void start(conn_t *c, int64_t scheduled) {
     blen = snprintf(body, sizeof body, "%.*s%s%s", (int)(mark - tpl), tpl, id, mark + 6);
   else
     blen = snprintf(body, sizeof body, "%s", tpl);
+  if (blen < 0 || (size_t)blen >= sizeof body) {
+    fprintf(stderr, "a body is longer than %zu bytes\n", sizeof body - 1);
+    exit(2);
+  }
   int len = snprintf(c->req, sizeof c->req,
                      "POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
                      "%sContent-Length: %d\r\n\r\n%s",
                      path, headers_extra, blen, body);
+  if (len < 0 || (size_t)len >= sizeof c->req) {
+    fprintf(stderr, "a request is longer than %zu bytes\n", sizeof c->req - 1);
+    exit(2);
+  }
   c->busy = 1;
   c->scheduled = scheduled;
   c->got = 0;
@@ -138,6 +147,10 @@ static size_t answer_length(conn_t *c) {
 
 static void finish(conn_t *c, size_t length, int64_t t) {
   int64_t latency = t - c->scheduled;
+  if (n_all >= most) {
+    fprintf(stderr, "more answers than expected\n");
+    exit(2);
+  }
   int ok = strncmp(c->in, "HTTP/1.1 200", 12) == 0;
   if (!ok) errors++;
   lat_all[n_all++] = latency;
@@ -204,7 +217,7 @@ int main(int argc, char **argv) {
   }
   fclose(f);
   if (nbodies == 0) die("no bodies");
-  size_t most = (size_t)(rate * seconds * 1.5) + 1000;
+  most = (size_t)(rate * seconds * 1.5) + 1000; /* arrivals: Poisson, never near 1.5x */
   lat_all = malloc(most * sizeof(int64_t));
   lat_ok = malloc(most * sizeof(int64_t));
   lat_other = malloc(most * sizeof(int64_t));
@@ -232,7 +245,11 @@ int main(int argc, char **argv) {
     while (due <= t && due < stop_at) { /* every arrival already due: send or queue */
       conn_t *c = idle_conn();
       if (c) start(c, due);
-      else queue[q_tail++] = due;
+      else if (q_tail < q_cap) queue[q_tail++] = due;
+      else {
+        fprintf(stderr, "more arrivals waiting than expected\n");
+        exit(2);
+      }
       due += (int64_t)(-log(1.0 - drand48()) / rate * 1e9);
     }
     int in_flight = 0;
@@ -282,6 +299,10 @@ int main(int argc, char **argv) {
         }
         c->got += (size_t)r;
         size_t length = answer_length(c);
+        if (!length && c->got >= BUF - 1) {
+          fprintf(stderr, "an answer is longer than %d bytes\n", BUF - 1);
+          exit(2);
+        }
         if (length) {
           finish(c, length, got_at);
           if (q_head < q_tail) start(c, queue[q_head++]);
