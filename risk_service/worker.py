@@ -48,6 +48,7 @@ from gunicorn import sock as gunicorn_sock
 from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from risk_service import http_response
 from risk_service import scoring_process as scoring
 from risk_service.http_framing import DEFAULT_BODY_LIMIT, HEAD_LIMIT, RequestReader, Status
 from risk_service.turns import Turn
@@ -311,6 +312,7 @@ class BufferingThreadWorker(ThreadWorker):
         if isinstance(limit, int) and limit > 0:
             self.body_limit = limit
         util.write_error = write_json_error  # JSON, not HTML: see write_json_error
+        http_response.install()  # a response's head and body in one send
         if self.scoring is not None:
             self.scoring.attach(self.poller, self.method_queue.defer, stall=scoring_stall())
             self.scoring.on_dead = self.scoring_gone

@@ -165,3 +165,27 @@ def test_the_open_loop_benchmark_client_counts_every_answer(
     db.close()
     assert sum(decisions.values()) == sent  # one decision logged a request: every id was new
     assert sent - decisions.get("approve", 0) == result["other"]["requests"]
+
+
+def test_an_answer_reaches_the_client_in_one_segment(served: tuple[str, Path]) -> None:
+    """The worker sends a response's head and body together (`risk_service.http_response`):
+    the client's socket counts one TCP segment in per answer, where gunicorn's two sends made
+    two (Linux's TCP_INFO ``tcpi_segs_in``; the server's ACK of the request rides on it)."""
+    import struct
+
+    def segments_in(sock: socket.socket) -> int:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        return int(struct.unpack_from("I", info, 140)[0])  # after 140 bytes of older fields
+
+    host, port = served[0].removeprefix("http://").split(":")
+    counts = []
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        for _ in range(12):
+            before = segments_in(sock)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+            data = b""
+            while not data.endswith(b"}"):
+                data += sock.recv(65536)
+            time.sleep(0.01)  # nothing more comes
+            counts.append(segments_in(sock) - before)
+    assert counts[3:] == [1] * 9, counts  # the first few: the connection's quick ACKs
