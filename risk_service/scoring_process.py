@@ -107,6 +107,15 @@ def frame(message: Any) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
+def receive_into(sock: socket.socket, buf: bytearray, scratch: bytearray) -> int:
+    """Append what ``sock`` has to ``buf`` through ``scratch`` (its size the most a read takes);
+    the bytes read, 0 at the end. ``recv(size)`` allocated ``size`` bytes a read: with a
+    megabyte, a fresh mapping and two more system calls to shrink and free it."""
+    n = sock.recv_into(scratch)
+    buf += memoryview(scratch)[:n]
+    return n
+
+
 def take_frames(buf: bytearray) -> list[Any]:
     """The whole messages at the start of ``buf``, removed from it."""
     messages: list[Any] = []
@@ -173,6 +182,7 @@ class RemoteScorer:
         self._queued: deque[bytes] = deque()  # frames from other threads, for the loop to send
         self._out = bytearray()
         self._in = bytearray()
+        self._scratch = bytearray(READ_SIZE)
         self._poller: selectors.BaseSelector | None = None
         self._defer: Callable[..., None] | None = None
         self._writing = False
@@ -307,17 +317,16 @@ class RemoteScorer:
         if self.dead is not None:
             return
         try:
-            data = self.sock.recv(READ_SIZE)
+            read = receive_into(self.sock, self._in, self._scratch)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            data, why = b"", f"the scoring process's socket failed: {exc}"
+            read, why = 0, f"the scoring process's socket failed: {exc}"
         else:
             why = "the scoring process exited"
-        if not data:
+        if not read:
             self._gone(why)
             return
-        self._in += data
         self._progress_at = time.monotonic()
         for message in take_frames(self._in):
             if message[0] == "answers":
@@ -496,6 +505,7 @@ class ScoringProcess:
         self.sock = sock
         self.send_lock = threading.Lock()
         self.buf = bytearray()
+        self.scratch = bytearray(READ_SIZE)
         self.answers: list[tuple[int, Any]] = []  # of this pass, sent at its end
         self.deferred: deque[Callable[[], Any]] = deque()
         self.wake_r, self.wake_w = os.pipe()
@@ -545,12 +555,11 @@ class ScoringProcess:
                     os.read(self.wake_r, 4096)
             if self.sock.fileno() in ready:
                 try:
-                    data = self.sock.recv(READ_SIZE)
+                    read = receive_into(self.sock, self.buf, self.scratch)
                 except OSError:
-                    data = b""
-                if not data:
+                    read = 0
+                if not read:
                     return None
-                self.buf += data
                 messages = take_frames(self.buf)
         return messages
 

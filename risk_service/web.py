@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import logging
 import os
+import random
 import re
 import time
 from contextvars import ContextVar, Token
@@ -152,12 +153,18 @@ def metrics_view() -> Response:
 
 
 # -- hooks -----------------------------------------------------------------------------------
+def _new_request_id() -> str:
+    return f"{random.getrandbits(64):016x}"
+
+
 def _before(state: EdgeState) -> Response | None:
     started = time.perf_counter()
     req = request._get_current_object()  # type: ignore[attr-defined]
     environ = req.environ
     incoming = environ.get("HTTP_X_REQUEST_ID")
-    request_id = incoming if incoming and _SAFE_REQUEST_ID(incoming) else os.urandom(8).hex()
+    # not a secret, only unique: `random` (reseeded in every forked child), not os.urandom,
+    # a system call a request
+    request_id = incoming if incoming and _SAFE_REQUEST_ID(incoming) else _new_request_id()
     current = _Request(started, request_id, logs.REQUEST_ID.set(request_id))
     _CURRENT.set(current)
     rule = req.url_rule

@@ -349,7 +349,8 @@ class BufferingThreadWorker(ThreadWorker):
         read_ahead = conn.parser.unreader.buf.getvalue() if conn.parser is not None else b""
         reader = RequestReader(read_ahead, body_limit=self.body_limit)
         pending = _Pending(conn, reader, time.monotonic() + self.client_timeout)
-        conn.sock.setblocking(False)
+        if conn.sock.getblocking():  # a kept-alive one is non-blocking already (a system call)
+            conn.sock.setblocking(False)
         self.buffering[conn] = pending
         self.on_readable(pending)  # often the request is there already
 

@@ -257,6 +257,35 @@ def test_multiprocess_mode_adds_up_the_workers(
     assert not list(tmp_path.glob("*.db"))
 
 
+_FORKS = """
+import os
+from risk_service import metrics
+metrics.observe_request("/score", "POST", 200, 0.001)
+child = os.fork()
+if child == 0:  # a worker forked from the arbiter, or a scoring process from its worker
+    metrics.observe_request("/score", "POST", 200, 0.001)
+    os._exit(0 if metrics.process_id() == os.getpid() else 1)
+assert os.waitpid(child, 0)[1] == 0
+metrics._pid = 424242  # where the id comes from: the cache, not a system call
+metrics.observe_request("/score", "POST", 200, 0.001)
+print(os.getpid(), child)
+"""
+
+
+def test_multiprocess_files_follow_the_cached_process_id(tmp_path: Path) -> None:
+    """Values are written to files of the process that wrote them, the id read from a cache
+    renewed at every fork (`metrics.process_id`), not from `os.getpid()` at every
+    observation (a system call, three a request)."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKS], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    parent, child = done.stdout.split()
+    written = {p.stem.rsplit("_", 1)[1] for p in tmp_path.glob("*.db")}
+    assert written == {parent, child, "424242"}
+
+
 # -- logs ----------------------------------------------------------------------------------------
 def json_lines(err: str) -> list[dict[str, Any]]:
     lines = [line for line in err.splitlines() if line.strip()]
@@ -331,6 +360,25 @@ def test_request_id_header_round_trip(
     else:
         assert answered != incoming and len(answered) == 16
     assert client.get("/_logs_inside").get_json()["request_id"] != answered
+
+
+def test_forked_processes_make_other_request_ids() -> None:
+    """Request ids come from `random` (no system call a request), which a fork reseeds: the
+    worker and its scoring process, or two workers, never make the same sequence."""
+    from risk_service import web
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the forked child reports through the pipe
+        os.write(write, " ".join(web._new_request_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    assert os.waitpid(child, 0)[1] == 0
+    theirs = os.read(read, 1024).decode().split()
+    os.close(read)
+    ours = [web._new_request_id() for _ in range(3)]
+    assert len(theirs) == 3 and all(len(i) == 16 and int(i, 16) >= 0 for i in theirs + ours)
+    assert not set(theirs) & set(ours)
 
 
 def test_text_format_for_people(
