@@ -11,7 +11,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -441,6 +441,20 @@ def _killed_worker_config(log_path: Path, state_url: str) -> dict[str, Any]:
     }
 
 
+def _worker_events(
+    prefix: str, ids: dict[str, str]
+) -> tuple[Callable[[int], dict[str, Any]], list[str]]:
+    """Payments ``prefix0``, ``prefix1``, ... a minute apart two hours ago, by one account and
+    device; and the killed worker's first arguments after its config: two scored with Redis
+    up, three then."""
+    base = NOW - timedelta(hours=2)
+
+    def body(i: int) -> dict[str, Any]:
+        return payment(f"{prefix}{i}", timestamp=iso(base + timedelta(minutes=i)), **ids)
+
+    return body, [json.dumps([body(0), body(1)]), json.dumps([body(i) for i in range(2, 5)])]
+
+
 def _run_until_killed(
     script: str, args: list[str], proxy: FaultProxy, *, says: str | None = None
 ) -> None:
@@ -472,16 +486,10 @@ def test_a_worker_killed_during_an_outage_loses_no_velocity(
     """Its degraded events are durable in its backlog file (identifiers hashed); the next
     process adopts the orphan file and applies them once Redis is back."""
     _, proxy = private_redis
-    base = NOW - timedelta(hours=2)
     ids = {"account_id": "acct-SECRET-7", "device_id": "dev-SECRET-7"}
-
-    def body(i: int) -> dict[str, Any]:
-        return payment(f"k{i}", timestamp=iso(base + timedelta(minutes=i)), **ids)
-
+    body, events = _worker_events("k", ids)
     config = _killed_worker_config(tmp_path / "killed.sqlite", proxy.url)
-    args = [json.dumps(config), json.dumps([body(0), body(1)])]
-    args.append(json.dumps([body(i) for i in range(2, 5)]))
-    _run_until_killed(_KILLED_WORKER, args, proxy, says="degraded")
+    _run_until_killed(_KILLED_WORKER, [json.dumps(config), *events], proxy, says="degraded")
     left = sorted((tmp_path / "spool").glob("backlog-*.sqlite"))
     assert len(left) == 1
     on_disk = b"".join(p.read_bytes() for p in left[0].parent.glob(left[0].name + "*"))
@@ -493,9 +501,9 @@ def test_a_worker_killed_during_an_outage_loses_no_velocity(
     scorer = app.extensions["risk"]
     assert scorer.backlog.drain(timeout=10.0) and scorer.backlog.applied == 3
     assert not left[0].exists()  # adopted, then deleted
-    final = payment("k-final", timestamp=iso(base + timedelta(minutes=30)), **ids)
+    final = body(30)  # a new event, half an hour after the others
     assert app.test_client().post("/score", json=final).get_json()["degraded"] is False
-    assert features(app, "k-final")["account_events_24h"] == 5  # none lost, none twice
+    assert features(app, "k30")["account_events_24h"] == 5  # none lost, none twice
 
 
 _KILLED_AFTER_LOG = """
@@ -531,15 +539,10 @@ def test_a_worker_killed_right_after_logging_a_degraded_answer_loses_no_velocity
     backlog file lost that update for good, since the retry answers the logged decision
     without scoring. The backlog entry is now durable before the log append."""
     _, proxy = private_redis
-    base = NOW - timedelta(hours=2)
     ids = {"account_id": "acct-K-1", "device_id": "dev-K-1"}
-
-    def body(i: int) -> dict[str, Any]:
-        return payment(f"kk{i}", timestamp=iso(base + timedelta(minutes=i)), **ids)
-
+    body, events = _worker_events("kk", ids)
     config = _killed_worker_config(tmp_path / "shared.sqlite", proxy.url)
-    args = [json.dumps(config), json.dumps([body(0), body(1)])]
-    args += [json.dumps([body(i) for i in range(2, 5)]), json.dumps("kk4")]
+    args = [json.dumps(config), *events, json.dumps("kk4")]
     _run_until_killed(_KILLED_AFTER_LOG, args, proxy)  # inside kk4's request, after its append
 
     # the client saw a connection error for kk4 and retries it; Redis still down
@@ -549,9 +552,9 @@ def test_a_worker_killed_right_after_logging_a_degraded_answer_loses_no_velocity
     assert retry["degraded"] is True  # the logged answer
     proxy.set_down(False)
     assert scorer.backlog.drain(timeout=10.0)
-    final = payment("kk-final", timestamp=iso(base + timedelta(minutes=30)), **ids)
+    final = body(30)  # a new event, half an hour after the others
     assert app.test_client().post("/score", json=final).get_json()["degraded"] is False
-    counted = app.extensions["risk"].log.get("kk-final").features["account_events_24h"]
+    counted = app.extensions["risk"].log.get("kk30").features["account_events_24h"]
     assert counted == 5, f"account_events_24h = {counted}, 5 events answered before"
 
 
