@@ -106,18 +106,18 @@ def score_shared(
         # logged answer answers it without scoring, so a worker killed between the append and
         # the backlog entry would lose the update for good. Kept for a replayed answer too:
         # applying is idempotent (whichever copy's record lands first, the rest are EXISTS).
-        kept: list[str] = []
+        kept = False  # by this request (not already by another for the same event_id)
 
         def keep_update(finished: IdempotencyEntry) -> None:
+            nonlocal kept
             record = encode_stored(_stored(finished, ids))
-            if scorer.backlog.add(DegradedEvent.hashed(request, record, ids, shared.hash)):
-                kept.append(request.event_id)
+            kept = scorer.backlog.add(DegradedEvent.hashed(request, record, ids, shared.hash))
 
         try:
             return _answer(scorer, entry, request, started, before_log=keep_update)
         except BaseException:  # not answered (409, log failure): not counted either
-            for event_id in kept:
-                scorer.backlog.discard(event_id)
+            if kept:
+                scorer.backlog.discard(request.event_id)
             raise
     return _answer(scorer, entry, request, started)
 
