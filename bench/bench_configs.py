@@ -139,7 +139,8 @@ def parse_config(spec: str, here: Path, root: Path) -> Server:
 
 
 def median(runs: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+    """The median of one figure over runs; NaN when there were none (``--paced-rounds 0``)."""
+    return statistics.median(r[key] for r in runs) if runs else float("nan")
 
 
 def main() -> None:
