@@ -164,6 +164,71 @@ def test_pseudonymise_remembers_recent_values_and_stays_exact_past_its_memory() 
     assert info.hits > 0
 
 
+def _scrub_reference(p: Pseudonymiser, obj: Any) -> Any:
+    """What `scrub` must return, spelled out: every personal key's string hashed, every
+    location key's float rounded, at any depth; tuples become lists; the rest unchanged."""
+    from collections.abc import Mapping
+
+    from risk_service.decision_records import LOCATION_DECIMALS, LOCATION_FIELDS, PERSONAL_FIELDS
+
+    if isinstance(obj, Mapping):
+        out = {}
+        for key, value in obj.items():
+            if key in PERSONAL_FIELDS and isinstance(value, str):
+                out[key] = p(value)
+            elif key in LOCATION_FIELDS and isinstance(value, float):
+                out[key] = round(value, LOCATION_DECIMALS)
+            else:
+                out[key] = _scrub_reference(p, value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_scrub_reference(p, x) for x in obj]
+    return obj
+
+
+def test_scrub_hashes_and_coarsens_at_any_depth_as_the_reference_does() -> None:
+    import random
+    from types import MappingProxyType
+
+    import numpy as np
+
+    class Tag(str):
+        pass
+
+    p = Pseudonymiser(KEY)
+    rng = random.Random(7)
+    keys = ["account_id", "device_id", "ip_address", "latitude", "home_longitude", "amount",
+            "note", "reasons", 3]  # fmt: skip
+    leaves = [ACCOUNT, Tag(DEVICE), 31.234567, np.float64(121.98765), 7, True, None, "x",
+              float("nan"), 2.5]  # fmt: skip
+
+    def make(depth: int) -> Any:
+        roll = rng.random()
+        if depth > 3 or roll < 0.4:
+            return rng.choice(leaves)
+        items = {rng.choice(keys): make(depth + 1) for _ in range(rng.randint(0, 6))}
+        if roll < 0.55:
+            return [make(depth + 1) for _ in range(rng.randint(0, 3))]
+        if roll < 0.65:
+            return tuple(make(depth + 1) for _ in range(rng.randint(0, 3)))
+        return MappingProxyType(items) if roll < 0.75 else items
+
+    checked = hashed = 0
+    for _ in range(2000):
+        obj = make(0)
+        before = repr(obj)
+        got, want = p.scrub(obj), _scrub_reference(p, obj)
+        assert repr(got) == repr(want), before
+        assert repr(obj) == before  # the input is never changed
+        checked += 1
+        hashed += repr(got).count(p(ACCOUNT))
+    assert checked == 2000 and hashed > 100
+    flat = {"account_id": ACCOUNT, "latitude": 31.234567, "amount": 3.5, "channel": "app"}
+    assert p.scrub(flat) == {
+        "account_id": p(ACCOUNT), "latitude": 31.23, "amount": 3.5, "channel": "app"
+    }  # fmt: skip
+
+
 def test_no_personal_identifier_in_the_clear_anywhere_in_the_files(tmp_path: Path) -> None:
     path = tmp_path / "decisions.db"
     log = SQLiteDecisionLog(path, KEY)
