@@ -22,8 +22,10 @@ client retries when it lost an answer; a failed attempt is retried with the same
   which only the service's own timeouts, watchdog and circuit breaker can tell from a slow one;
 - redis-slow: every Redis round trip slowed to 50 ms (25 ms each way in the proxy) for 10 s;
 - postgres-slow: every PostgreSQL round trip slowed to 50 ms (25 ms each way in the proxy)
-  for 10 s (within the service's 200 ms timeout: the appends still go to PostgreSQL; the
-  proxy delays each chunk it forwards, so a message over ~8 KiB can pay 25 ms twice);
+  for 10 s: within the service's 200 ms timeout, so not a failure, but over its 20 ms hedge
+  (`DECISION_LOG_HEDGE_MS`): a commit not confirmed by then goes to the local spool as well,
+  and the next second's commits straight there (the proxy delays each chunk it forwards, so
+  a message over ~8 KiB can pay 25 ms twice);
 - promote: a new fraud model version (the champion's files under a new version, as
   tests/test_lifecycle.py's clone_fraud makes it) promoted with POST /admin/promote;
 - corrupt-promote: a cloned version with one byte of its model file flipped, made champion

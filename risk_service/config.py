@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "DECISION_LOG_URL": None,
     "DECISION_LOG_SPOOL_DIR": None,
     "DECISION_LOG_TIMEOUT_MS": 200,
+    # a commit PostgreSQL has not confirmed after this goes to the spool as well, and the next
+    # second's commits straight there: a slow server delays an answer by this much at most
+    "DECISION_LOG_HEDGE_MS": 20,
     # key for pseudonymising identifiers in the log; None: a random key kept in HASH_KEY_FILE
     "HASH_KEY": None,
     "HASH_KEY_FILE": "var/hash.key",

@@ -449,8 +449,10 @@ def open_decision_log(
     synchronous: str = "FULL",
     spool_dir: str | Path | None = None,
     timeout_ms: int = 1000,
+    hedge_ms: float | None = None,
 ) -> DecisionLog:
-    """The log a configuration names (DECISION_LOG_URL, _PATH, _SYNC, _SPOOL_DIR, _TIMEOUT_MS).
+    """The log a configuration names (DECISION_LOG_URL, _PATH, _SYNC, _SPOOL_DIR, _TIMEOUT_MS,
+    _HEDGE_MS).
 
     ``url`` None or empty: SQLite at ``path``; ``sqlite:///relative`` or
     ``sqlite:////absolute``: SQLite there; ``postgresql://...`` or ``postgres://...``:
@@ -466,7 +468,9 @@ def open_decision_log(
         from risk_service.decision_log_pg import PostgresDecisionLog
 
         spool = Path(spool_dir) if spool_dir else default_spool_dir(path)
-        return PostgresDecisionLog(url, hash_key, spool_path=spool, timeout_ms=timeout_ms)
+        return PostgresDecisionLog(
+            url, hash_key, spool_path=spool, timeout_ms=timeout_ms, hedge_ms=hedge_ms
+        )
     else:
         scheme = url.split(":", 1)[0]
         raise ValueError(

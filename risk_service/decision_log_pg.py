@@ -2,12 +2,14 @@
 
 **Durability.** ``append`` (and ``add_label``) returns only once the row is
 committed in PostgreSQL (with the server's ``synchronous_commit``, on by default),
-or, when PostgreSQL fails or does not answer within ``timeout_ms``, once it is
-committed in this process's spool file (SQLite, ``synchronous=FULL``; see
-``decision_log_spool``). A background thread moves spooled rows to PostgreSQL
-when it answers again (``ON CONFLICT (event_id) DO NOTHING``, then deleted from
-the spool, so a crash between the two only repeats a no-op) and, at start and
-every ``adopt_interval_s``, adopts spool files left by dead processes.
+or, when PostgreSQL fails or has not confirmed the commit within ``hedge_ms``, once it
+is committed in this process's spool file (SQLite, ``synchronous=FULL``; see
+``decision_log_spool``). A write that outlives its hedge goes on (on the writer
+thread) and may land: its rows are then in both until the flush finds them there.
+A background thread moves spooled rows to PostgreSQL when it answers again
+(``ON CONFLICT (event_id) DO NOTHING``, then deleted from the spool, so a crash between
+the two only repeats a no-op) and, at start and every ``adopt_interval_s``, adopts spool
+files left by dead processes.
 
 **Time bounds.** A hung server cannot hold a request: the server cancels a
 statement after ``timeout_ms`` (``-c statement_timeout``), connecting gives up after
@@ -16,7 +18,11 @@ background thread, never on the request path), and a watchdog shuts the socket
 down when a call outlives ``timeout_ms`` (a stopped server or a lost network,
 where no statement timeout can fire). A commit whose answer was lost that way
 may be in PostgreSQL *and* in the spool until the next flush (counted twice
-meanwhile, never lost, never duplicated in PostgreSQL).
+meanwhile, never lost, never duplicated in PostgreSQL), and so may a hedged one.
+
+**Slow, not down.** A server slower than ``hedge_ms`` but within ``timeout_ms`` is not a
+failure: the batch goes to the spool as well, and for ``slow_cooldown_s`` every batch goes
+straight there (no request waits for PostgreSQL meanwhile); then one batch tries it again.
 
 **Circuit breaker.** After ``breaker_failures`` consecutive failures appends go
 straight to the spool for ``breaker_cooldown_s``; then one reconnection is tried,
@@ -64,6 +70,7 @@ the log in each worker after the fork (the flock and the threads are per process
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -127,6 +134,8 @@ class PostgresDecisionLog:
         *,
         spool_path: str | Path,
         timeout_ms: int = 1000,
+        hedge_ms: float | None = None,
+        slow_cooldown_s: float = 1.0,
         max_batch: int = 512,
         breaker_failures: int = 3,
         breaker_cooldown_s: float = 5.0,
@@ -143,6 +152,13 @@ class PostgresDecisionLog:
         self._key = hash_key
         self._conninfo = pg_conninfo(url, timeout_ms)
         self._timeout_s = timeout_ms / 1000
+        # how long an append waits for PostgreSQL before the spool takes its batch, the write
+        # going on meanwhile (see _commit); None: until the write ends (the timeout's watchdog
+        # ends it)
+        if hedge_ms is not None and hedge_ms <= 0:
+            raise ValueError("hedge_ms must be positive")
+        self._hedge_s = hedge_ms / 1000 if hedge_ms is not None and hedge_ms < timeout_ms else None
+        self._slow_cooldown_s = slow_cooldown_s
         # Flushing is off the request path and moves up to flush_batch rows at once: it gets
         # far longer than an append, or a big batch on a busy server could never get through.
         self._flush_timeout_s = max(10 * self._timeout_s, 5.0)
@@ -160,6 +176,9 @@ class PostgresDecisionLog:
         )
         self._failures = 0
         self._open_until = 0.0
+        self._slow_until = 0.0  # after a hedged write: batches go to the spool until then
+        self._inflight: _Write | None = None  # the write the writer thread is doing
+        self._jobs: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self.last_error: str | None = None
         self.fatal: str | None = None  # another key or a newer schema: never write there
         self._conn: psycopg.Connection[Any] | None = None
@@ -188,6 +207,10 @@ class PostgresDecisionLog:
             target=self._run_flusher, name="decision-log-flusher", daemon=True
         )
         self._flusher.start()
+        self._writer = threading.Thread(
+            target=self._run_writer, name="decision-log-writer", daemon=True
+        )
+        self._writer.start()
 
     # -- connections and the breaker -----------------------------------------------------------
     def _connect(self, *, prepare: bool) -> psycopg.Connection[Any]:
@@ -239,24 +262,42 @@ class PostgresDecisionLog:
             raise pending.error
 
     def _commit(self, batch: list[Pending]) -> None:
-        """PostgreSQL if it is there, else the spool; marks every pending done."""
+        """PostgreSQL if it is there and answers within the hedge, else the spool; marks
+        every pending done.
+
+        The write itself runs on the writer thread. When it takes longer than the hedge (a
+        slow server, not a dead one: that is the timeout's and the watchdog's), the batch
+        is committed in the spool too and its requests go on; the write may still land, and
+        the flush then finds those rows in PostgreSQL (a no-op). For the cool-down after a
+        hedge, batches go to the spool straight away: a slow PostgreSQL delays no payment by
+        more than one hedge, where each commit used to wait for it (bench/faults.py,
+        postgres-slow)."""
         try:
             conn = self._conn
-            if conn is not None and self.fatal is None and not self._breaker_open():
-                started = time.perf_counter()
-                try:
-                    with self._watchdog.guard(conn, self._timeout_s):
-                        self._write(conn, batch)
-                except _FAILURES as exc:
-                    metrics.store_error("postgres", "commit")
-                    for p in batch:
-                        p.error = None
-                    self._drop_writer(conn, exc)
+            if (
+                conn is not None
+                and self.fatal is None
+                and not self._breaker_open()
+                and self._inflight is None
+                and time.monotonic() >= self._slow_until
+            ):
+                job = _Write(conn, [(p.kind, p.row) for p in batch])
+                self._inflight = job
+                self._jobs.put(job)
+                if job.finished.wait(self._hedge_s):
+                    if job.outcomes is not None:
+                        for p, (existed, error) in zip(batch, job.outcomes, strict=True):
+                            p.existed, p.error = existed, error
+                        return
                 else:
-                    metrics.observe_store("postgres", "commit", time.perf_counter() - started)
-                    with self._cond:
-                        self._failures = 0
-                    return
+                    self._slow_until = time.monotonic() + self._slow_cooldown_s
+                    metrics.store_error("postgres", "hedge")
+                    log.warning(
+                        "decision log %s slower than %.0f ms: spooling for %.1f s",
+                        self.url,
+                        (self._hedge_s or 0.0) * 1000,
+                        self._slow_cooldown_s,
+                    )
             started = time.perf_counter()
             errors = self.spool.own.log.submit_rows([(p.kind, p.row) for p in batch])
             metrics.observe_store("spool", "commit", time.perf_counter() - started)
@@ -271,35 +312,67 @@ class PostgresDecisionLog:
             for p in batch:
                 p.done = True
 
-    def _write(self, conn: psycopg.Connection[Any], batch: list[Pending]) -> None:
-        """One statement per kind (one transaction when both); then 409s for other bodies."""
-        decisions = [p for p in batch if p.kind == DECISION]
-        labels = [p.row for p in batch if p.kind == LABEL]
+    def _run_writer(self) -> None:
+        """Do each write _commit hands over, one at a time, on the writer connection."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            started = time.perf_counter()
+            try:
+                with self._watchdog.guard(job.conn, self._timeout_s):
+                    job.outcomes = self._write(job.conn, job.rows)
+            except _FAILURES as exc:
+                metrics.store_error("postgres", "commit")
+                self._drop_writer(job.conn, exc)
+            except Exception:  # a bug: the batch goes to the spool, the writer lives on
+                log.exception("decision log write")
+            else:
+                metrics.observe_store("postgres", "commit", time.perf_counter() - started)
+                with self._cond:
+                    self._failures = 0
+            finally:
+                self._inflight = None
+                job.finished.set()
+
+    def _write(
+        self, conn: psycopg.Connection[Any], rows: list[tuple[str, Row]]
+    ) -> list[tuple[bool, Exception | None]]:
+        """One statement per kind (one transaction when both); then (existed, 409) per row:
+        existed when the event_id was logged already, a Conflict when with another body."""
+        decisions = [r for kind, r in rows if kind == DECISION]
+        labels = [r for kind, r in rows if kind == LABEL]
         inserted: set[str] = set()
         with conn.transaction() if decisions and labels else _nothing():
             if decisions:
-                cur = conn.execute(INSERT_DECISIONS, decision_arrays([p.row for p in decisions]))
+                cur = conn.execute(INSERT_DECISIONS, decision_arrays(decisions))
                 inserted = {r[0] for r in cur.fetchall()}
             if labels:
                 conn.execute(INSERT_LABELS, label_arrays(labels))
+        outcomes: list[tuple[bool, Exception | None]] = [(False, None)] * len(rows)
         first: set[str] = set()
-        check: list[Pending] = []
-        for p in decisions:  # an event_id twice in one batch: the later one is not inserted
-            eid = p.row[0]
-            if eid in inserted and eid not in first:
-                first.add(eid)
+        check: list[int] = []
+        for i, (kind, row) in enumerate(rows):  # an event_id twice in a batch: the later waits
+            if kind != DECISION:
+                continue
+            if row[0] in inserted and row[0] not in first:
+                first.add(row[0])
             else:
-                check.append(p)
+                check.append(i)
         if check:
-            ids = [p.row[0] for p in check]
+            ids = [rows[i][1][0] for i in check]
             stored = {s[0]: s[1] for s in conn.execute(STORED_ANSWERS, (ids,)).fetchall()}
-            for p in check:
-                p.existed = True  # the caller answers what was logged (scoring_shared._answer)
-                if stored.get(p.row[0], p.row[3]) != p.row[3]:
-                    p.error = Conflict(
-                        f"event_id {p.row[0]!r} is already logged with a different body",
+            for i in check:
+                row = rows[i][1]
+                # existed: the caller answers what was logged (scoring_shared._answer)
+                conflict = None
+                if stored.get(row[0], row[3]) != row[3]:
+                    conflict = Conflict(
+                        f"event_id {row[0]!r} is already logged with a different body",
                         field="event_id",
                     )
+                outcomes[i] = (True, conflict)
+        return outcomes
 
     # -- the background flusher ----------------------------------------------------------------
     def _run_flusher(self) -> None:
@@ -516,6 +589,8 @@ class PostgresDecisionLog:
         if not self._group.close():
             return
         self._stopping = True
+        self._jobs.put(None)
+        self._writer.join()
         self._kick.set()
         self._flusher.join()
         with self._read_lock:
@@ -531,6 +606,19 @@ class PostgresDecisionLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Write:
+    """One batch for the writer thread: its rows, and what became of them."""
+
+    __slots__ = ("conn", "finished", "outcomes", "rows")
+
+    def __init__(self, conn: psycopg.Connection[Any], rows: list[tuple[str, Row]]) -> None:
+        self.conn = conn
+        self.rows = rows
+        self.finished = threading.Event()
+        # (existed, error) per row once written; None: not written (failed)
+        self.outcomes: list[tuple[bool, Exception | None]] | None = None
 
 
 @contextmanager

@@ -215,6 +215,7 @@ def build_scorer(config: Mapping[str, Any]) -> tuple[Scorer, ChampionWatcher]:
             synchronous=str(config["DECISION_LOG_SYNC"]),
             spool_dir=spool_dir(config),
             timeout_ms=int(config["DECISION_LOG_TIMEOUT_MS"]),
+            hedge_ms=float(config["DECISION_LOG_HEDGE_MS"]),
         ),
         idempotency=MemoryIdempotencyStore(
             int(config["IDEMPOTENCY_TTL_SECONDS"]) * 1000,

@@ -60,6 +60,7 @@ class Proxy:
         self.target = target
         self.port = 0
         self.paused = threading.Event()
+        self.delay_s = 0.0  # added to every chunk forwarded either way (a slow server)
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -104,6 +105,8 @@ class Proxy:
                     break
                 while self.paused.is_set():
                     time.sleep(0.01)
+                if self.delay_s:
+                    time.sleep(self.delay_s)
                 dst.sendall(data)
         except OSError:
             pass
@@ -278,9 +281,9 @@ def test_sixteen_threads_all_durable_and_counted(pg_log: PostgresDecisionLog) ->
     batches: list[int] = []
     write = pg_log._write
 
-    def counting(conn: Any, batch: list[Any]) -> None:
+    def counting(conn: Any, batch: list[Any]) -> Any:
         batches.append(len(batch))
-        write(conn, batch)
+        return write(conn, batch)
 
     pg_log._write = counting  # type: ignore[method-assign]
     threads, per = 16, 40
@@ -395,6 +398,41 @@ def test_a_hung_server_cannot_hold_an_append(pg_url: str, spool: Path, proxy: Pr
     assert rows_in_pg(pg_url, "SELECT count(*), count(DISTINCT event_id) FROM decisions") == [
         (7, 7)
     ]
+
+
+def test_a_slow_server_delays_an_append_by_one_hedge_at_most(
+    pg_url: str, spool: Path, proxy: Proxy
+) -> None:
+    """PostgreSQL answering, but 60 ms a round trip (under the 500 ms timeout): an append
+    waits one hedge (40 ms), then its batch is committed in the spool; the next ones go there
+    straight away; the write that outlived its hedge lands anyway, and the flush afterwards
+    adds nothing twice."""
+    settings = {**FAST, "hedge_ms": 40, "slow_cooldown_s": 0.3}
+    with PostgresDecisionLog(proxy.url(pg_url), KEY, spool_path=spool, **settings) as log:  # type: ignore[arg-type]
+        log.append(record("before"))
+        proxy.delay_s = 0.03  # each way
+        started = time.monotonic()
+        log.append(record("slow0"))
+        first = time.monotonic() - started
+        assert 0.04 <= first < 0.04 + 0.1, first  # the hedge, then a spool commit
+        started = time.monotonic()
+        for i in range(1, 6):
+            log.append(record(f"slow{i}"))
+        assert time.monotonic() - started < 0.25  # spool commits only
+        assert log.get("slow0") is not None and log.get("slow5") is not None
+        status = log.status()
+        assert status["breaker"] == "closed" and status["connected"]  # slow is not down
+        proxy.delay_s = 0.0
+        wait_for(lambda: log.status()["spooled"] == 0, "the spool to flush")
+        time.sleep(0.3)  # the cool-down after a hedge
+        started = time.monotonic()
+        log.append(record("after"))
+        assert time.monotonic() - started < 0.04  # PostgreSQL again, within one hedge
+        assert log.status()["spooled"] == 0
+    assert rows_in_pg(pg_url, "SELECT count(*), count(DISTINCT event_id) FROM decisions") == [
+        (8, 8)
+    ]
+    assert rows_in_pg(pg_url, "SELECT count(*) FROM decision_conflicts") == [(0,)]
 
 
 def test_a_hung_server_cannot_hold_a_read_nor_the_reads_after_it(
