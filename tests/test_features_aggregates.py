@@ -30,6 +30,15 @@ def _stream(rng: np.random.Generator, n: int, step_ms: int) -> np.ndarray:
 BOTH = pytest.mark.parametrize("sums", [RollingSums, PyRollingSums], ids=["compiled", "python"])
 
 
+@pytest.fixture(params=["compiled", "python"])
+def members_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """RecentMembers on the compiled dict functions (`_rolling.c`), then on the Python ones."""
+    if request.param == "python":
+        monkeypatch.setattr(aggregates, "members_count", aggregates.py_members_count)
+        monkeypatch.setattr(aggregates, "members_update", aggregates.py_members_update)
+    return str(request.param)
+
+
 @BOTH
 @pytest.mark.parametrize("window", [W10M, W1H, W7D, Window("3d", DAY_MS, 3)])
 def test_rolling_sums_vs_brute_force(window: Window, sums: type[PyRollingSums]) -> None:
@@ -138,7 +147,7 @@ def test_compiled_rolling_sums_refuse_overflow_and_bad_buckets() -> None:
 
 
 @pytest.mark.parametrize("cap", [3, 50])
-def test_recent_members_vs_brute_force(cap: int) -> None:
+def test_recent_members_vs_brute_force(cap: int, members_impl: str) -> None:
     rng = np.random.default_rng(2)
     horizon = Window("2h", MINUTE_MS, 120)
     times = _stream(rng, 1500, MINUTE_MS)
@@ -164,7 +173,9 @@ def test_recent_members_vs_brute_force(cap: int) -> None:
 
 
 @pytest.mark.parametrize("cap", [3, 50])
-def test_recent_members_after_late_updates_equal_the_time_sorted_stream(cap: int) -> None:
+def test_recent_members_after_late_updates_equal_the_time_sorted_stream(
+    cap: int, members_impl: str
+) -> None:
     """Updates arriving up to 20 minutes late: after each, the set is the one the same
     updates give in time order (ties in arrival order), so later events see no difference."""
     rng = np.random.default_rng(5)
@@ -185,8 +196,65 @@ def test_recent_members_after_late_updates_equal_the_time_sorted_stream(cap: int
     assert late > 100
 
 
+def test_the_compiled_member_functions_are_in_use() -> None:
+    from risk_service.features import _rolling
+
+    assert aggregates.members_count is _rolling.members_count
+    assert aggregates.members_update is _rolling.members_update
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_member_functions_equal_python_on_random_streams(seed: int) -> None:
+    """The same sightings (late ones, ties, caps, gaps past the horizon) into two dicts, one
+    through each implementation: the same dicts in the same order, the same counts."""
+    from risk_service.features import _rolling
+
+    rng = np.random.default_rng(seed)
+    cap, h_bucket, h_n = int(rng.choice([1, 3, 8, 1024])), MINUTE_MS, 60
+    fast: dict[str, int] = {}
+    slow: dict[str, int] = {}
+    t = 1_700_000_000_000
+    late = 0
+    for _ in range(3000):
+        t += int(rng.choice([0, 1, MINUTE_MS - 1, MINUTE_MS, 5 * MINUTE_MS, 90 * MINUTE_MS]))
+        when = t - int(rng.integers(0, 30 * MINUTE_MS)) * (rng.random() < 0.2)
+        member = f"m{rng.integers(0, 20)}"
+        a = _rolling.members_update(fast, member, when, h_bucket, h_n, cap)
+        b = aggregates.py_members_update(slow, member, when, h_bucket, h_n, cap)
+        assert a is b and list(fast.items()) == list(slow.items())
+        if not a:  # late: placed by the caller, as RecentMembers does
+            late += 1
+            for d in (fast, slow):
+                agg = RecentMembers(Window("h", h_bucket, h_n), cap=cap)
+                agg.last = d
+                agg._update_late(member, when)
+                d.clear()
+                d.update(agg.last)
+            assert list(fast.items()) == list(slow.items())
+        for bucket, n in ((MINUTE_MS, 10), (MINUTE_MS, 60), (HOUR_MS, 1), (DAY_MS, 1)):
+            query = t - int(rng.integers(0, 3)) * MINUTE_MS
+            assert _rolling.members_count(fast, query, bucket, n) == aggregates.py_members_count(
+                slow, query, bucket, n
+            )
+    assert late > 50, late
+
+
+def test_compiled_member_functions_refuse_bad_arguments() -> None:
+    from risk_service.features import _rolling
+
+    with pytest.raises(TypeError, match="members_count"):
+        _rolling.members_count([], 0, 1, 1)
+    with pytest.raises(ValueError, match="bucket_ms"):
+        _rolling.members_count({"a": 1}, 0, 0, 1)
+    with pytest.raises(TypeError, match="members_update"):
+        _rolling.members_update({}, "a", 0, 1, 1)
+    with pytest.raises(TypeError):
+        _rolling.members_update({"a": "not a time"}, "a", 5, 1, 1, 3)
+    assert _rolling.members_count({}, 5, 1, 1) == 0
+
+
 @pytest.mark.parametrize("cap", [2, 4, 1024])
-def test_distinct_kernel_equals_recent_members(cap: int) -> None:
+def test_distinct_kernel_equals_recent_members(cap: int, members_impl: str) -> None:
     rng = np.random.default_rng(3)
     n = 3000
     ms = np.sort(rng.integers(0, 3 * DAY_MS, n) // 30_000 * 30_000).astype(np.int64)

@@ -1,4 +1,5 @@
-/* RollingSums in C: the same object as `aggregates.PyRollingSums`, ~8x less CPU a call.
+/* RollingSums in C: the same object as `aggregates.PyRollingSums`, ~8x less CPU a call; and
+ * RecentMembers's count and update on its dict (`members_count`, `members_update`).
  *
  * Why: the 25 rolling aggregates an event reads and updates were about half of the feature
  * engine's time on the request path (bench_features.py), nearly all of it interpreter
@@ -597,12 +598,175 @@ fail:
     return NULL;
 }
 
+/* -- RecentMembers (aggregates.py) on its dict: member -> last-seen ms, in time order -------- */
+
+static PyObject *str_values = NULL;
+
+/* An iterator over the dict's values, newest first (reversed(d.values())). */
+static PyObject *newest_first(PyObject *d) {
+    PyObject *view = PyObject_CallMethodNoArgs(d, str_values);
+    if (view == NULL) return NULL;
+    PyObject *it = PyObject_CallOneArg((PyObject *)&PyReversed_Type, view);
+    Py_DECREF(view);
+    return it;
+}
+
+static int next_ms(PyObject *it, int64_t *out) {
+    PyObject *v = PyIter_Next(it);
+    if (v == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "distinct set changed");
+        return -1;
+    }
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int int64_args(PyObject *const *args, Py_ssize_t from, Py_ssize_t to, int64_t *out) {
+    for (Py_ssize_t i = from; i < to; i++) {
+        out[i - from] = PyLong_AsLongLong(args[i]);
+        if (out[i - from] == -1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+/* members_count(last, t_ms, bucket_ms, n_buckets): RecentMembers.count, the same two-ended
+ * scan (the members outside the window are a prefix of the time order). */
+static PyObject *members_count(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyDict_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "members_count(last: dict, t_ms, bucket_ms, n_buckets)");
+        return NULL;
+    }
+    int64_t a[3];
+    if (int64_args(args, 1, 4, a) < 0) return NULL;
+    if (a[1] <= 0) {
+        PyErr_SetString(PyExc_ValueError, "bucket_ms must be positive");
+        return NULL;
+    }
+    PyObject *last = args[0];
+    int64_t b = a[1], cutoff = floor_div(a[0], b) - a[2];
+    Py_ssize_t n = PyDict_GET_SIZE(last), inside = 0, outside = 0, pos = 0;
+    if (n == 0) return PyLong_FromLong(0);
+    PyObject *newest = newest_first(last);
+    if (newest == NULL) return NULL;
+    Py_ssize_t result = -1;
+    while (inside + outside < n) {
+        int64_t ms;
+        if (next_ms(newest, &ms) < 0) goto fail;
+        if (floor_div(ms, b) <= cutoff) {
+            result = inside;
+            break;
+        }
+        inside++;
+        if (inside + outside == n) break;
+        PyObject *key, *value;
+        if (!PyDict_Next(last, &pos, &key, &value)) {
+            PyErr_SetString(PyExc_RuntimeError, "distinct set changed");
+            goto fail;
+        }
+        ms = PyLong_AsLongLong(value);
+        if (ms == -1 && PyErr_Occurred()) goto fail;
+        if (floor_div(ms, b) > cutoff) {
+            result = n - outside;
+            break;
+        }
+        outside++;
+    }
+    Py_DECREF(newest);
+    return PyLong_FromSsize_t(result < 0 ? inside : result);
+fail:
+    Py_DECREF(newest);
+    return NULL;
+}
+
+/* The first `count` keys in insertion order, removed. */
+static int drop_oldest(PyObject *last, Py_ssize_t count) {
+    PyObject *keys[64];
+    while (count > 0) {
+        Py_ssize_t pos = 0, got = 0, take = count < 64 ? count : 64;
+        PyObject *key, *value;
+        while (got < take && PyDict_Next(last, &pos, &key, &value)) {
+            Py_INCREF(key);
+            keys[got++] = key;
+        }
+        int failed = 0;
+        for (Py_ssize_t i = 0; i < got; i++) {
+            if (!failed && PyDict_DelItem(last, keys[i]) < 0) failed = 1;
+            Py_DECREF(keys[i]);
+        }
+        if (failed) return -1;
+        if (got < take) return 0;
+        count -= got;
+    }
+    return 0;
+}
+
+/* members_update(last, member, t_ms, h_bucket, h_n, cap) -> bool: RecentMembers.update when
+ * the sighting is not older than the newest one (False, nothing changed: the caller places a
+ * late sighting itself). The member moves to the end, the least recently seen beyond `cap`
+ * and those whose bucket left the horizon are forgotten. */
+static PyObject *members_update(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyDict_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "members_update(last: dict, member, t_ms, h_bucket, h_n, cap)");
+        return NULL;
+    }
+    int64_t a[4];
+    if (int64_args(args, 2, 6, a) < 0) return NULL;
+    if (a[1] <= 0) {
+        PyErr_SetString(PyExc_ValueError, "h_bucket must be positive");
+        return NULL;
+    }
+    PyObject *last = args[0], *member = args[1];
+    int64_t t = a[0], hb = a[1], hn = a[2], cap = a[3];
+    PyObject *seen = PyDict_GetItemWithError(last, member); /* borrowed */
+    if (seen == NULL && PyErr_Occurred()) return NULL;
+    if (seen != NULL) {
+        int64_t s = PyLong_AsLongLong(seen);
+        if (s == -1 && PyErr_Occurred()) return NULL;
+        if (t < s) Py_RETURN_TRUE; /* a late sighting of a member seen since: nothing changes */
+    }
+    if (PyDict_GET_SIZE(last) > 0) {
+        /* the newest is the member itself only when t >= it, so this needs no delete first */
+        PyObject *newest = newest_first(last);
+        if (newest == NULL) return NULL;
+        int64_t ms;
+        int failed = next_ms(newest, &ms);
+        Py_DECREF(newest);
+        if (failed < 0) return NULL;
+        if (t < ms) Py_RETURN_FALSE;
+    }
+    if (seen != NULL && PyDict_DelItem(last, member) < 0) return NULL;
+    PyObject *value = PyLong_FromLongLong(t);
+    if (value == NULL) return NULL;
+    int failed = PyDict_SetItem(last, member, value);
+    Py_DECREF(value);
+    if (failed < 0) return NULL;
+    if (PyDict_GET_SIZE(last) > cap && drop_oldest(last, PyDict_GET_SIZE(last) - cap) < 0)
+        return NULL;
+    int64_t cutoff = floor_div(t, hb) - hn;
+    Py_ssize_t pos = 0, expired = 0;
+    PyObject *key, *v;
+    while (PyDict_Next(last, &pos, &key, &v)) {
+        int64_t ms = PyLong_AsLongLong(v);
+        if (ms == -1 && PyErr_Occurred()) return NULL;
+        if (floor_div(ms, hb) > cutoff) break;
+        expired++;
+    }
+    if (expired > 0 && drop_oldest(last, expired) < 0) return NULL;
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef module_methods[] = {
     {"_restore", restore, METH_VARARGS, "A RollingSums from its pickled fields."},
     {"read_into", (PyCFunction)(void (*)(void))read_into, METH_FASTCALL,
      "read_into(aggs, t_ms, reads, v): the features of several rolling sums into a dict."},
     {"update_from", (PyCFunction)(void (*)(void))update_from, METH_FASTCALL,
      "update_from(aggs, t_ms, values, picks): one event into several rolling sums."},
+    {"members_count", (PyCFunction)(void (*)(void))members_count, METH_FASTCALL,
+     "members_count(last, t_ms, bucket_ms, n_buckets): RecentMembers.count on its dict."},
+    {"members_update", (PyCFunction)(void (*)(void))members_update, METH_FASTCALL,
+     "members_update(last, member, t_ms, h_bucket, h_n, cap) -> False for a late sighting."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -613,6 +777,8 @@ static struct PyModuleDef rolling_module = {
 
 PyMODINIT_FUNC PyInit__rolling(void) {
     if (PyType_Ready(&RollingSumsType) < 0) return NULL;
+    str_values = PyUnicode_InternFromString("values");
+    if (str_values == NULL) return NULL;
     PyObject *m = PyModule_Create(&rolling_module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "RollingSums", (PyObject *)&RollingSumsType) < 0) {

@@ -123,15 +123,74 @@ def py_update_from(
             agg.update(t_ms, vals)
 
 
+def py_members_count(last: dict[str, int], t_ms: int, bucket_ms: int, n_buckets: int) -> int:
+    """`RecentMembers.count` on its dict (``members_count`` compiled where built).
+
+    The members outside the window are a prefix of the time order, so this scans from both
+    ends, O(min(inside, outside)): a busy shared IP has ~cap members inside.
+    """
+    cutoff = t_ms // bucket_ms - n_buckets
+    b = bucket_ms
+    n = len(last)
+    newest, oldest = reversed(last.values()), iter(last.values())
+    inside = outside = 0
+    while inside + outside < n:
+        if next(newest) // b <= cutoff:
+            return inside
+        inside += 1
+        if inside + outside == n:
+            break
+        if next(oldest) // b > cutoff:
+            return n - outside
+        outside += 1
+    return inside
+
+
+def _expire_members(last: dict[str, int], cutoff: int, bucket_ms: int) -> None:
+    while last:
+        first = next(iter(last))
+        if last[first] // bucket_ms > cutoff:
+            break
+        del last[first]
+
+
+def py_members_update(
+    last: dict[str, int], member: str, t_ms: int, h_bucket: int, h_n: int, cap: int
+) -> bool:
+    """`RecentMembers.update` on its dict (``members_update`` compiled where built); False,
+    with nothing changed, for a sighting older than the newest (the caller places it)."""
+    seen = last.get(member)
+    if seen is not None and t_ms < seen:
+        return True  # a late sighting of a member seen since: nothing changes
+    if last and t_ms < next(reversed(last.values())):
+        return False
+    if seen is not None:
+        del last[member]
+    last[member] = t_ms
+    if len(last) > cap:
+        del last[next(iter(last))]
+    _expire_members(last, t_ms // h_bucket - h_n, h_bucket)
+    return True
+
+
 if TYPE_CHECKING:
     RollingSums = PyRollingSums
     read_into = py_read_into
     update_from = py_update_from
+    members_count = py_members_count
+    members_update = py_members_update
 else:
     try:
-        from risk_service.features._rolling import RollingSums, read_into, update_from
+        from risk_service.features._rolling import (
+            RollingSums,
+            members_count,
+            members_update,
+            read_into,
+            update_from,
+        )
     except ImportError:  # not built (a source checkout without `pip install`): the same, slower
         RollingSums, read_into, update_from = PyRollingSums, py_read_into, py_update_from
+        members_count, members_update = py_members_count, py_members_update
 
 
 def as_compiled(agg: PyRollingSums) -> PyRollingSums:
@@ -170,47 +229,21 @@ class RecentMembers:
         return seen // self.h_bucket <= t_ms // self.h_bucket - self.h_n
 
     def count(self, t_ms: int, window: Window) -> int:
-        """Members last seen in ``window`` (so at most ``cap``).
-
-        The members outside the window are a prefix of the time order, so this scans from
-        both ends, O(min(inside, outside)): a busy shared IP has ~cap members inside.
-        """
-        cutoff = t_ms // window.bucket_ms - window.n_buckets
-        b = window.bucket_ms
-        last = self.last
-        n = len(last)
-        newest, oldest = reversed(last.values()), iter(last.values())
-        inside = outside = 0
-        while inside + outside < n:
-            if next(newest) // b <= cutoff:
-                return inside
-            inside += 1
-            if inside + outside == n:
-                break
-            if next(oldest) // b > cutoff:
-                return n - outside
-            outside += 1
-        return inside
+        """Members last seen in ``window`` (so at most ``cap``)."""
+        return members_count(self.last, t_ms, window.bucket_ms, window.n_buckets)
 
     def update(self, member: str, t_ms: int) -> None:
-        last = self.last
-        seen = last.get(member)
-        if seen is not None:
-            if t_ms < seen:
-                return  # a late sighting of a member seen since: nothing changes
-            del last[member]
-        if last and t_ms < next(reversed(last.values())):
-            last = self._insert_in_time_order(member, t_ms)
-        else:
-            last[member] = t_ms
+        if not members_update(self.last, member, t_ms, self.h_bucket, self.h_n, self.cap):
+            self._update_late(member, t_ms)
+
+    def _update_late(self, member: str, t_ms: int) -> None:
+        """A sighting older than the newest one (an event that arrived late): to its place in
+        time, then the same forgetting as `members_update`."""
+        self.last.pop(member, None)  # seen no later than t_ms, or members_update answered
+        last = self._insert_in_time_order(member, t_ms)
         if len(last) > self.cap:
             del last[next(iter(last))]
-        cutoff = t_ms // self.h_bucket - self.h_n
-        while last:
-            first = next(iter(last))
-            if last[first] // self.h_bucket > cutoff:
-                break
-            del last[first]
+        _expire_members(last, t_ms // self.h_bucket - self.h_n, self.h_bucket)
 
     def _insert_in_time_order(self, member: str, value: int) -> dict[str, int]:
         """A late sighting: after every member seen at or before ``value`` (O(members));
