@@ -244,8 +244,10 @@ def test_compiled_member_functions_refuse_bad_arguments() -> None:
 
     with pytest.raises(TypeError, match="members_count"):
         _rolling.members_count([], 0, 1, 1)
-    with pytest.raises(ValueError, match="bucket_ms"):
+    with pytest.raises(ValueError, match="bucket width"):
         _rolling.members_count({"a": 1}, 0, 0, 1)
+    with pytest.raises(ValueError, match="bucket width"):
+        _rolling.members_update({}, "a", 0, -5, 1, 3)
     with pytest.raises(TypeError, match="members_update"):
         _rolling.members_update({}, "a", 0, 1, 1)
     with pytest.raises(TypeError):

@@ -622,10 +622,21 @@ static int next_ms(PyObject *it, int64_t *out) {
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-static int int64_args(PyObject *const *args, Py_ssize_t from, Py_ssize_t to, int64_t *out) {
-    for (Py_ssize_t i = from; i < to; i++) {
+/* The arguments of a member function: a dict first, then int64s from args[from] on, the
+ * second of them a bucket width (positive). */
+static int member_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
+                       Py_ssize_t from, int64_t *out, const char *usage) {
+    if (nargs != want || !PyDict_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    for (Py_ssize_t i = from; i < want; i++) {
         out[i - from] = PyLong_AsLongLong(args[i]);
         if (out[i - from] == -1 && PyErr_Occurred()) return -1;
+    }
+    if (out[1] <= 0) {
+        PyErr_Format(PyExc_ValueError, "%s: the bucket width must be positive", usage);
+        return -1;
     }
     return 0;
 }
@@ -633,16 +644,9 @@ static int int64_args(PyObject *const *args, Py_ssize_t from, Py_ssize_t to, int
 /* members_count(last, t_ms, bucket_ms, n_buckets): RecentMembers.count, the same two-ended
  * scan (the members outside the window are a prefix of the time order). */
 static PyObject *members_count(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyDict_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "members_count(last: dict, t_ms, bucket_ms, n_buckets)");
-        return NULL;
-    }
     int64_t a[3];
-    if (int64_args(args, 1, 4, a) < 0) return NULL;
-    if (a[1] <= 0) {
-        PyErr_SetString(PyExc_ValueError, "bucket_ms must be positive");
+    if (member_args(args, nargs, 4, 1, a, "members_count(last: dict, t_ms, bucket_ms, n_buckets)"))
         return NULL;
-    }
     PyObject *last = args[0];
     int64_t b = a[1], cutoff = floor_div(a[0], b) - a[2];
     Py_ssize_t n = PyDict_GET_SIZE(last), inside = 0, outside = 0, pos = 0;
@@ -706,17 +710,10 @@ static int drop_oldest(PyObject *last, Py_ssize_t count) {
  * late sighting itself). The member moves to the end, the least recently seen beyond `cap`
  * and those whose bucket left the horizon are forgotten. */
 static PyObject *members_update(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6 || !PyDict_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "members_update(last: dict, member, t_ms, h_bucket, h_n, cap)");
-        return NULL;
-    }
     int64_t a[4];
-    if (int64_args(args, 2, 6, a) < 0) return NULL;
-    if (a[1] <= 0) {
-        PyErr_SetString(PyExc_ValueError, "h_bucket must be positive");
+    if (member_args(args, nargs, 6, 2, a,
+                    "members_update(last: dict, member, t_ms, h_bucket, h_n, cap)"))
         return NULL;
-    }
     PyObject *last = args[0], *member = args[1];
     int64_t t = a[0], hb = a[1], hn = a[2], cap = a[3];
     PyObject *seen = PyDict_GetItemWithError(last, member); /* borrowed */
