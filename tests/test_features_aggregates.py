@@ -239,6 +239,20 @@ def test_compiled_member_functions_equal_python_on_random_streams(seed: int) -> 
     assert late > 50, late
 
 
+def test_compiled_member_update_over_its_cap_forgets_one_as_python_does() -> None:
+    """A set restored with more members than the cap (a blob from a larger cap) loses one
+    member an update in both implementations, not all the excess at once."""
+    from risk_service.features import _rolling
+
+    t = 1_700_000_000_000
+    fast = {f"m{i}": t + i for i in range(10)}
+    slow = dict(fast)
+    for k in range(4):
+        assert _rolling.members_update(fast, f"n{k}", t + 100 + k, MINUTE_MS, 60, 3)
+        assert aggregates.py_members_update(slow, f"n{k}", t + 100 + k, MINUTE_MS, 60, 3)
+        assert list(fast.items()) == list(slow.items()) and len(fast) == 10
+
+
 def test_compiled_member_functions_refuse_bad_arguments() -> None:
     from risk_service.features import _rolling
 

@@ -739,7 +739,7 @@ static PyObject *members_update(PyObject *module, PyObject *const *args, Py_ssiz
     int failed = PyDict_SetItem(last, member, value);
     Py_DECREF(value);
     if (failed < 0) return NULL;
-    if (PyDict_GET_SIZE(last) > cap && drop_oldest(last, PyDict_GET_SIZE(last) - cap) < 0)
+    if (PyDict_GET_SIZE(last) > cap && drop_oldest(last, 1) < 0) /* one, as in Python */
         return NULL;
     int64_t cutoff = floor_div(t, hb) - hn;
     Py_ssize_t pos = 0, expired = 0;
