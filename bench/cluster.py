@@ -100,9 +100,10 @@ class Service:
         env: dict[str, str],
         *,
         workers: int = 2,
-        threads: int = 4,
+        threads: int | None = None,
         models: Path | None = None,
     ) -> None:
+        """``threads`` None: `risk serve`'s own default (`training.cli.default_threads`)."""
         self.workdir = Path(workdir)
         self.workers = workers
         self.threads = threads
@@ -134,8 +135,7 @@ class Service:
             str(self.port),
             "--workers",
             str(self.workers),
-            "--threads",
-            str(self.threads),
+            *(["--threads", str(self.threads)] if self.threads is not None else []),
             "--models",
             str(self.models),
         ]
