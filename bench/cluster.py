@@ -100,10 +100,9 @@ class Service:
         env: dict[str, str],
         *,
         workers: int = 2,
-        threads: int | None = None,
+        threads: int = 4,
         models: Path | None = None,
     ) -> None:
-        """``threads`` None: `risk serve`'s own default (`training.cli.default_threads`)."""
         self.workdir = Path(workdir)
         self.workers = workers
         self.threads = threads
@@ -135,7 +134,8 @@ class Service:
             str(self.port),
             "--workers",
             str(self.workers),
-            *(["--threads", str(self.threads)] if self.threads is not None else []),
+            "--threads",
+            str(self.threads),
             "--models",
             str(self.models),
         ]

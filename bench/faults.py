@@ -4,8 +4,7 @@ Starts a private Redis (append-only file on, so a Redis stopped and started agai
 with its data; for redis-slow only, the service reaches it through a fault proxy in a process
 of its own) and a private PostgreSQL cluster (bench/cluster.py; for postgres-slow only, the
 service reaches it through such a proxy too, the checks directly), and `risk serve --workers 2`
-(its default threads: one a worker, the stores being on this host) on them with API keys and
-a copy of the committed models, afresh for each fault (what one
+on them with API keys and a copy of the committed models, afresh for each fault (what one
 fault leaves behind must not show up as another's). Then, one after the other, each fault
 under a steady stream of unique payment events (`--rate`, default 150 a second, 16 client
 threads, 200 accounts per fault; 3% of the events are sent again after their answer, as a
@@ -772,8 +771,6 @@ def render(
         "## Faults under load",
         "",
         cluster.header(command, started, seconds, before),
-        "The service: `risk serve --workers 2` with its default threads (one a worker: Redis and "
-        "PostgreSQL are on this host). "
         f"Each fault: {before_s:.0f} s of load before it, a {fault_s:.0f} s fault window, "
         f"{after_s:.0f} s after; {rate:.0f} new events a second ({ACCOUNTS} accounts per fault, "
         f"{RESEND:.0%} of the events sent again after their answer); a failed attempt is "

@@ -106,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_positive_int,
         default=int(os.environ["RISK_THREADS"]) if os.environ.get("RISK_THREADS") else None,
-        help="threads per worker (RISK_THREADS); default: 1 where no store is on another host "
-        "(in memory, SQLite, or Redis and PostgreSQL on a loopback address), else 4 "
+        help="threads per worker (RISK_THREADS); default: 1 with the embedded stores, else 4 "
         "(see default_threads)",
     )
     serve.add_argument(
@@ -292,38 +291,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def default_threads(env: Mapping[str, str]) -> int:
     """Threads per worker when neither --threads nor RISK_THREADS says: 1 where a request never
-    waits on another machine or a disk (in-memory state, SQLite without an fsync per commit,
-    Redis and PostgreSQL on a loopback address), else 4.
+    waits (in-memory state, SQLite log without an fsync per commit), else 4.
 
     With one thread the worker answers each request in its event loop (`serve_inline` in
     risk_service/worker.py): no hand-off to a pool thread and back, measured at half the CPU
-    per /score and 1.8x the requests a second of 4 threads (docs/benchmarks.md). Stores on
-    this host answer in ~0.1 ms, and there one thread with one commit a turn served 1.2-1.4x
-    the /score requests of 4 (docs/benchmarks.md, "Production, threads"). Where requests wait
-    on a network or an fsync, threads overlap those waits (and share fsyncs in one group
-    commit), so there they stay.
+    per /score and 1.8x the requests a second of 4 threads (docs/benchmarks.md). Where requests wait
+    on Redis, PostgreSQL or an fsync, threads overlap those waits (and share fsyncs in one
+    group commit), so there they stay.
     """
-    state = env.get("RISK_STATE_URL", "").strip().strip('"')
+    state = env.get("RISK_STATE_URL", "").strip()
     log_url = env.get("RISK_DECISION_LOG_URL", "").strip().strip('"')
     sync = env.get("RISK_DECISION_LOG_SYNC", "NORMAL").strip().strip('"').upper()
-    if sync != "NORMAL":
-        return 4
-    postgres = log_url if log_url.startswith("postgres") else ""
-    remote = [url for url in (state, postgres) if url and not _on_this_host(url)]
-    return 4 if remote else 1
-
-
-def _on_this_host(url: str) -> bool:
-    """Whether a store URL names a loopback address or a Unix socket (no host, or a host that
-    is a path, as libpq's ``?host=/run/postgresql``)."""
-    from urllib.parse import parse_qs, urlsplit
-
-    from risk_service.auth import is_loopback_host
-
-    parts = urlsplit(url)
-    hosts = [parts.hostname or "", *parse_qs(parts.query).get("host", [])]
-    named = [h for h in hosts if h]
-    return all(h.startswith("/") or is_loopback_host(h) for h in named)
+    waits = bool(state) or log_url.startswith("postgres") or sync != "NORMAL"
+    return 4 if waits else 1
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
