@@ -146,10 +146,15 @@ def py_members_count(last: dict[str, int], t_ms: int, bucket_ms: int, n_buckets:
     return inside
 
 
-def _expire_members(last: dict[str, int], cutoff: int, bucket_ms: int) -> None:
+def _forget_members(last: dict[str, int], t_ms: int, h_bucket: int, h_n: int, cap: int) -> None:
+    """After a sighting at ``t_ms``: the least recently seen one past ``cap``, then every
+    member whose bucket has left the horizon (a prefix of the time order)."""
+    if len(last) > cap:
+        del last[next(iter(last))]
+    cutoff = t_ms // h_bucket - h_n
     while last:
         first = next(iter(last))
-        if last[first] // bucket_ms > cutoff:
+        if last[first] // h_bucket > cutoff:
             break
         del last[first]
 
@@ -167,9 +172,7 @@ def py_members_update(
     if seen is not None:
         del last[member]
     last[member] = t_ms
-    if len(last) > cap:
-        del last[next(iter(last))]
-    _expire_members(last, t_ms // h_bucket - h_n, h_bucket)
+    _forget_members(last, t_ms, h_bucket, h_n, cap)
     return True
 
 
@@ -241,9 +244,7 @@ class RecentMembers:
         time, then the same forgetting as `members_update`."""
         self.last.pop(member, None)  # seen no later than t_ms, or members_update answered
         last = self._insert_in_time_order(member, t_ms)
-        if len(last) > self.cap:
-            del last[next(iter(last))]
-        _expire_members(last, t_ms // self.h_bucket - self.h_n, self.h_bucket)
+        _forget_members(last, t_ms, self.h_bucket, self.h_n, self.cap)
 
     def _insert_in_time_order(self, member: str, value: int) -> dict[str, int]:
         """A late sighting: after every member seen at or before ``value`` (O(members));
