@@ -84,13 +84,11 @@ from risk_service import metrics
 from risk_service.decision_log_pg_conn import Watchdog, describe, first_line, pg_conninfo
 from risk_service.decision_log_pg_sql import (
     COUNT,
-    INSERT_DECISIONS,
     INSERT_LABELS,
     SELECT_DECISION,
     SELECT_LABELS,
     SELECT_OTHER_ANSWERS,
-    STORED_ANSWERS,
-    decision_arrays,
+    insert_decisions,
     label_arrays,
     move_rows,
     prepare_schema,
@@ -342,36 +340,22 @@ class PostgresDecisionLog:
         existed when the event_id was logged already, a Conflict when with another body."""
         decisions = [r for kind, r in rows if kind == DECISION]
         labels = [r for kind, r in rows if kind == LABEL]
-        inserted: set[str] = set()
         with conn.transaction() if decisions and labels else _nothing():
-            if decisions:
-                cur = conn.execute(INSERT_DECISIONS, decision_arrays(decisions))
-                inserted = {r[0] for r in cur.fetchall()}
+            not_inserted = insert_decisions(conn, decisions)
             if labels:
                 conn.execute(INSERT_LABELS, label_arrays(labels))
         outcomes: list[tuple[bool, Exception | None]] = [(False, None)] * len(rows)
-        first: set[str] = set()
-        check: list[int] = []
-        for i, (kind, row) in enumerate(rows):  # an event_id twice in a batch: the later waits
-            if kind != DECISION:
-                continue
-            if row[0] in inserted and row[0] not in first:
-                first.add(row[0])
-            else:
-                check.append(i)
-        if check:
-            ids = [rows[i][1][0] for i in check]
-            stored = {s[0]: s[1] for s in conn.execute(STORED_ANSWERS, (ids,)).fetchall()}
-            for i in check:
-                row = rows[i][1]
-                # existed: the caller answers what was logged (scoring_shared._answer)
-                conflict = None
-                if stored.get(row[0], row[3]) != row[3]:
-                    conflict = Conflict(
-                        f"event_id {row[0]!r} is already logged with a different body",
-                        field="event_id",
-                    )
-                outcomes[i] = (True, conflict)
+        at = [i for i, (kind, _) in enumerate(rows) if kind == DECISION]  # decisions -> rows
+        for j, stored in not_inserted:
+            row = decisions[j]
+            # existed: the caller answers what was logged (scoring_shared._answer)
+            conflict = None
+            if stored is not None and stored[0] != row[3]:
+                conflict = Conflict(
+                    f"event_id {row[0]!r} is already logged with a different body",
+                    field="event_id",
+                )
+            outcomes[at[j]] = (True, conflict)
         return outcomes
 
     # -- the background flusher ----------------------------------------------------------------

@@ -168,6 +168,30 @@ def _answer(row: Sequence[Any]) -> tuple[Any, ...]:
     return (row[3], row[4], bool(row[8]))
 
 
+def insert_decisions(
+    conn: psycopg.Connection[Any], decisions: Sequence[tuple[Any, ...]]
+) -> list[tuple[int, tuple[Any, ...] | None]]:
+    """Insert decision rows (an event_id logged already is left as it is); returns, for each
+    row not inserted, its index and the stored ``_answer`` of its event_id (None if none is
+    stored). A row is not inserted when its event_id was logged before, or came earlier in
+    ``decisions`` (that one is inserted, the later one compared with it)."""
+    if not decisions:
+        return []
+    cur = conn.execute(INSERT_DECISIONS, decision_arrays(decisions))
+    inserted = {r[0] for r in cur.fetchall()}
+    rest: list[int] = []
+    for i, row in enumerate(decisions):
+        if row[0] in inserted:
+            inserted.discard(row[0])  # the first of its event_id in the batch went in
+        else:
+            rest.append(i)
+    if not rest:
+        return []
+    ids = list({decisions[i][0] for i in rest})
+    stored = {s[0]: (s[1], s[2], bool(s[3])) for s in conn.execute(STORED_ANSWERS, (ids,))}
+    return [(i, stored.get(decisions[i][0])) for i in rest]
+
+
 def move_rows(
     conn: psycopg.Connection[Any],
     decisions: Sequence[tuple[Any, ...]],
@@ -183,16 +207,12 @@ def move_rows(
     """
     other: list[tuple[Any, ...]] = []
     with conn.transaction():
-        if decisions:
-            cur = conn.execute(INSERT_DECISIONS, decision_arrays(decisions))
-            inserted = {r[0] for r in cur.fetchall()}
-            rest = [r for r in decisions if r[0] not in inserted]
-            if rest:
-                ids = [r[0] for r in rest]
-                stored = {s[0]: s[1:] for s in conn.execute(STORED_ANSWERS, (ids,)).fetchall()}
-                other = [r for r in rest if stored.get(r[0], _answer(r)) != _answer(r)]
-                if other:
-                    conn.execute(INSERT_CONFLICTS, decision_arrays(other))
+        for i, stored in insert_decisions(conn, decisions):
+            row = decisions[i]
+            if stored is not None and stored != _answer(row):
+                other.append(row)
+        if other:
+            conn.execute(INSERT_CONFLICTS, decision_arrays(other))
         if labels:
             conn.execute(INSERT_LABELS, label_arrays(labels))
     return [r[0] for r in other]
@@ -212,6 +232,7 @@ __all__ = [
     "SELECT_OTHER_ANSWERS",
     "STORED_ANSWERS",
     "decision_arrays",
+    "insert_decisions",
     "label_arrays",
     "move_rows",
     "prepare_schema",

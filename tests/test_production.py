@@ -154,3 +154,11 @@ def test_another_answer_to_the_same_request_shows_beside_the_decision(
     assert record["decision"] == first["decision"] and record["degraded"] is False
     assert [(o["decision"], o["degraded"]) for o in record["other_answers"]] == [("review", True)]
     assert record["other_answers"][0]["response"]["decision"] == "review"
+    # both answers in one flushed batch: the first is the decision, the second kept aside
+    pair = [dataclasses.replace(r, event_id="pair-1") for r in (logged, again)]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        rows = [decision_row(Pseudonymiser(b"x" * 32), r) for r in pair]
+        assert move_rows(conn, rows, []) == ["pair-1"]
+    record = client.get("/decisions/pair-1", headers=AUTH).get_json()
+    assert record["decision"] == first["decision"]
+    assert [(o["decision"], o["degraded"]) for o in record["other_answers"]] == [("review", True)]
