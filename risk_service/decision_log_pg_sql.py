@@ -100,7 +100,14 @@ INSERT_DECISIONS = (
     f"INSERT INTO decisions ({_COLS}) {_ZIPPED} "
     "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
 )
-INSERT_CONFLICTS = f"INSERT INTO decision_conflicts ({_COLS}) {_ZIPPED}"
+# a row kept aside once stays once: a flush repeated after a crash (PostgreSQL committed, the
+# spool not yet emptied) offers the same spooled rows, creation instant included, again
+INSERT_CONFLICTS = (
+    f"INSERT INTO decision_conflicts ({_COLS}) SELECT * FROM ({_ZIPPED}) AS n({_COLS}) "
+    "WHERE NOT EXISTS (SELECT 1 FROM decision_conflicts c WHERE c.event_id = n.event_id "
+    "AND c.created_at_ms = n.created_at_ms AND c.body_hash = n.body_hash "
+    "AND c.decision = n.decision AND c.degraded = n.degraded)"
+)
 INSERT_LABELS = (
     f"INSERT INTO labels ({', '.join(LABEL_COLUMNS)}) SELECT * FROM unnest("
     + ", ".join(f"%s::{t}[]" for t in _LABEL_TYPES)

@@ -159,6 +159,7 @@ def test_another_answer_to_the_same_request_shows_beside_the_decision(
     with psycopg.connect(pg_url, autocommit=True) as conn:
         rows = [decision_row(Pseudonymiser(b"x" * 32), r) for r in pair]
         assert move_rows(conn, rows, []) == ["pair-1"]
+        assert move_rows(conn, rows, []) == ["pair-1"]  # flushed again: kept aside once
     record = client.get("/decisions/pair-1", headers=AUTH).get_json()
     assert record["decision"] == first["decision"]
     assert [(o["decision"], o["degraded"]) for o in record["other_answers"]] == [("review", True)]
