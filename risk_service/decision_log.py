@@ -394,6 +394,11 @@ class SQLiteDecisionLog:
         with self._read_lock:
             return int(self._reader.execute("SELECT count(*) FROM decisions").fetchone()[0])
 
+    def event_ids(self) -> list[str]:
+        """The event_id of every logged decision (a spool's, to count it against PostgreSQL)."""
+        with self._read_lock:
+            return [r[0] for r in self._reader.execute("SELECT event_id FROM decisions")]
+
     def recent(self, since_ms: int, limit: int) -> list[tuple[str, int]]:
         """(event_id, created_at_ms) of the decisions created since ``since_ms``, newest first,
         at most ``limit``: read backwards in log order (appends follow creation within

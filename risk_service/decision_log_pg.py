@@ -17,8 +17,8 @@ statement after ``timeout_ms`` (``-c statement_timeout``), connecting gives up a
 background thread, never on the request path), and a watchdog shuts the socket
 down when a call outlives ``timeout_ms`` (a stopped server or a lost network,
 where no statement timeout can fire). A commit whose answer was lost that way
-may be in PostgreSQL *and* in the spool until the next flush (counted twice
-meanwhile, never lost, never duplicated in PostgreSQL), and so may a hedged one.
+may be in PostgreSQL *and* in the spool until the next flush (never lost, never
+duplicated in PostgreSQL; ``count`` counts it once), and so may a hedged one.
 
 **Slow, not down.** A server slower than ``hedge_ms`` but within ``timeout_ms`` is not a
 failure: the batch goes to the spool as well, and for ``slow_cooldown_s`` every batch goes
@@ -84,6 +84,7 @@ from risk_service import metrics
 from risk_service.decision_log_pg_conn import Watchdog, describe, first_line, pg_conninfo
 from risk_service.decision_log_pg_sql import (
     COUNT,
+    COUNT_AMONG,
     INSERT_LABELS,
     SELECT_DECISION,
     SELECT_LABELS,
@@ -526,12 +527,21 @@ class PostgresDecisionLog:
         return sort_labels(merged.values())
 
     def count(self) -> int:
-        """Decisions in PostgreSQL plus in the spool; raises DecisionLogError past the timeout."""
+        """Decisions in PostgreSQL plus those in the spool only (a hedged or cut-off commit
+        that landed is in both until the flush: counted once); raises DecisionLogError past
+        the timeout. For tests and benchmarks: it reads every spooled event_id."""
         if not self._flush_lock.acquire(timeout=self._timeout_s):
             raise DecisionLogError(f"decision log {self.url}: a flush step outlived the timeout")
         try:
-            row = self._read(lambda c: c.execute(COUNT).fetchone())
-            return self.spool.count() + (int(row[0]) if row is not None else 0)
+            spooled = list(self.spool.event_ids())
+
+            def both(c: psycopg.Connection[Any]) -> tuple[int, int]:
+                stored = c.execute(COUNT).fetchone()
+                landed = c.execute(COUNT_AMONG, (spooled,)).fetchone() if spooled else (0,)
+                return int(stored[0]) if stored else 0, int(landed[0]) if landed else 0
+
+            stored, landed = self._read(both)
+            return stored + len(spooled) - landed
         finally:
             self._flush_lock.release()
 

@@ -137,6 +137,7 @@ SELECT_LABELS = (
 )
 SELECT_ALL_LABELS = f"SELECT {', '.join(LABEL_COLUMNS)} FROM labels ORDER BY seq"
 COUNT = "SELECT count(*) FROM decisions"
+COUNT_AMONG = "SELECT count(*) FROM decisions WHERE event_id = ANY(%s)"
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.risk_decision_log'))"
 
 
@@ -227,6 +228,7 @@ def move_rows(
 
 __all__ = [
     "COUNT",
+    "COUNT_AMONG",
     "INSERT_CONFLICTS",
     "INSERT_DECISIONS",
     "INSERT_LABELS",

@@ -213,6 +213,11 @@ class SpoolDir:
         with self.reading() as files:
             return sum(spool.log.count() for spool in files)
 
+    def event_ids(self) -> set[str]:
+        """The event_ids of the decisions waiting in the spool."""
+        with self.reading() as files:
+            return {e for spool in files for e in spool.log.event_ids()}
+
     def spooled(self) -> int:
         """Rows (decisions and labels) waiting in the spool."""
         with self.reading() as files:

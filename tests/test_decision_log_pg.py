@@ -435,6 +435,21 @@ def test_a_slow_server_delays_an_append_by_one_hedge_at_most(
     assert rows_in_pg(pg_url, "SELECT count(*) FROM decision_conflicts") == [(0,)]
 
 
+def test_a_decision_in_postgresql_and_in_the_spool_counts_once(pg_url: str, spool: Path) -> None:
+    """A hedged commit that landed is in PostgreSQL and in the spool until the flush (made
+    rare here: one flush a minute): `count` counts it once, and a spooled-only one too."""
+    settings = {**FAST, "flush_interval_s": 60.0}
+    with PostgresDecisionLog(pg_url, KEY, spool_path=spool, **settings) as log:  # type: ignore[arg-type]
+        log.append(record("landed"))
+        log.append(record("other"))
+        own = log.spool.own.log
+        own.append(record("landed"))  # what a hedge leaves behind
+        own.append(record("spooled-only"))
+        assert log.status()["spooled"] == 2
+        assert rows_in_pg(pg_url, "SELECT count(*) FROM decisions") == [(2,)]
+        assert log.count() == 3
+
+
 def test_a_hung_server_cannot_hold_a_read_nor_the_reads_after_it(
     pg_url: str, spool: Path, proxy: Proxy
 ) -> None:
