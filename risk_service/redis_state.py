@@ -49,6 +49,7 @@ from risk_service.features.spec import (
     FEATURE_SET_VERSION,
     ROLLINGS,
 )
+from risk_service.redis_conn import LeanScript, ThreadConnections
 
 TOKEN_LEN = 16
 
@@ -200,7 +201,9 @@ class RedisState:
         self.profile_ttl_ms = int(profile_ttl_ms)
         self.breaker = breaker or CircuitBreaker("redis")
         self.observe = observe
-        self._commit_script = self.client.register_script(_COMMIT_LUA)
+        # the request path's two calls, on a connection per thread (redis_conn.py)
+        self._lean = ThreadConnections(self.client.connection_pool)
+        self._commit_script = LeanScript(self._lean, _COMMIT_LUA)
         self._ttl = state_ttls(self.profile_ttl_ms)
         self._state_prefix = f"{prefix}{FEATURE_SET_VERSION}:"
         self.watermark_key = f"{prefix}watermark"
@@ -258,7 +261,7 @@ class RedisState:
         """Read the idempotency record, the watermark and the states in one round trip."""
         rkeys = list(keys.values())
         values = self._call(
-            "begin", lambda: self.client.mget([idem_key, self.watermark_key, *rkeys])
+            "begin", lambda: self._lean.call("MGET", idem_key, self.watermark_key, *rkeys)
         )
         txn = Transaction(
             idem_key=idem_key,
@@ -272,7 +275,7 @@ class RedisState:
         return txn
 
     def fetch_into(self, txn: Transaction, rkeys: list[str]) -> None:
-        _split_into(txn, rkeys, self._call("get", lambda: self.client.mget(rkeys)))
+        _split_into(txn, rkeys, self._call("get", lambda: self._lean.call("MGET", *rkeys)))
 
     def commit(self, txn: Transaction, record: bytes, ttl_ms: int, event_ms: int | None) -> str:
         """Write the changed states and ``record`` at ``txn.idem_key`` atomically.
@@ -339,6 +342,7 @@ class RedisState:
             bulk.close()
 
     def close(self) -> None:
+        self._lean.close()
         self.client.close()
 
 

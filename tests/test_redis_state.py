@@ -589,6 +589,46 @@ def test_a_replica_with_another_hash_key_is_refused(
 
 
 @pytest.mark.integration
+def test_the_request_paths_connection_outlives_a_flushed_script_and_a_killed_socket(
+    tmp_path: Path,
+) -> None:
+    """The transaction's read and commit go on a connection of the thread's own
+    (redis_conn.py): a server without the commit script gets it loaded, a killed socket fails
+    one call at most (as a StoreUnavailable, which degrades) and the next connects anew."""
+    from risk_service.redis_state import StoreUnavailable
+
+    server = PrivateRedis(tmp_path)
+    server.start()
+    admin = redis.Redis.from_url(server.url)
+    state = RedisState(server.url, b"k" * 32, prefix="t:", timeout_ms=2000)
+    try:
+
+        def one(event_id: str) -> str:
+            txn = state.begin(state.idempotency_key(event_id), {})
+            try:
+                return state.commit(txn, b"record-" + event_id.encode(), 60_000, None)
+            except StoreUnavailable:
+                return "unavailable"
+
+        assert one("a") == "OK"  # a new server: the script is loaded on first use
+        admin.script_flush()
+        assert (one("b"), one("b")) == ("OK", "EXISTS")  # NOSCRIPT: loaded again
+        killed = admin.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        try:
+            outcomes = [one("c")]
+        except StoreUnavailable:  # the read met the dead socket
+            outcomes = ["unavailable"]
+        outcomes.append(one("d"))
+        assert outcomes[-1] == "OK" and set(outcomes) <= {"OK", "unavailable"}
+        assert admin.get("t:idem:d") == b"record-d"
+    finally:
+        state.close()
+        admin.close()
+        server.stop()
+
+
+@pytest.mark.integration
 def test_one_read_round_trip_per_event(make_app: AppFactory, redis_target: RedisTarget) -> None:
     """Every state a payment or a transfer reads is prefetched by `begin` (no extra GET)."""
     app = shared_app(make_app, redis_target)
