@@ -49,7 +49,7 @@ from risk_service.features.spec import (
     FEATURE_SET_VERSION,
     ROLLINGS,
 )
-from risk_service.redis_conn import LeanScript, ThreadConnections
+from risk_service.redis_conn import Connections, LeanScript
 
 TOKEN_LEN = 16
 
@@ -201,8 +201,8 @@ class RedisState:
         self.profile_ttl_ms = int(profile_ttl_ms)
         self.breaker = breaker or CircuitBreaker("redis")
         self.observe = observe
-        # the request path's two calls, on a connection per thread (redis_conn.py)
-        self._lean = ThreadConnections(self.client.connection_pool)
+        # the request path's two calls, without redis-py's command layer (redis_conn.py)
+        self._lean = Connections(self.client.connection_pool)
         self._commit_script = LeanScript(self._lean, _COMMIT_LUA)
         self._ttl = state_ttls(self.profile_ttl_ms)
         self._state_prefix = f"{prefix}{FEATURE_SET_VERSION}:"

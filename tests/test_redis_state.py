@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -589,10 +590,10 @@ def test_a_replica_with_another_hash_key_is_refused(
 
 
 @pytest.mark.integration
-def test_the_request_paths_connection_outlives_a_flushed_script_and_a_killed_socket(
+def test_the_request_paths_connections_outlive_a_flushed_script_and_a_killed_socket(
     tmp_path: Path,
 ) -> None:
-    """The transaction's read and commit go on a connection of the thread's own
+    """The transaction's read and commit go on the request path's own connections
     (redis_conn.py): a server without the commit script gets it loaded, a killed socket fails
     one call at most (as a StoreUnavailable, which degrades) and the next connects anew."""
     from risk_service.redis_state import StoreUnavailable
@@ -622,6 +623,14 @@ def test_the_request_paths_connection_outlives_a_flushed_script_and_a_killed_soc
         outcomes.append(one("d"))
         assert outcomes[-1] == "OK" and set(outcomes) <= {"OK", "unavailable"}
         assert admin.get("t:idem:d") == b"record-d"
+        # threads that come and go (the Flask development server makes one per request)
+        # share the idle connection: ten of them one after another leave one open
+        for i in range(10):
+            thread = threading.Thread(target=one, args=(f"t{i}",))
+            thread.start()
+            thread.join()
+        assert admin.get("t:idem:t9") == b"record-t9"
+        assert len(admin.client_list()) == 2  # this test's admin client and the one
     finally:
         state.close()
         admin.close()
