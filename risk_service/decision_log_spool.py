@@ -208,11 +208,6 @@ class SpoolDir:
         with self.reading() as files:
             return [label for spool in files for label in spool.log.labels(event_id)]
 
-    def count(self) -> int:
-        """Decisions waiting in the spool."""
-        with self.reading() as files:
-            return sum(spool.log.count() for spool in files)
-
     def event_ids(self) -> set[str]:
         """The event_ids of the decisions waiting in the spool."""
         with self.reading() as files:
