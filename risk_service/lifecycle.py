@@ -23,23 +23,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from risk_service import features as fs
 from risk_service.bundles import (
     KINDS,
     MODEL_KINDS,
-    POLICY_FILE,
     POLICY_KIND,
     BundleError,
     Registry,
-    VerifiedBundle,
-    check_features,
-    verify_bundle,
 )
 from risk_service.credit_model import CreditModel
 from risk_service.fraud_model import FraudModel
-from risk_service.policy import Policy, PolicyError, default_policy_path
-from risk_service.requests import REQUEST_FIELDS
+from risk_service.policy import Policy
 from risk_service.scoring import LoadedModels
+from risk_service.verification import load_serving_policy, no_fraud_champion, verify_and_parse
 
 log = logging.getLogger("risk_service.lifecycle")
 
@@ -48,60 +43,12 @@ Slot = tuple[str, str]  # (kind, role)
 SLOTS: tuple[Slot, ...] = tuple((kind, role) for role in ROLES for kind in KINDS)
 
 
-# -- verification and loading ----------------------------------------------------------------
-def policy_fields() -> frozenset[str]:
-    """The names a policy's rules may use: request fields and every feature."""
-    return frozenset(REQUEST_FIELDS) | set(fs.FEATURE_NAMES) | set(fs.CREDIT_FEATURE_NAMES)
-
-
-def verify_version(models_dir: Path, kind: str, version: str) -> VerifiedBundle:
-    """Everything checked before a version may serve; raise BundleError if anything fails.
-
-    Hashes of every file, manifest version = directory name, and for models
-    scored from events the feature-set version and ordered feature names; for a
-    policy, that it parses and validates against this code's fields.
-    """
-    bundle, _ = _verify(Path(models_dir), kind, version)
-    return bundle
-
-
-def _verify(models_dir: Path, kind: str, version: str) -> tuple[VerifiedBundle, Policy | None]:
-    registry = Registry(models_dir)
-    directory = registry.bundle_dir(kind, version)
-    if not directory.is_dir():
-        known = ", ".join(registry.versions(kind)) or "none"
-        raise BundleError(f"no {kind} version {version!r} in {models_dir} (known: {known})")
-    bundle = verify_bundle(directory, expected_kind=kind)
-    if bundle.version != directory.name:
-        raise BundleError(
-            f"bundle {directory} says it is version {bundle.version!r}; refusing a renamed bundle"
-        )
-    if kind == POLICY_KIND:
-        return bundle, _policy_from(bundle)
-    if bundle.manifest.get("feature_source", "events") == "events":
-        names = fs.FEATURE_NAMES if kind == "fraud" else fs.CREDIT_FEATURE_NAMES
-        check_features(bundle.manifest, fs.FEATURE_SET_VERSION, names)
-    return bundle, None
-
-
-def _policy_from(bundle: VerifiedBundle) -> Policy:
-    try:
-        policy = Policy.load(bundle.path(POLICY_FILE), policy_fields())
-    except PolicyError as exc:
-        raise BundleError(f"policy {bundle.version} does not validate: {exc}") from None
-    # The digest is of the bytes actually parsed: a change after the hash check is caught.
-    if policy.digest != bundle.manifest["files"][POLICY_FILE]:
-        raise BundleError(f"policy {bundle.version}: {POLICY_FILE} changed while being loaded")
-    if policy.version != bundle.version or bundle.manifest["policy_version"] != bundle.version:
-        raise BundleError(f"policy bundle {bundle.version} holds policy version {policy.version!r}")
-    return policy
-
-
+# -- loading -----------------------------------------------------------------------------------
 def load_version(
     models_dir: Path, kind: str, version: str
 ) -> FraudModel | CreditModel | Policy | None:
     """A verified version, loaded. None for a credit model that scores tables, not events."""
-    bundle, policy = _verify(Path(models_dir), kind, version)
+    bundle, policy = verify_and_parse(Path(models_dir), kind, version)
     if policy is not None:
         return policy
     if kind == "fraud":
@@ -124,21 +71,8 @@ def _models(models_dir: Path, role: str) -> LoadedModels:
         version = data[kind][role]
         loaded[kind] = None if version is None else load_version(models_dir, kind, version)
     if role == "champion" and loaded["fraud"] is None:
-        raise BundleError(f"no fraud champion in {models_dir}: run `risk train` first")
+        raise no_fraud_champion(models_dir)
     return LoadedModels(fraud=loaded["fraud"], credit=loaded["credit"])
-
-
-def load_serving_policy(policy_file: str | Path | None, models_dir: Path | None) -> Policy:
-    """POLICY_FILE when set; else the registry's policy champion; else the packaged default."""
-    if policy_file:
-        return Policy.load(Path(policy_file), policy_fields())
-    if models_dir is not None:
-        version = Registry(Path(models_dir)).champion(POLICY_KIND)
-        if version is not None:
-            policy = load_version(Path(models_dir), POLICY_KIND, version)
-            assert isinstance(policy, Policy)
-            return policy
-    return Policy.load(default_policy_path(), policy_fields())
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,9 @@ from risk_service.bundles import (
     sha256_file,
     write_manifest,
 )
-from risk_service.lifecycle import ChampionWatcher, policy_fields, verify_version
+from risk_service.lifecycle import ChampionWatcher
 from risk_service.policy import Policy, PolicyError
+from risk_service.verification import policy_fields, verify_version
 
 
 def promote(models_dir: Path, kind: str, version: str, actor: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from risk_service import features as fs
-from risk_service import lifecycle, metrics
+from risk_service import lifecycle, metrics, verification
 from risk_service.breaker import CircuitBreaker
 from risk_service.decision_log import default_spool_dir, open_decision_log
 from risk_service.decision_records import Pseudonymiser
@@ -38,7 +38,7 @@ def load_champions(models_dir: Path) -> LoadedModels:
 def load_policy(path: str | None, models_dir: Path | None = None) -> Policy:
     """POLICY_FILE (`path`) when set, always; else the verified policy champion in
     `models_dir`'s registry; else the packaged default policy."""
-    return lifecycle.load_serving_policy(path, Path(models_dir) if models_dir else None)
+    return verification.load_serving_policy(path, Path(models_dir) if models_dir else None)
 
 
 def hash_key(config: Mapping[str, Any]) -> bytes:

@@ -17,7 +17,7 @@ from conftest import MODELS, AppFactory
 from flask import Flask
 from test_api import payment as api_payment
 
-from risk_service import audit, lifecycle, registry_admin, service
+from risk_service import audit, lifecycle, registry_admin, service, verification
 from risk_service.bundles import BundleError, Registry, write_manifest
 from risk_service.lifecycle import ChampionWatcher
 from risk_service.policy import default_policy_path
@@ -449,5 +449,5 @@ def test_cli_policies_and_models_commands(
 def test_the_committed_models_have_the_default_policy_as_champion() -> None:
     registry = Registry(MODELS)
     assert registry.champion("policy") == DEFAULT_POLICY
-    policy = lifecycle.load_serving_policy(None, MODELS)
-    assert policy.digest == lifecycle.load_serving_policy(default_policy_path(), None).digest
+    policy = verification.load_serving_policy(None, MODELS)
+    assert policy.digest == verification.load_serving_policy(default_policy_path(), None).digest

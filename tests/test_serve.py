@@ -56,6 +56,40 @@ def test_missing_models_are_a_clear_error(
     assert "no fraud champion" in capsys.readouterr().err
 
 
+def test_a_tampered_champion_stops_risk_serve_before_gunicorn_without_loading_models(
+    tmp_path: Path,
+) -> None:
+    """The check before gunicorn verifies hashes, feature names and the policy, as the workers
+    will, without importing LightGBM (seconds of every start): gunicorn's exec is replaced by a
+    report of what was imported."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models", models)
+    probe = (
+        "import os, sys\n"
+        "from training import cli\n"
+        "def exec_(*args):\n"
+        "    print('exec', 'lightgbm' in sys.modules, 'sklearn' in sys.modules, flush=True)\n"
+        "    os._exit(0)\n"
+        "cli.os.execvpe = exec_\n"
+        "sys.exit(cli.main(['serve', '--quiet', '--models', sys.argv[1]]))\n"
+    )
+
+    def serve_check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", probe, str(models)], capture_output=True, text=True, timeout=60
+        )
+
+    ok = serve_check()
+    assert (ok.returncode, ok.stdout.strip()) == (0, "exec False False"), ok.stderr
+    booster = next((models / "fraud").glob("*/fraud_lgbm.txt"))
+    booster.write_text(booster.read_text().replace("tree", "tree ", 1))
+    refused = serve_check()
+    assert refused.returncode == 2 and "exec" not in refused.stdout
+    assert "fraud_lgbm.txt has SHA-256" in refused.stderr and "refusing" in refused.stderr
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """`risk serve` on the committed models, as the README starts it: its URL and log."""

@@ -307,7 +307,8 @@ def default_threads(env: Mapping[str, str]) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    """Verify the models here (a clear error beats a worker boot loop), then exec gunicorn."""
+    """Verify the models and policy here (a clear error beats a worker boot loop), then exec
+    gunicorn."""
     env = dict(os.environ)
     for flag, key in (
         ("models", "RISK_MODELS_DIR"),
@@ -324,11 +325,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "so more than one worker would give wrong answers; use --threads, or configure a "
             "shared store (RISK_STATE_URL=redis://...)"
         )
-    from risk_service.service import load_champions, load_policy
+    from risk_service.verification import load_serving_policy, verify_champions
 
+    # verified as the workers will verify them again, without loading them (LightGBM's import
+    # alone takes ~2 s, which every start of the service would wait for twice)
     models_dir = Path(env.get("RISK_MODELS_DIR", "models"))
-    load_champions(models_dir)
-    load_policy(env.get("RISK_POLICY_FILE"), models_dir)
+    verify_champions(models_dir)
+    load_serving_policy(env.get("RISK_POLICY_FILE"), models_dir)
     _check_keys_or_loopback(args.host, env)
     # prometheus_client multiprocess mode: each worker writes its metrics to files here
     if not env.get("PROMETHEUS_MULTIPROC_DIR"):

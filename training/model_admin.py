@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from risk_service import audit, lifecycle, registry_admin
+from risk_service import audit, registry_admin, verification
 from risk_service.bundles import KINDS, MODEL_KINDS, POLICY_FILE, POLICY_KIND, BundleError, Registry
 
 
@@ -26,7 +26,7 @@ def _kind_of(version: str) -> str:
 
 def verify_for_serving(registry: Registry, kind: str, version: str) -> None:
     """Verify hashes and, for models scored from events, feature compatibility with this code."""
-    lifecycle.verify_version(registry.models_dir, kind, version)
+    verification.verify_version(registry.models_dir, kind, version)
 
 
 def _list(registry: Registry, kinds: list[str]) -> Iterator[str]:
