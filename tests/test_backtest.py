@@ -7,8 +7,10 @@ import heapq
 import json
 import math
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from flask import Flask
 from risk_service import create_app
 from risk_service import features as fs
 from risk_service.requests import validate_score_request
+from risk_service.service import save_snapshot
 from training.backtest import run_backtest
 from training.cli import main
 from training.simulate import generate_world
@@ -111,12 +114,17 @@ def served(
     The events of the backtest's window go through POST /score; the warm-up before it (three
     quarters of the events, whose answers are not compared) goes straight to the scorer the
     route calls, with the same validation and the same JSON round trip, to spare the test
-    client's overhead: the state it builds is the same."""
+    client's overhead: the state it builds is the same. The warm-up runs once, in the first
+    service; the second starts as a restart would, from its state snapshot and a copy of its
+    decision log (features never depend on a decision, so the policy changes nothing there):
+    the window's answers then also show that a restored state scores as the state it was
+    taken from."""
     root, events, policy = world
     tmp = tmp_path_factory.mktemp("service")
-    apps: dict[str, Flask] = {}
-    for name, policy_file in (("c1", None), ("c2", str(policy))):
-        apps[name] = create_app(
+    snapshot = tmp / "state.snapshot"
+
+    def start(name: str, policy_file: str | None) -> Flask:
+        return create_app(
             {
                 "MODELS_DIR": str(MODELS),
                 "DECISION_LOG_PATH": str(tmp / f"{name}.sqlite"),
@@ -126,26 +134,38 @@ def served(
                 "ACCOUNTS_FILE": str(root / "accounts.parquet"),
                 "POLICY_FILE": policy_file,
                 "MAX_LATENESS_SECONDS": 10**9,
+                "STATE_SNAPSHOT_PATH": str(snapshot),
+                "STATE_SNAPSHOT_INTERVAL_SECONDS": 0,
             }
         )
-    clients = {name: app.test_client() for name, app in apps.items()}
-    answers: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in apps}
+
+    apps: dict[str, Flask] = {"c1": start("c1", None)}
+    answers: dict[str, dict[str, dict[str, Any]]] = {"c1": {}, "c2": {}}
     labels: list[tuple[pd.Timestamp, str]] = []
     lo, hi = pd.Timestamp(START), pd.Timestamp(END)
     for row in events.to_dict(orient="records"):
         if row["timestamp"] >= hi:
             break  # events are in time order; nothing after the window is compared
+        if row["timestamp"] >= lo and "c2" not in apps:
+            assert save_snapshot(apps["c1"]) > 200  # the accounts, devices, merchants, ...
+            # and its decision log, where a label finds the entities of an event scored
+            # before (a restart keeps both)
+            source, copy = sqlite3.connect(tmp / "c1.sqlite"), sqlite3.connect(tmp / "c2.sqlite")
+            with closing(source), closing(copy):
+                source.backup(copy)
+            apps["c2"] = start("c2", str(policy))
+            assert not snapshot.exists()  # taken by the second service
         while labels and labels[0][0] < row["timestamp"]:
             label_time, event_id = heapq.heappop(labels)
             for app in apps.values():
                 app.extensions["risk"].ingest_label(event_id, 1, label_time)
-        for name, client in clients.items():
+        for name, app in apps.items():
             if row["timestamp"] < lo:
                 body = json.loads(json.dumps(_body(row)))
                 request = validate_score_request(body, now_ms=int(time.time() * 1000))
-                apps[name].extensions["risk"].score_request(request)
+                app.extensions["risk"].score_request(request)
                 continue
-            response = client.post("/score", json=_body(row))
+            response = app.test_client().post("/score", json=_body(row))
             assert response.status_code == 200, response.get_json()
             answers[name][row["event_id"]] = response.get_json()
         if row["is_fraud"] == 1:
