@@ -34,7 +34,7 @@ lint: install
 # The CPU-bound, deterministic modules first, a module a process on every core (up to 4);
 # then the rest, whose wall-clock bounds and store timeouts want a core of their own.
 test: lint
-	$(BIN)/pytest -m parallel -n auto --maxprocesses 4 --dist loadfile
+	$(BIN)/pytest -m parallel -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 	$(BIN)/pytest -m "not parallel"
 
 format: install

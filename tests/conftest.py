@@ -56,11 +56,19 @@ PARALLEL_MODULES = frozenset(
 )
 
 
+# The longest parallel modules (seconds on one core), started first: pytest-xdist hands a
+# process the next module when the one it runs is nearly done, so the longest last would run
+# alone at the end (`make test` keeps this order: --no-loadscope-reorder).
+LONGEST_FIRST = ("test_train", "test_backtest", "test_service_parity", "test_from_log")
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.stem in PARALLEL_MODULES:
             item.add_marker(pytest.mark.parallel)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: else unchanged
 
 
 def wait_for(
