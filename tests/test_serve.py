@@ -223,3 +223,29 @@ def test_an_answer_reaches_the_client_in_one_segment(served: tuple[str, Path]) -
             time.sleep(0.01)  # nothing more comes
             counts.append(segments_in(sock) - before)
     assert counts[3:] == [1] * 9, counts  # the first few: the connection's quick ACKs
+
+
+def test_the_gunicorn_master_imports_the_libraries_and_not_the_service() -> None:
+    """`on_starting` (in the master, before any fork) imports LightGBM and the other libraries,
+    so a replaced worker starts without importing them again; none of the service's modules,
+    whose metrics are per process and which a SIGHUP reload loads anew."""
+    probe = (
+        "import sys, threading\n"
+        "from risk_service import gunicorn_conf\n"
+        "gunicorn_conf.on_starting(None)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('risk_service')),\n"
+        "      all(m in sys.modules for m in gunicorn_conf.LIBRARIES),\n"
+        "      'prometheus_client' in sys.modules, threading.active_count())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [
+        "['risk_service',",
+        "'risk_service.gunicorn_conf']",
+        "True",
+        "False",
+        "1",
+    ]
