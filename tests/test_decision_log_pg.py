@@ -428,7 +428,8 @@ def test_a_slow_server_delays_an_append_by_one_hedge_at_most(
         time.sleep(1.0)  # the rest of the cool-down after a hedge
         started = time.monotonic()
         log.append(record("after"))
-        assert time.monotonic() - started < hedge  # PostgreSQL again: no hedge
+        assert time.monotonic() - started < hedge  # PostgreSQL again: no hedge,
+        assert log.status()["spooled"] == 0  # and not the spool (the cool-down is over)
     assert rows_in_pg(pg_url, "SELECT count(*), count(DISTINCT event_id) FROM decisions") == [
         (8, 8)
     ]
