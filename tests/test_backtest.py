@@ -140,6 +140,7 @@ def served(
         )
 
     apps: dict[str, Flask] = {"c1": start("c1", None)}
+    clients = {"c1": apps["c1"].test_client()}
     answers: dict[str, dict[str, dict[str, Any]]] = {"c1": {}, "c2": {}}
     labels: list[tuple[pd.Timestamp, str]] = []
     lo, hi = pd.Timestamp(START), pd.Timestamp(END)
@@ -154,6 +155,7 @@ def served(
             with closing(source), closing(copy):
                 source.backup(copy)
             apps["c2"] = start("c2", str(policy))
+            clients["c2"] = apps["c2"].test_client()
             assert not snapshot.exists()  # taken by the second service
         while labels and labels[0][0] < row["timestamp"]:
             label_time, event_id = heapq.heappop(labels)
@@ -165,7 +167,7 @@ def served(
                 request = validate_score_request(body, now_ms=int(time.time() * 1000))
                 app.extensions["risk"].score_request(request)
                 continue
-            response = app.test_client().post("/score", json=_body(row))
+            response = clients[name].post("/score", json=_body(row))
             assert response.status_code == 200, response.get_json()
             answers[name][row["event_id"]] = response.get_json()
         if row["is_fraud"] == 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,8 +63,6 @@ def test_a_tampered_champion_stops_risk_serve_before_gunicorn_without_loading_mo
     """The check before gunicorn verifies hashes, feature names and the policy, as the workers
     will, without importing LightGBM (seconds of every start): gunicorn's exec is replaced by a
     report of what was imported."""
-    import shutil
-
     models = tmp_path / "models"
     shutil.copytree(ROOT / "models", models)
     probe = (
