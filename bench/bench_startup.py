@@ -27,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from bench_service import free_port
+from production_stores import process_state, worker_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,18 +48,6 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], since: float) -> float:
             raise TimeoutError("not ready in 120 s")
         time.sleep(0.02)
     return time.monotonic() - since
-
-
-def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "gone"
 
 
 def one_round(source: Path, work: Path) -> tuple[float, float]:
@@ -85,10 +74,10 @@ def one_round(source: Path, work: Path) -> tuple[float, float]:
     try:
         start = wait_ready(port, proc, started)
         time.sleep(1.0)
-        (worker,) = children(proc.pid)  # the gunicorn master is the command, exec'd
+        (worker,) = worker_pids(proc.pid)  # the gunicorn master is the command, exec'd
         killed = time.monotonic()
         os.kill(worker, signal.SIGKILL)
-        while state(worker) not in ("Z", "gone"):
+        while process_state(worker) not in ("Z", ""):
             time.sleep(0.005)  # gone: what answers next is the new worker
         recovery = wait_ready(port, proc, killed)
     finally:

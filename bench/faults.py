@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 import cluster
+from production_stores import process_state
 
 ACCOUNTS = 200
 RESEND = 0.03
@@ -236,10 +237,10 @@ class Faults:
                     pass
         deadline = time.monotonic() + 1.0  # a signal is delivered when the process next runs
         while time.monotonic() < deadline and any(
-            _state(p) not in ("T", "t", "") for p in self.frozen
+            process_state(p) not in ("T", "t", "") for p in self.frozen
         ):
             time.sleep(0.01)
-        stopped = sum(_state(pid) in ("T", "t") for pid in self.frozen)
+        stopped = sum(process_state(pid) in ("T", "t") for pid in self.frozen)
         backends = sum(_cmdline(pid).startswith("postgres: postgres ") for pid in self.frozen)
         return (
             f"PostgreSQL frozen: SIGSTOP to the postmaster and its {len(self.frozen) - 1} "
@@ -368,14 +369,6 @@ class Faults:
 
     def nothing(self) -> str:
         return "no server fault: the client sends every event 3 times at once, impatiently"
-
-
-def _state(pid: int) -> str:
-    """A process's state letter in /proc (T: stopped), "" when it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
 
 
 def _cmdline(pid: int) -> str:

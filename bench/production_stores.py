@@ -244,6 +244,14 @@ def worker_pids(master: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def process_state(pid: int) -> str:
+    """A process's state letter in /proc (T: stopped, Z: a zombie), "" when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def profile(pid: int, seconds: int, out: Path, *, gil: bool = False) -> Path | None:
     """Sample one process with py-spy for `seconds` (collapsed stacks, idle threads included
     unless `gil`: then only the thread holding the GIL). None when py-spy is missing."""
