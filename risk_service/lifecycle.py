@@ -34,7 +34,12 @@ from risk_service.credit_model import CreditModel
 from risk_service.fraud_model import FraudModel
 from risk_service.policy import Policy
 from risk_service.scoring import LoadedModels
-from risk_service.verification import load_serving_policy, no_fraud_champion, verify_and_parse
+from risk_service.verification import (
+    load_serving_policy,
+    no_fraud_champion,
+    role_versions,
+    verify_and_parse,
+)
 
 log = logging.getLogger("risk_service.lifecycle")
 
@@ -65,13 +70,10 @@ def load_champions(models_dir: Path) -> LoadedModels:
 
 
 def _models(models_dir: Path, role: str) -> LoadedModels:
-    data = Registry(models_dir).read()
-    loaded: dict[str, Any] = {}
-    for kind in MODEL_KINDS:
-        version = data[kind][role]
-        loaded[kind] = None if version is None else load_version(models_dir, kind, version)
-    if role == "champion" and loaded["fraud"] is None:
-        raise no_fraud_champion(models_dir)
+    loaded: dict[str, Any] = {
+        kind: None if version is None else load_version(models_dir, kind, version)
+        for kind, version in role_versions(models_dir, role).items()
+    }
     return LoadedModels(fraud=loaded["fraud"], credit=loaded["credit"])
 
 
@@ -172,7 +174,7 @@ class ChampionWatcher:
                 self._base_policy = load_serving_policy(self.policy_file, None)
             wanted = self._wanted(Registry(self.models_dir).read())
             if wanted[("fraud", "champion")] is None:
-                raise BundleError(f"no fraud champion in {self.models_dir}: run `risk train` first")
+                raise no_fraud_champion(self.models_dir)
             self.serving = self._build(wanted, None)
             return self.serving
 

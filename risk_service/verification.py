@@ -76,18 +76,22 @@ def _policy_from(bundle: VerifiedBundle) -> Policy:
     return policy
 
 
-def verify_champions(models_dir: Path) -> dict[str, VerifiedBundle | None]:
-    """Every model champion verified as `verify_version` does, by kind; a fraud champion is
-    required (the service scores nothing without it)."""
-    registry = Registry(Path(models_dir))
-    data = registry.read()
-    verified: dict[str, VerifiedBundle | None] = {}
-    for kind in MODEL_KINDS:
-        version = data[kind]["champion"]
-        verified[kind] = None if version is None else verify_version(models_dir, kind, version)
-    if verified["fraud"] is None:
+def role_versions(models_dir: Path, role: str) -> dict[str, str | None]:
+    """The registry's model version of each kind in ``role`` (champion or challenger), None
+    where there is none; a fraud champion is required (the service scores nothing without
+    it)."""
+    data = Registry(Path(models_dir)).read()
+    versions: dict[str, str | None] = {kind: data[kind][role] for kind in MODEL_KINDS}
+    if role == "champion" and versions["fraud"] is None:
         raise no_fraud_champion(models_dir)
-    return verified
+    return versions
+
+
+def verify_champions(models_dir: Path) -> None:
+    """Every model champion verified as `verify_version` does, without loading it."""
+    for kind, version in role_versions(models_dir, "champion").items():
+        if version is not None:
+            verify_version(models_dir, kind, version)
 
 
 def no_fraud_champion(models_dir: Path) -> BundleError:
