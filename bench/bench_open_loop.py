@@ -21,14 +21,21 @@ e.g. ``alone:RISK_TURN_COMMITS=0``); every configuration runs at once (embedded 
 thread, as `bench_configs.py`; ``--production``: each on the machine's Redis and PostgreSQL,
 2 workers x 4 threads, an API key) and each rate loads them in turns, round after round.
 
+``--gaps``: also the approvals' latency by the time since the arrival before them (the client
+writes every answer's arrival and latency, `openloop.c`'s OPENLOOP_TRACE): on these machines a
+request after a longer pause costs more (docs/benchmarks.md, "A pause costs").
+
 Usage: python bench/bench_open_loop.py on off:RISK_SCORING_PROCESS=0 [--rates 700 1000]
-       [--seconds 8] [--rounds 3] [--production] [--out FILE]
+       [--seconds 8] [--rounds 3] [--production] [--gaps] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
+import os
 import secrets
 import shutil
 import statistics
@@ -70,20 +77,51 @@ def open_loop(
     connections: int,
     seed: int,
     api_key: str | None,
+    trace: Path | None = None,
 ) -> dict:
     """One run of the C client: Poisson arrivals at ``rate`` for ``seconds``; /score bodies
-    continue the server's event stream (fresh events, in time order)."""
+    continue the server's event stream (fresh events, in time order). ``trace``: where the
+    client writes each answer's arrival, latency and kind."""
     command = [str(client), str(server.port), route, str(bodies), str(rate), str(seconds)]
     command += [str(connections), str(seed), str(server.offset)]
     if api_key is not None:
         command.append(f"Authorization: Bearer {api_key}")
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "OPENLOOP_TRACE": str(trace) if trace is not None else ""}
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     result = json.loads(out)
     if route == "/score":
         server.offset += result["all"]["requests"]
     if result["errors"]:
         print(f"{server.name} {route}: {result['errors']} answers were not 200", file=sys.stderr)
     return result
+
+
+GAP_BINS_MS = (0.0, 2.0, 5.0, 10.0, 20.0, 40.0, math.inf)
+
+
+def approvals_by_gap(trace: Path) -> list[tuple[float, float]]:
+    """(ms since the arrival before it, latency ms) of every approval in a client trace."""
+    rows = sorted(tuple(int(v) for v in line.split()) for line in trace.read_text().splitlines())
+    return [
+        ((arrival - before) / 1000, latency / 1000)
+        for (before, _, _), (arrival, latency, approved) in itertools.pairwise(rows)
+        if approved
+    ]
+
+
+def gap_table(pairs: dict[str, list[tuple[float, float]]]) -> None:
+    """The approvals' latency, p50 and p90, by the pause before their arrival."""
+    print("\n| config, rate | pause before the arrival | approvals | p50 ms | p90 ms |")
+    print("|---|---|---|---|---|")
+    for key, got in pairs.items():
+        for low, high in itertools.pairwise(GAP_BINS_MS):
+            latencies = sorted(lat for gap, lat in got if low <= gap < high)
+            if len(latencies) < 10:
+                continue
+            p50 = latencies[len(latencies) // 2]
+            p90 = latencies[int(len(latencies) * 0.9)]
+            span = f"{low:g}-{high:g} ms" if high < math.inf else f"{low:g} ms or more"
+            print(f"| {key} | {span} | {len(latencies)} | {p50:.2f} | {p90:.2f} |")
 
 
 def summarise(runs: list[dict]) -> dict[str, float]:
@@ -110,6 +148,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--production", action="store_true")
     parser.add_argument("--no-empty", action="store_true", help="skip the empty route's runs")
+    parser.add_argument(
+        "--gaps", action="store_true", help="approvals' latency by the pause before them"
+    )
     parser.add_argument("--models", default="models")
     parser.add_argument("--data", type=Path, default=Path("data/default-world"))
     parser.add_argument("--out", type=Path, default=None, help="write results as JSON here")
@@ -119,6 +160,7 @@ def main() -> None:
     servers = [parse_config(spec, root, production=args.production) for spec in args.configs]
     routes = ["/score"] if args.no_empty else ["/_empty", "/score"]
     results: dict[str, list[dict]] = {}
+    gaps: dict[str, list[tuple[float, float]]] = {}
     per_server = args.warmup + int(sum(args.rates) * args.seconds * args.rounds * 1.2)
     bodies = root / "bodies.jsonl"
     write_bodies(args.data, bodies, min(per_server, 400_000))
@@ -146,6 +188,7 @@ def main() -> None:
                 turn = servers[r % len(servers) :] + servers[: r % len(servers)]
                 for server in turn:
                     for route in routes:
+                        trace = root / "trace.txt" if args.gaps and route == "/score" else None
                         result = open_loop(
                             client,
                             server,
@@ -156,8 +199,12 @@ def main() -> None:
                             connections=args.connections,
                             seed=1000 * r + int(rate),
                             api_key=api_key,
+                            trace=trace,
                         )
                         key = f"{server.name}{route}@{int(rate)}"
+                        if trace is not None:
+                            pairs = approvals_by_gap(trace)
+                            gaps.setdefault(f"{server.name}, {rate:g} req/s", []).extend(pairs)
                         results.setdefault(key, []).append(result)
                         brief = {c: round(result[c].get("p99_ms", 0), 2) for c in CLASSES}
                         print(key, f"rps {result['rps']:.0f} p99 {brief}", flush=True)
@@ -184,6 +231,8 @@ def main() -> None:
             f"| {name} | /{route} | {rate} | {med['rps']:.0f} | {med['all_p50_ms']:.2f} | "
             f"{med['all_p99_ms']:.2f} | {med['all_p999_ms']:.2f} | {approvals} | {others} |"
         )
+    if gaps:
+        gap_table(gaps)
     if args.out:
         args.out.write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
     shutil.rmtree(root, ignore_errors=True)

@@ -13,6 +13,8 @@ Usage: openloop PORT PATH BODIES RATE SECONDS CONNECTIONS SEED OFFSET [HEADER ..
   HEADER: extra request header lines (e.g. "Authorization: Bearer k").
 Prints one JSON object: requests, errors, rps, and p50/p90/p99/p99.9/max in ms, for all
 requests and separately for those whose answer says "decision":"approve" and the others.
+With OPENLOOP_TRACE=FILE in the environment it also writes each answer as a line of FILE:
+its arrival (µs from the start), its latency (µs) and 1 if it was an approval, else 0.
 Built by bench_open_loop.py with `cc -O2` (gcc is on every machine of this kind). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -52,6 +54,8 @@ static size_t nbodies;
 static char headers_extra[4096];
 static const char *path;
 static int64_t *lat_all, *lat_ok, *lat_other;
+static int64_t *sched_all; /* each answer's arrival time, for OPENLOOP_TRACE */
+static char *ok_all;       /* and whether it was an approval */
 static size_t n_all, n_ok, n_other, errors, sent;
 static int64_t *queue;           /* scheduled times of arrivals waiting for a connection */
 static size_t q_head, q_tail, q_cap;
@@ -153,8 +157,11 @@ static void finish(conn_t *c, size_t length, int64_t t) {
   }
   int ok = strncmp(c->in, "HTTP/1.1 200", 12) == 0;
   if (!ok) errors++;
+  int approved = ok && strstr(c->in, "\"decision\":\"approve\"") != NULL;
+  sched_all[n_all] = c->scheduled;
+  ok_all[n_all] = (char)approved;
   lat_all[n_all++] = latency;
-  if (ok && strstr(c->in, "\"decision\":\"approve\"")) lat_ok[n_ok++] = latency;
+  if (approved) lat_ok[n_ok++] = latency;
   else lat_other[n_other++] = latency;
   c->busy = 0;
   if (c->got > length) { /* never: one request in flight a connection */
@@ -221,6 +228,8 @@ int main(int argc, char **argv) {
   lat_all = malloc(most * sizeof(int64_t));
   lat_ok = malloc(most * sizeof(int64_t));
   lat_other = malloc(most * sizeof(int64_t));
+  sched_all = malloc(most * sizeof(int64_t));
+  ok_all = malloc(most);
   q_cap = most;
   queue = malloc(q_cap * sizeof(int64_t));
   run_id = (long long)time(NULL) * 1000 + (long long)(now_ns() % 1000);
@@ -312,6 +321,15 @@ int main(int argc, char **argv) {
     }
   }
   double elapsed = (double)(now_ns() - t0) / 1e9;
+  const char *trace_path = getenv("OPENLOOP_TRACE");
+  if (trace_path && *trace_path) { /* before print_stats sorts the latencies */
+    FILE *trace = fopen(trace_path, "w");
+    if (!trace) die("OPENLOOP_TRACE");
+    for (size_t i = 0; i < n_all; i++)
+      fprintf(trace, "%lld %lld %d\n", (long long)((sched_all[i] - t0) / 1000),
+              (long long)(lat_all[i] / 1000), ok_all[i]);
+    fclose(trace);
+  }
   printf("{\"offered_rps\": %.1f, \"rps\": %.1f, \"errors\": %zu, \"connections\": %d, "
          "\"reconnects\": %zu, ", rate, (double)n_all / elapsed, errors, nconns, reconnects);
   print_stats("all", lat_all, n_all, 0);
