@@ -118,6 +118,8 @@ class Server:
         result["cpu_ms_per_request"] = 1000 * cores["service"] / max(result["rps"], 1e-9)
         result["loop_ms_per_request"] = 1000 * cores["loop"] / max(result["rps"], 1e-9)
         result["machine_ms_per_request"] = 1000 * cores["machine"] / max(result["rps"], 1e-9)
+        result["scoring_ms_per_request"] = 1000 * cores["scoring"] / max(result["rps"], 1e-9)
+        result["wrk_ms_per_request"] = 1000 * cores["wrk"] / max(result["rps"], 1e-9)
         return result
 
     def stop(self) -> None:
@@ -225,6 +227,8 @@ def main() -> None:
             "score_cpu_ms": median(scores, "cpu_ms_per_request"),
             "score_machine_ms": median(scores, "machine_ms_per_request"),
             "score_loop_ms": median(scores, "loop_ms_per_request"),
+            "score_scoring_ms": median(scores, "scoring_ms_per_request"),
+            "score_wrk_ms": median(scores, "wrk_ms_per_request"),
             "empty_cpu_ms": median(empties, "cpu_ms_per_request"),
             "paced_rps": median(s.paced, "rps"),
             "paced_p50_ms": median(s.paced, "p50_ms"),
@@ -235,7 +239,8 @@ def main() -> None:
         }
     print(
         "| config | /score req/s | empty req/s | ratio (median, range) | CPU ms per /score "
-        "(server; machine; workers' main threads) | per empty | paced: req/s, p50, p99, p99.9 "
+        "(server; machine; workers' main threads; scoring processes; wrk) | per empty "
+        "| paced: req/s, p50, p99, p99.9 "
         "(ms) |"
     )
     print("|---|---|---|---|---|---|---|")
@@ -244,7 +249,7 @@ def main() -> None:
             f"| {name} ({r['threads']} thread{'s' * (r['threads'] > 1)}) | {r['score_rps']:,.0f} "
             f"| {r['empty_rps']:,.0f} | {r['ratio']:.2f} ({min(r['ratios']):.2f}-"
             f"{max(r['ratios']):.2f}) | {r['score_cpu_ms']:.2f}; {r['score_machine_ms']:.2f}; "
-            f"{r['score_loop_ms']:.2f} "
+            f"{r['score_loop_ms']:.2f}; {r['score_scoring_ms']:.2f}; {r['score_wrk_ms']:.2f} "
             f"| {r['empty_cpu_ms']:.2f} "
             f"| {r['paced_rps']:,.0f}, {r['paced_p50_ms']:.2f}, {r['paced_p99_ms']:.2f}, "
             f"{r['paced_p999_ms']:.2f} |"

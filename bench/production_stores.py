@@ -244,6 +244,14 @@ def worker_pids(master: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def _children(pid: int) -> list[int]:
+    """A process's children, from /proc (no `ps` child of ours to count as wrk's CPU)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def process_state(pid: int) -> str:
     """A process's state letter in /proc (T: stopped, Z: a zombie), "" when it is gone."""
     try:
@@ -371,7 +379,8 @@ def _named(name: str) -> list[int]:
 
 def cpu_snapshot(master: int) -> dict[str, float]:
     """CPU seconds so far: the machine (busy), the service (gunicorn master and workers), the
-    workers' main threads (`loop`: where a one-thread worker answers), Redis, PostgreSQL (all
+    workers' main threads (`loop`: where a one-thread worker answers), their scoring processes
+    (`scoring`: a worker's children, `risk_service/scoring_process.py`), Redis, PostgreSQL (all
     its processes) and this script's finished children (wrk)."""
     import resource
 
@@ -383,6 +392,7 @@ def cpu_snapshot(master: int) -> dict[str, float]:
         "machine": busy,
         "service": sum(_proc_cpu(p) for p in service),
         "loop": sum(_proc_cpu(p, main_thread=True) for p in workers),
+        "scoring": sum(_proc_cpu(c) for p in workers for c in _children(p)),
         "service_kernel": sum(_proc_cpu(p, (12,)) for p in service),
         "redis": sum(_proc_cpu(p) for p in _named("redis-server")),
         "postgres": sum(_proc_cpu(p) for p in _named("postgres")),
@@ -396,7 +406,7 @@ def cpu_used(before: dict[str, float], after: dict[str, float], seconds: float) 
     (other people's work on a shared box, the kernel's softirq time, this script)."""
     cores = {k: round((after[k] - before[k]) / seconds, 2) for k in before}
     known = (
-        cores["service"] + cores["redis"] + cores["postgres"] + cores["wrk"]
+        cores["service"] + cores["scoring"] + cores["redis"] + cores["postgres"] + cores["wrk"]
     )  # kernel: in service
     cores["other"] = round(cores["machine"] - known, 2)
     return cores
