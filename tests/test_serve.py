@@ -182,13 +182,23 @@ def test_the_open_loop_benchmark_client_counts_every_answer(
         (before,) = db.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()
     db.close()
     command = [str(binary), port, "/score", str(bodies), "200", "1", "4", "7", "0"]
-    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout
+    trace = tmp_path / "trace.txt"  # every answer: arrival µs, latency µs, approved
+    env = {**os.environ, "OPENLOOP_TRACE": str(trace)}
+    out = subprocess.run(
+        command, capture_output=True, text=True, check=True, timeout=60, env=env
+    ).stdout
     result = json.loads(out)
     sent = result["all"]["requests"]
     assert 120 <= sent <= 300  # Poisson arrivals at 200 a second for a second
     assert result["errors"] == 0
     assert result["approve"]["requests"] + result["other"]["requests"] == sent
     assert 0 < result["all"]["p50_ms"] <= result["all"]["p99_ms"] <= result["all"]["max_ms"]
+    answers = [tuple(int(v) for v in line.split()) for line in trace.read_text().splitlines()]
+    assert len(answers) == sent
+    assert sum(approved for _, _, approved in answers) == result["approve"]["requests"]
+    assert all(0 <= arrival < 1_000_000 and latency > 0 for arrival, latency, _ in answers)
+    slowest = max(latency for _, latency, _ in answers)
+    assert abs(slowest - result["all"]["max_ms"] * 1000) <= 1  # µs here, ms to 4 places there
     with sqlite3.connect(log) as db:
         decisions = dict(
             db.execute(
