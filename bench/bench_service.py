@@ -299,7 +299,7 @@ class Run:
 def profile_worker(run: Run, master: int, seconds: int, connections: int, work: Path) -> dict:
     """py-spy on one worker while wrk loads /score at full speed: wall-clock samples of every
     thread (--idle: waits count), then only the GIL holder (CPU spent in Python)."""
-    pid = production_stores.worker_pids(master)[0]
+    pid = production_stores.children(master)[0]
     shares = {}
     for mode in ("wall", "gil"):
         load = subprocess.Popen(

@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from bench_service import free_port
-from production_stores import process_state, worker_pids
+from production_stores import children, process_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def one_round(source: Path, work: Path) -> tuple[float, float]:
     try:
         start = wait_ready(port, proc, started)
         time.sleep(1.0)
-        (worker,) = worker_pids(proc.pid)  # the gunicorn master is the command, exec'd
+        (worker,) = children(proc.pid)  # the gunicorn master is the command, exec'd
         killed = time.monotonic()
         os.kill(worker, signal.SIGKILL)
         while process_state(worker) not in ("Z", ""):

@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "tests") not in sys.path:  # tests/servers.py: private Redis, PostgreSQL, proxy
     sys.path.insert(0, str(ROOT / "tests"))
 
+from production_stores import children  # noqa: E402
 from servers import (  # noqa: E402
     PrivatePostgres,
     PrivateRedis,
@@ -239,14 +240,6 @@ class Service:
 
     def ready_samples(self, n: int = 12) -> list[dict[str, Any]]:
         return [r for r in (self.ready() for _ in range(n)) if r is not None]
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 def rss_kb(pid: int) -> int:

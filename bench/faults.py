@@ -72,7 +72,7 @@ from pathlib import Path
 from typing import Any
 
 import cluster
-from production_stores import process_state
+from production_stores import children, process_state
 
 ACCOUNTS = 200
 RESEND = 0.03
@@ -226,7 +226,7 @@ class Faults:
         os.kill(postmaster, signal.SIGSTOP)
         self.frozen = [postmaster]
         for _ in range(10):
-            new = [p for p in cluster.children(postmaster) if p not in self.frozen]
+            new = [p for p in children(postmaster) if p not in self.frozen]
             if not new:
                 break
             for pid in new:

@@ -237,19 +237,22 @@ def _quantile(d: dict[Any, float], q: float, **labels: str) -> float | None:
 
 
 # -- py-spy --------------------------------------------------------------------------------------
-def worker_pids(master: int) -> list[int]:
-    out = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True, check=False
-    ).stdout
-    return [int(p) for p in out.split()]
-
-
-def _children(pid: int) -> list[int]:
-    """A process's children, from /proc (no `ps` child of ours to count as wrk's CPU)."""
+def children(pid: int) -> list[int]:
+    """A process's children (a gunicorn master's workers, a worker's scoring process, the
+    postmaster's backends): from /proc, so no `ps` child of ours counts as wrk's CPU; `ps`
+    where the kernel has no such file."""
     try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        text = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(pid)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+    except OSError:  # unreadable: its children cannot be told
         return []
+    return [int(p) for p in text.split()]
 
 
 def process_state(pid: int) -> str:
@@ -386,13 +389,13 @@ def cpu_snapshot(master: int) -> dict[str, float]:
 
     ticks = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     busy = sum(int(t) for i, t in enumerate(ticks) if i not in (3, 4)) / _TICK  # not idle, iowait
-    workers = worker_pids(master)
+    workers = children(master)
     service = [master, *workers]
     return {
         "machine": busy,
         "service": sum(_proc_cpu(p) for p in service),
         "loop": sum(_proc_cpu(p, main_thread=True) for p in workers),
-        "scoring": sum(_proc_cpu(c) for p in workers for c in _children(p)),
+        "scoring": sum(_proc_cpu(c) for p in workers for c in children(p)),
         "service_kernel": sum(_proc_cpu(p, (12,)) for p in service),
         "redis": sum(_proc_cpu(p) for p in _named("redis-server")),
         "postgres": sum(_proc_cpu(p) for p in _named("postgres")),
