@@ -55,8 +55,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "tests") not in sys.path:  # tests/servers.py: private Redis, PostgreSQL, proxy
-    sys.path.insert(0, str(ROOT / "tests"))
+# tests/servers.py: private Redis, PostgreSQL, proxy; bench/production_stores.py: process listing.
+# Both put on the path here, so the module loads the same whether run as a script or imported
+# by a test (tests/test_load.py loads it by file, with only tests/ on the path).
+for _directory in (ROOT / "tests", ROOT / "bench"):
+    if str(_directory) not in sys.path:
+        sys.path.insert(0, str(_directory))
 
 from production_stores import children  # noqa: E402
 from servers import (  # noqa: E402
