@@ -1,5 +1,5 @@
 # The scoring service on the committed default models.
-# Same install steps as `make install`: the pinned requirements, then the project.
+# The install steps of `make install` (with pip here): the pinned requirements, then the project.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
