@@ -15,11 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_dockerfile_installs_exactly_as_make_install_does() -> None:
-    """CI runs `make install`; the image must take the same steps, so CI exercises them."""
+    """CI runs `make install`; the image must take the same steps, so CI exercises them: the
+    pinned requirements, then the project without dependencies (`make install` with uv,
+    pinned itself; the image with pip, which installs the same pins)."""
     dockerfile = (ROOT / "Dockerfile").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    assert "pip install --quiet -r requirements.lock" in makefile
-    assert "pip install --quiet --no-deps -e ." in makefile
+    uv = re.search(r"^UV := \$\(BIN\)/uv pip install .*$", makefile, re.M)
+    assert uv is not None and re.search(r"^UV_VERSION := \d+\.\d+\.\d+$", makefile, re.M)
+    assert "pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)" in makefile
+    assert "\t$(UV) -r requirements.lock\n\t$(UV) --no-deps -e .\n" in makefile
     assert "RUN pip install -r requirements.lock" in dockerfile
     # the project's install compiles its C extension: the compiler comes and goes in one step
     step = re.search(r"^RUN apt-get update(?:.*\\\n)*.*$", dockerfile, re.M)
