@@ -7,10 +7,12 @@ STAMP := $(VENV)/.installed
 .PHONY: install run demo test lint format
 
 # uv installs the same pinned packages as pip, in seconds instead of a minute or more (its
-# downloads run side by side). The C extension is built by the project's install: a change
-# to its source reinstalls.
+# downloads run side by side). Like pip, it writes the packages' bytecode at install: with
+# PYTHONDONTWRITEBYTECODE set, as on CI, every process would compile sklearn, pandas ... from
+# source again (3x the service's start-up). The C extension is built by the project's
+# install: a change to its source reinstalls.
 UV_VERSION := 0.13.9
-UV := $(BIN)/uv pip install --python $(BIN)/python --quiet
+UV := $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode
 $(STAMP): pyproject.toml requirements.lock risk_service/features/_rolling.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)

@@ -23,8 +23,9 @@ AppFactory = Callable[..., Flask]
 
 # Modules whose tests are CPU-bound and deterministic: no wall-clock bound, no server or
 # store timeout of a few ms, nothing that another process's load could make late. `make test`
-# runs them first, one module a process on every core (pytest-xdist, `-m parallel`), then the
-# rest one at a time: the worker, degradation and load tests keep a core for themselves.
+# runs them one module a process on every core (pytest-xdist, `-m parallel`) at the lowest
+# priority, beside the rest one at a time at normal priority (tests/run_suite.py): the worker,
+# degradation and load tests get a core whenever they want one.
 PARALLEL_MODULES = frozenset(
     {
         "test_backtest",
