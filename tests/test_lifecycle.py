@@ -404,6 +404,33 @@ def test_status_reports_registry_watcher_and_audit(make_app: AppFactory, models_
     json.dumps(state)  # what an admin route returns as JSON
 
 
+def test_models_verify_load_fails_a_bundle_that_verifies_but_does_not_load(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second fraud version whose booster names a feature the manifest does not (its hash
+    updated, so the hashes verify): `models verify` passes it, `--load` loads it as a worker
+    would and fails it; the others load. `--load` with another action is a usage error."""
+    m = ["--models", str(models_dir)]
+    broken = clone_fraud(models_dir, "renamed-feature")
+    directory = Registry(models_dir).bundle_dir("fraud", broken)
+    booster = directory / "fraud_lgbm.txt"
+    text = booster.read_text()
+    first = json.loads((directory / "manifest.json").read_text())["feature_names"][0]
+    booster.write_text(text.replace(f"feature_names={first} ", "feature_names=renamed ", 1))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    write_manifest(directory, list(manifest["files"]), {**manifest, "files": None})
+    assert main(["models", "verify", *m]) == 0
+    assert f"ok      {broken}\n" in capsys.readouterr().out
+    assert main(["models", "verify", "--load", *m]) == 2
+    captured = capsys.readouterr()
+    assert f"FAILED  {broken}: fraud bundle {broken}: booster features differ" in captured.out
+    champion = Registry(models_dir).champion("fraud")
+    assert f"ok      {champion}  (loaded)" in captured.out
+    assert "1 bundle(s) failed verification" in captured.err
+    assert main(["models", "list", "--load", *m]) == 2
+    assert "--load goes with verify" in capsys.readouterr().err
+
+
 def test_cli_policies_and_models_commands(
     models_dir: Path,
     tmp_path: Path,

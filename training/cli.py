@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--models", type=Path, default=Path("models"))
     models.add_argument("--kind", choices=("fraud", "credit"), default=None)
     models.add_argument("--clear", action="store_true", help="shadow: remove the challenger")
+    models.add_argument(
+        "--load",
+        action="store_true",
+        help="verify: also load each version as a worker does (its trees compiled, which "
+        "fills numba's on-disk cache: a first `risk serve` then starts in seconds)",
+    )
     models.add_argument("--quiet", action="store_true")
     models.set_defaults(handler=_cmd_models)
 
@@ -426,7 +432,11 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from training.model_admin import run_models_command
 
-    lines = run_models_command(args.action, args.version, args.models, args.kind, clear=args.clear)
+    if args.load and args.action != "verify":
+        raise UsageError("--load goes with verify: risk models verify --load")
+    lines = run_models_command(
+        args.action, args.version, args.models, args.kind, clear=args.clear, load=args.load
+    )
     for line in lines:
         print(line)
     return 0

@@ -38,14 +38,20 @@ def _list(registry: Registry, kinds: list[str]) -> Iterator[str]:
             yield f"{mark} {v}"
 
 
-def _verify_all(registry: Registry, kinds: list[str]) -> Iterator[str]:
+def _verify_all(registry: Registry, kinds: list[str], *, load: bool = False) -> Iterator[str]:
+    """Every version's hashes and compatibility; with `load`, each also loaded as a worker
+    loads it (a bundle that verifies but does not load fails here, not in `risk serve`)."""
+    from risk_service import lifecycle
+
     failures = 0
     for k in kinds:
         for v in registry.versions(k):
             try:
                 verify_for_serving(registry, k, v)
-                yield f"ok      {v}"
-            except BundleError as exc:
+                if load:
+                    lifecycle.load_version(registry.models_dir, k, v)
+                yield f"ok      {v}" + ("  (loaded)" if load else "")
+            except (BundleError, ValueError) as exc:
                 failures += 1
                 yield f"FAILED  {v}: {exc}"
     if failures:
@@ -73,6 +79,7 @@ def run_models_command(
     *,
     clear: bool = False,
     actor: str | None = None,
+    load: bool = False,
 ) -> Iterator[str]:
     registry = Registry(models_dir)
     kinds = [kind] if kind else list(MODEL_KINDS)
@@ -86,7 +93,7 @@ def run_models_command(
         manifest = json.loads((registry.bundle_dir(k, version) / "manifest.json").read_text())
         yield json.dumps(manifest, indent=2, sort_keys=True)
     elif action == "verify":
-        yield from _verify_all(registry, kinds)
+        yield from _verify_all(registry, kinds, load=load)
     elif action == "promote":
         if version is None:
             raise BundleError("risk models promote needs a VERSION")
