@@ -41,15 +41,15 @@ def _list(registry: Registry, kinds: list[str]) -> Iterator[str]:
 def _verify_all(registry: Registry, kinds: list[str], *, load: bool = False) -> Iterator[str]:
     """Every version's hashes and compatibility; with `load`, each also loaded as a worker
     loads it (a bundle that verifies but does not load fails here, not in `risk serve`)."""
-    from risk_service import lifecycle
-
     failures = 0
     for k in kinds:
         for v in registry.versions(k):
             try:
                 verify_for_serving(registry, k, v)
-                if load:
-                    lifecycle.load_version(registry.models_dir, k, v)
+                if load:  # LightGBM's import (seconds) only when asked
+                    from risk_service.lifecycle import load_version
+
+                    load_version(registry.models_dir, k, v)
                 yield f"ok      {v}" + ("  (loaded)" if load else "")
             except (BundleError, ValueError) as exc:
                 failures += 1
