@@ -568,7 +568,15 @@ def test_a_retry_without_redis_gets_the_answer_another_worker_spooled(
     file on this host and answers it, rather than a second, degraded answer."""
     _, proxy = private_redis
     away = "postgresql://127.0.0.1:1/test"  # nothing listens: every decision is spooled
-    settings = {"STATE_URL": proxy.url, "DECISION_LOG_URL": away, "BREAKER_FAILURES": 1}
+    # A generous timeout: the first answer must reach Redis (the default 5 ms, through the
+    # proxy, was once missed on a busy CI box and the answer came back degraded); a proxy
+    # set down refuses at once, so worker B still fails fast.
+    settings = {
+        "STATE_URL": proxy.url,
+        "STATE_TIMEOUT_MS": 2000.0,
+        "DECISION_LOG_URL": away,
+        "BREAKER_FAILURES": 1,
+    }
     a, b = make_app(**settings), make_app(**settings)  # one host: the same spool directory
     body = payment("sp-1", amount=4000.0, device_id="brand-new-device")
     first = a.test_client().post("/score", json=body).get_json()
