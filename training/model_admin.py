@@ -45,11 +45,13 @@ def _verify_all(registry: Registry, kinds: list[str], *, load: bool = False) -> 
     for k in kinds:
         for v in registry.versions(k):
             try:
-                verify_for_serving(registry, k, v)
-                if load:  # LightGBM's import (seconds) only when asked
+                if load:  # load_version verifies as verify_for_serving does, then loads;
+                    # LightGBM's import (seconds) only when asked
                     from risk_service.lifecycle import load_version
 
                     load_version(registry.models_dir, k, v)
+                else:
+                    verify_for_serving(registry, k, v)
                 yield f"ok      {v}" + ("  (loaded)" if load else "")
             except (BundleError, ValueError) as exc:
                 failures += 1
